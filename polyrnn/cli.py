@@ -1,0 +1,146 @@
+"""The ``polyrnn`` command: thin subcommands over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from polyrnn.data import FORMATS, DataError, load_dataset
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``polyrnn: error: ...`` with exit code 2."""
+
+
+def _add_dataset_args(p: argparse.ArgumentParser, *, min_size_default: float = 0.0) -> None:
+    p.add_argument(
+        "dataset", help="dataset path: COCO JSON or folder, YOLO root, LabelMe / Cityscapes / mask folder"
+    )
+    p.add_argument("--format", choices=FORMATS, default=None, help="dataset format (detected when omitted)")
+    p.add_argument("--min-size", type=float, default=min_size_default, metavar="PX",
+                   help="keep instances whose box's longer side is at least PX pixels")  # fmt: skip
+    p.add_argument("--classes", default=None, help="comma-separated class names to keep")
+    p.add_argument("--include-crowd", action="store_true", help="keep crowd regions (skipped by default)")
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    classes = set(c.strip() for c in args.classes.split(",")) if args.classes else None
+    return load_dataset(
+        args.dataset, args.format, include_crowd=args.include_crowd, min_size=args.min_size, classes=classes
+    )
+
+
+# --- data ------------------------------------------------------------------------------------------
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from polyrnn.data.stats import dataset_stats, format_stats
+
+    stats = dataset_stats(_load(args))
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0
+
+
+def cmd_data_show(args: argparse.Namespace) -> int:
+    from polyrnn.data.stats import render_instance, save_png
+
+    ds = _load(args)
+    if not 0 <= args.index < len(ds):
+        raise CLIError(f"--index {args.index} out of range: the dataset has {len(ds)} instances")
+    inst = ds.instances[args.index]
+    save_png(args.out, render_instance(inst, context=args.context, grid_size=args.grid_size))
+    print(f"wrote {args.out}: instance {args.index} ({inst.class_name}, {inst.source})")
+    return 0
+
+
+def cmd_data_ceiling(args: argparse.Namespace) -> int:
+    from polyrnn.data.ceiling import ceiling
+
+    ds = _load(args)
+    sizes = [int(s) for s in args.grid_sizes.split(",")]
+    rows = {
+        str(d): ceiling(ds.instances, grid_size=d, context=args.context, max_len=args.max_len) for d in sizes
+    }
+    if args.json:
+        print(json.dumps({"dataset": args.dataset, "instances": len(ds), "context": args.context,
+                          "max_len": args.max_len, "mean_iou": rows}, indent=2))  # fmt: skip
+    else:
+        print(f"quantisation ceiling on {args.dataset}: {len(ds)} instances, largest part, "
+              f"{args.context:.0%} context, max {args.max_len} vertices")  # fmt: skip
+        for d, v in rows.items():
+            print(f"  D = {d:>4}: mean IoU {100 * v:.2f} %")
+    return 0
+
+
+def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"polyrnn {name}: not built yet ({issue}).", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polyrnn",
+        description="Polygon-RNN: trace an object's outline as a polygon from a box, and correct it vertex by vertex.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    data = sub.add_parser("data", help="inspect datasets: stats, show, ceiling")
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    p = dsub.add_parser("stats", help="images, instances, classes, vertex counts, what was skipped and why")
+    _add_dataset_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_data_stats)
+    p = dsub.add_parser("show", help="draw instance I's crop with its ground truth and grid polygon")
+    _add_dataset_args(p)
+    p.add_argument("--index", type=int, required=True, metavar="I")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.add_argument("--context", type=float, default=0.15)
+    p.add_argument("--grid-size", type=int, default=28)
+    p.set_defaults(func=cmd_data_show)
+    p = dsub.add_parser("ceiling", help="IoU of the quantised ground truth: the grid's accuracy limit")
+    _add_dataset_args(p, min_size_default=32.0)
+    p.add_argument("--grid-sizes", default="28,56,112", help="comma-separated D values")
+    p.add_argument("--context", type=float, default=0.15)
+    p.add_argument("--max-len", type=int, default=70)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_ceiling)
+    data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
+
+    for name, helptext, issue in [
+        ("predict", "trace one object in an image from its box", "the model issue"),
+        ("train", "train a model from a YAML recipe", "the training-pipeline issue"),
+        ("evaluate", "IoU, simulated annotator, NoC and baselines on a dataset", "the evaluation issue"),
+        ("bench", "measure model speed on this machine", "the model issue"),
+        ("serve", "the annotation tool in the browser", "the annotation-tool issue"),
+        ("export", "convert saved annotations to COCO, YOLO or LabelMe", "the annotation-tool issue"),
+    ]:
+        p = sub.add_parser(name, help=f"{helptext} (not built yet)")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=_not_built(name, issue))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except (DataError, CLIError, FileNotFoundError) as e:
+        print(f"polyrnn: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("polyrnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""LabelMe JSON folders: one JSON beside each image; ``group_id`` joins parts of one object and
+``__ignore__`` shapes mark regions IoU must not count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from polyrnn.data.common import box_of, check_box, parse_polygon, read_json
+from polyrnn.data.instance import DataError, Dataset, Instance, Skip
+
+IGNORE_LABEL = "__ignore__"
+
+
+def _rectangle(points: np.ndarray) -> np.ndarray:
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+
+
+def read_labelme_file(path: Path, skipped: list[Skip]) -> tuple[list[Instance], bool]:
+    """Instances of one LabelMe JSON; returns (instances, image_found)."""
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
+        raise DataError(f"{path}: not a LabelMe file (field 'shapes' missing or not a list)")
+    image_path = path.parent / str(data.get("imagePath") or path.with_suffix(".jpg").name)
+    if not image_path.is_file():
+        skipped.append(Skip(f"{path}:imagePath", f"image file '{image_path.name}' not found"))
+        return [], False
+    try:
+        size = (int(data["imageWidth"]), int(data["imageHeight"]))
+    except (KeyError, TypeError, ValueError):
+        from polyrnn.data.common import image_size
+
+        size = image_size(image_path)
+
+    groups: dict[tuple[str, object], list[np.ndarray]] = {}
+    order: list[tuple[str, object]] = []
+    ignore: list[np.ndarray] = []
+    for i, shape in enumerate(data["shapes"]):
+        where = f"{path}:shapes[{i}]"
+        if not isinstance(shape, dict):
+            skipped.append(Skip(where, "shape is not an object"))
+            continue
+        kind = shape.get("shape_type") or "polygon"
+        label = str(shape.get("label", ""))
+        if kind not in ("polygon", "rectangle"):
+            skipped.append(Skip(where + ".shape_type", f"'{kind}' is not a region (polygon or rectangle)"))
+            continue
+        need = 2 if kind == "rectangle" else 3
+        pts = parse_polygon(shape.get("points"), where + ".points", skipped) if need == 3 else None
+        if kind == "rectangle":
+            try:
+                raw = np.asarray(shape.get("points"), dtype=np.float64).reshape(-1, 2)
+                pts = _rectangle(raw) if len(raw) == 2 and np.isfinite(raw).all() else None
+            except (TypeError, ValueError):
+                pts = None
+            if pts is None:
+                skipped.append(Skip(where + ".points", "rectangle needs two corner points"))
+        if pts is None:
+            continue
+        if label == IGNORE_LABEL:
+            ignore.append(pts)
+            continue
+        gid = shape.get("group_id")
+        key = (label, gid if gid is not None else ("shape", i))
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(pts)
+
+    out = []
+    for key in order:
+        parts = groups[key]
+        box = check_box(box_of(parts), size, f"{path}:shapes label={key[0]}", skipped)
+        if box is None:
+            continue
+        out.append(
+            Instance(
+                image_path=image_path, image_size=size, class_name=key[0], box=box, polygons=parts,
+                ignore_polygons=list(ignore), source=f"{path.name}:{key[0]}",
+            )
+        )  # fmt: skip
+    return out, True
+
+
+def read_labelme(folder: Path | str) -> Dataset:
+    """Read every LabelMe JSON in a folder (recursively). A malformed file is skipped with its reason
+    so the rest of the folder is still usable."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder of LabelMe JSON files")
+    skipped: list[Skip] = []
+    instances: list[Instance] = []
+    n_images = 0
+    files = sorted(folder.rglob("*.json"))
+    if not files:
+        raise DataError(f"{folder}: no LabelMe .json files found")
+    for path in files:
+        try:
+            found, ok = read_labelme_file(path, skipped)
+        except DataError as e:
+            skipped.append(Skip(str(path), str(e).split(": ", 1)[-1]))
+            continue
+        n_images += int(ok)
+        instances.extend(found)
+    return Dataset(instances, images=n_images, skipped=skipped, format="labelme", root=str(folder))
