@@ -1,0 +1,163 @@
+"""Explicit builders: the variants are written out as data; ``build_model`` composes the parts.
+
+Checkpoints are self-describing: ``{"format": "polyrnn", "version", "model_config", "model"}`` (training
+checkpoints add optimiser state etc.); they are loaded strictly with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polyrnn.config import ModelConfig
+from polyrnn.modeling.decoder import PolygonDecoder
+from polyrnn.modeling.encoder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EfficientNetLite0Taps,
+    Encoder,
+    TinyTaps,
+    VGG16Taps,
+)
+from polyrnn.modeling.first_vertex import FirstVertex
+from polyrnn.modeling.polygon_rnn import PolygonRNN
+
+VARIANTS: dict[str, ModelConfig] = {
+    # for tests: a few strided convs, small heads
+    "tiny": ModelConfig(encoder="tiny", pretrained=False, tap_channels=8, feat_channels=16, hidden=8,
+                        first_vertex_hidden=8, max_len=40),  # fmt: skip
+    # the CPU default: EfficientNet-Lite0 (ImageNet) with the paper's decoder
+    "lite": ModelConfig(encoder="efficientnet_lite0", tap_channels=64, feat_channels=128),
+    # the paper: VGG-16 taps, 128-channel fused features, fully connected output
+    "vgg16": ModelConfig(encoder="vgg16", pretrained=False, tap_channels=128, feat_channels=128, head="fc"),
+}
+
+# Lite0 expects inputs scaled as (x - 127) / 128: mean 127/255, std 128/255 in the Encoder's 0..1 terms.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+
+CHECKPOINT_FORMAT = "polyrnn"
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be used: the message names the file and what is wrong."""
+
+
+def build_encoder(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) -> Encoder:
+    """The encoder of ``cfg``: backbone taps + skip fusion to (feat_channels, D, D)."""
+    if cfg.encoder == "tiny":
+        backbone, mean, std = TinyTaps(), IMAGENET_MEAN, IMAGENET_STD
+    elif cfg.encoder == "efficientnet_lite0":
+        backbone, mean, std = EfficientNetLite0Taps(), LITE_MEAN, LITE_STD
+        if cfg.pretrained:
+            backbone.load_pretrained()
+    else:
+        backbone, mean, std = VGG16Taps(), IMAGENET_MEAN, IMAGENET_STD
+        if vgg16_weights is not None:
+            backbone.load_torchvision(vgg16_weights)
+    return Encoder(backbone=backbone, tap_channels=list(backbone.channels), fused_tap=cfg.tap_channels,
+                   out_channels=cfg.feat_channels, grid_size=cfg.grid_size, mean=mean, std=std)  # fmt: skip
+
+
+def build_from_config(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) -> PolygonRNN:
+    """A freshly initialised model (pretrained backbone where the config says so)."""
+    return PolygonRNN(
+        encoder=build_encoder(cfg, vgg16_weights=vgg16_weights),
+        first_vertex=FirstVertex(in_channels=cfg.feat_channels, hidden=cfg.first_vertex_hidden),
+        decoder=PolygonDecoder(feat_channels=cfg.feat_channels, hidden=cfg.hidden, layers=cfg.layers,
+                               kernel=cfg.kernel, grid_size=cfg.grid_size, cell=cfg.cell, peephole=cfg.peephole,
+                               head=cfg.head),  # fmt: skip
+        max_len=cfg.max_len,
+    )
+
+
+def build_model(
+    variant: str | ModelConfig = "lite",
+    weights: str | Path | None = None,
+    *,
+    vgg16_weights: str | Path | None = None,
+) -> PolygonRNN:
+    """Build a model by variant name (``tiny``, ``lite``, ``vgg16``) or config, optionally loading a
+    polyrnn checkpoint (whose own config must match the variant's architecture).
+
+    Args:
+        variant: a key of :data:`VARIANTS` or a :class:`ModelConfig`.
+        weights: a polyrnn checkpoint file; loaded strictly.
+        vgg16_weights: a torchvision ``vgg16-*.pth`` to initialise the VGG-16 backbone from.
+    """
+    if isinstance(variant, str):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant '{variant}' (one of {', '.join(VARIANTS)})")
+        cfg = VARIANTS[variant]
+    else:
+        cfg = variant
+    if weights is not None:
+        ckpt = read_checkpoint(weights)
+        saved = ModelConfig.from_dict(ckpt["model_config"])
+        if _arch(saved) != _arch(cfg):
+            raise CheckpointError(f"{weights}: checkpoint is for {saved}, not {cfg}")
+        cfg = saved
+        # pretrained init is pointless when every weight is overwritten
+        model = build_from_config(ModelConfig.from_dict({**saved.to_dict(), "pretrained": False}))
+        load_weights(model, ckpt["model"], str(weights))
+        return model
+    return build_from_config(cfg, vgg16_weights=vgg16_weights)
+
+
+def _arch(cfg: ModelConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    d.pop("pretrained")
+    d.pop("max_len")
+    return d
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a polyrnn checkpoint (``weights_only=True``), checking its format fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds on a corrupt or foreign file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e.__class__.__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a polyrnn checkpoint (field 'format' is not '{CHECKPOINT_FORMAT}')")
+    for key in ("model_config", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint has no '{key}'")
+    return ckpt
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str = "weights") -> None:
+    """Strict load: missing or unexpected keys and shape mismatches are a :class:`CheckpointError`."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{where}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shape {shapes[:5]})"
+        )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def checkpoint_dict(model: PolygonRNN, cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
+    """A self-describing checkpoint holding the unwrapped model and its config."""
+    from polyrnn import __version__
+
+    return {"format": CHECKPOINT_FORMAT, "version": __version__, "model_config": cfg.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}  # fmt: skip
+
+
+def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
+    """Atomic save: temp file in the same folder, then rename."""
+    import io
+
+    from polyrnn.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,189 @@
+"""Polygon-RNN: encoder -> first-vertex branch -> recurrent decoder (Castrejón et al. 2017, Fig. 2).
+
+The trainable module. Its ``forward`` is teacher-forced; decoding (greedy, beam, from a prefix) runs
+under ``torch.no_grad``. The interactive wrapper is :class:`polyrnn.predictor.PolygonPredictor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polyrnn.modeling.decoder import PolygonDecoder, State, cell_mask_logits
+from polyrnn.modeling.encoder import Encoder
+from polyrnn.modeling.first_vertex import FirstVertex
+
+
+@dataclass
+class Decoded:
+    """One decoded polygon.
+
+    Attributes:
+        tokens: vertex tokens ``r * D + c`` (no end token), in order.
+        probs: probability of each vertex when it was chosen (the first from the vertex head).
+        ended: True when the decoder chose the end token (False: hit the length cap).
+        states: decoder state before predicting vertex k+1, for k = 0..len-1 (kept for corrections).
+    """
+
+    tokens: list[int]
+    probs: list[float]
+    ended: bool
+    states: list[State] = field(default_factory=list, repr=False)
+
+
+class PolygonRNN(nn.Module):
+    """The network. Images are (B, 3, 224, 224) float RGB in 0..255; the encoder normalises them."""
+
+    def __init__(self, *, encoder: Encoder, first_vertex: FirstVertex, decoder: PolygonDecoder, max_len: int = 70) -> None:  # fmt: skip
+        super().__init__()
+        self.encoder = encoder
+        self.first_vertex = first_vertex
+        self.decoder = decoder
+        self.max_len = max_len
+        self.grid_size = decoder.grid_size
+        self.eos = decoder.eos
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Teacher-forced pass.
+
+        Args:
+            images: (B, 3, 224, 224) crops (ignored when ``features`` is given).
+            tokens: (B, T) padded target tokens (-1 after the end token).
+            features: optional precomputed (B, C, D, D) encoder features.
+
+        Returns:
+            ``step_logits`` (B, T-1, D*D+1), ``boundary_logits`` and ``vertex_logits`` (B, D, D).
+        """
+        feats = self.encoder(images) if features is None else features
+        boundary, vertex = self.first_vertex(feats)
+        step_logits = self.decoder(self.decoder.prepare(feats), tokens.clamp(min=-1))
+        return {"step_logits": step_logits, "boundary_logits": boundary, "vertex_logits": vertex}
+
+    # --- inference ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 3, 224, 224) -> (features (B, C, D, D), static (B, G, D, D), vertex logits (B, D, D))."""
+        feats = self.encoder(images)
+        _, vertex = self.first_vertex(feats)
+        return feats, self.decoder.prepare(feats), vertex
+
+    @torch.no_grad()
+    def first_vertices(self, vertex_logits: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k first-vertex tokens and their softmax probabilities over the grid: (B, k) each."""
+        p = F.softmax(vertex_logits.flatten(1), dim=1)
+        probs, idx = p.topk(k, dim=1)
+        return idx, probs
+
+    def _run_prefix(self, static: torch.Tensor, prefix: list[int], prefix_states: list[State] | None
+                    ) -> tuple[torch.Tensor, list[State]]:  # fmt: skip
+        """Teacher-force the prefix. Returns the logits predicting vertex ``len(prefix)`` and the states
+        after each step k (step k consumes prefix[k] and predicts vertex k+1). With ``prefix_states``
+        from an earlier decode sharing ``prefix[:-1]``, only the last step is run."""
+        if not prefix:
+            raise ValueError("decoding needs at least the first vertex")
+        dev = static.device
+        n = len(prefix)
+        t = torch.tensor(prefix, device=dev).view(-1, 1)  # (n, 1)
+        none, first = torch.tensor([-1], device=dev), t[0]
+        if prefix_states is not None and n >= 2 and len(prefix_states) >= n - 1:
+            states, start = list(prefix_states[: n - 1]), n - 1
+            state = states[-1]
+        else:
+            states, start = [], 0
+            state = self.decoder.init_state(1, static)
+        logits = None
+        for k in range(start, n):
+            logits, state = self.decoder.step(static, t[k], t[k - 1] if k >= 1 else none, first, state)
+            states.append(state)
+        assert logits is not None
+        return logits, states
+
+    def _step_logp(self, logits: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+        """(V,) log-probabilities with visited cells and (before 3 vertices) the end token forbidden."""
+        dev = logits.device
+        used = torch.zeros(1, self.eos, dtype=torch.bool, device=dev)
+        used[0, torch.tensor(tokens, device=dev)] = True
+        allow = torch.tensor([len(tokens) >= 3], device=dev)
+        return F.log_softmax(cell_mask_logits(logits, used, allow), dim=-1)[0]
+
+    @torch.no_grad()
+    def decode(self, static: torch.Tensor, prefix: list[int], *, max_len: int | None = None,
+               eos_threshold: float = 0.5, prefix_states: list[State] | None = None) -> Decoded:  # fmt: skip
+        """Greedy decoding of one polygon continuing from ``prefix`` (the annotator-in-the-loop step).
+
+        Args:
+            static: (1, G, D, D) from :meth:`encode`.
+            prefix: vertex tokens fixed so far (at least the first vertex); never revisited.
+            max_len: vertex cap (default: the model's).
+            eos_threshold: stop when p(end) >= this. The cell targets are smoothed over ~13 cells and the
+                end target is not, so comparing p(end) with one cell (plain argmax) stops too early;
+                p(end) against all cells together is the matching decision.
+            prefix_states: ``states`` of an earlier decode sharing ``prefix[:-1]``: resume from them.
+
+        Returns:
+            :class:`Decoded` with ``states`` for every step (for the next correction).
+        """
+        cap = max_len or self.max_len
+        dev = static.device
+        tokens = list(prefix)
+        logits, states = self._run_prefix(static, tokens, prefix_states)
+        first = torch.tensor([tokens[0]], device=dev)
+        probs: list[float] = []
+        ended = False
+        while len(tokens) < cap:
+            p = self._step_logp(logits, tokens).exp()
+            if len(tokens) >= 3 and float(p[-1]) >= eos_threshold:
+                ended = True
+                break
+            nxt = int(p[:-1].argmax())
+            if float(p[nxt]) <= 0.0:  # every cell visited
+                ended = True
+                break
+            tokens.append(nxt)
+            probs.append(float(p[nxt]))
+            prev, prev2 = torch.tensor([nxt], device=dev), torch.tensor([tokens[-2]], device=dev)
+            logits, state = self.decoder.step(static, prev, prev2, first, states[-1])
+            states.append(state)
+        return Decoded(tokens=tokens, probs=probs, ended=ended, states=states)
+
+    @torch.no_grad()
+    def beam_decode(self, static: torch.Tensor, prefix: list[int], *, width: int = 3,
+                    max_len: int | None = None) -> Decoded:  # fmt: skip
+        """Beam search of width ``width`` continuing from ``prefix``. Hypotheses are ranked by mean
+        log-probability per predicted token (end included), so length does not decide on its own."""
+        cap = max_len or self.max_len
+        dev = static.device
+        first = torch.tensor([prefix[0]], device=dev)
+        logits, states = self._run_prefix(static, list(prefix), None)
+        # (tokens, sum log p, probs, logits predicting the next token, state)
+        hyps = [(list(prefix), 0.0, [], logits, states[-1])]
+        finished: list[tuple[list[int], float, list[float]]] = []
+
+        def mean(score: float, toks: list[int], extra: int = 0) -> float:
+            return score / max(len(toks) - len(prefix) + extra, 1)
+
+        while hyps:
+            cand = []
+            for toks, score, probs, lg, st in hyps:
+                lp = self._step_logp(lg, toks)
+                top = lp.topk(min(width + 1, lp.numel()))
+                for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                    if v == float("-inf"):
+                        continue
+                    if i == self.eos:
+                        finished.append((toks, mean(score + v, toks, 1), probs))
+                    elif len(toks) < cap:
+                        cand.append((toks + [i], score + v, probs + [float(torch.tensor(v).exp())], st))
+                if len(toks) >= cap:
+                    finished.append((toks, mean(score, toks), probs))
+            cand.sort(key=lambda h: -mean(h[1], h[0]))
+            hyps = []
+            for toks, score, probs, st in cand[:width]:
+                prev, prev2 = torch.tensor([toks[-1]], device=dev), torch.tensor([toks[-2]], device=dev)
+                lg, new_st = self.decoder.step(static, prev, prev2, first, st)
+                hyps.append((toks, score, probs, lg, new_st))
+        toks, _, probs = max(finished, key=lambda f: f[1])
+        return Decoded(tokens=toks, probs=probs, ended=len(toks) < cap)
