@@ -26,8 +26,15 @@ from polyrnn.modeling.polygon_rnn import PolygonRNN
 
 VARIANTS: dict[str, ModelConfig] = {
     # for tests: a few strided convs, small heads
-    "tiny": ModelConfig(encoder="tiny", pretrained=False, tap_channels=8, feat_channels=16, hidden=8,
-                        first_vertex_hidden=8, max_len=40),  # fmt: skip
+    "tiny": ModelConfig(
+        encoder="tiny",
+        pretrained=False,
+        tap_channels=8,
+        feat_channels=16,
+        hidden=8,
+        first_vertex_hidden=8,
+        max_len=40,
+    ),  # fmt: skip
     # the CPU default: EfficientNet-Lite0 (ImageNet) with the paper's decoder
     "lite": ModelConfig(encoder="efficientnet_lite0", tap_channels=64, feat_channels=128),
     # the paper: VGG-16 taps, 128-channel fused features, fully connected output
@@ -66,10 +73,18 @@ def build_from_config(cfg: ModelConfig, *, vgg16_weights: str | Path | None = No
     return PolygonRNN(
         encoder=build_encoder(cfg, vgg16_weights=vgg16_weights),
         first_vertex=FirstVertex(in_channels=cfg.feat_channels, hidden=cfg.first_vertex_hidden),
-        decoder=PolygonDecoder(feat_channels=cfg.feat_channels, hidden=cfg.hidden, layers=cfg.layers,
-                               kernel=cfg.kernel, grid_size=cfg.grid_size, cell=cfg.cell, peephole=cfg.peephole,
-                               head=cfg.head),  # fmt: skip
+        decoder=PolygonDecoder(
+            feat_channels=cfg.feat_channels,
+            hidden=cfg.hidden,
+            layers=cfg.layers,
+            kernel=cfg.kernel,
+            grid_size=cfg.grid_size,
+            cell=cfg.cell,
+            peephole=cfg.peephole,
+            head=cfg.head,
+        ),  # fmt: skip
         max_len=cfg.max_len,
+        crop_size=cfg.crop_size,
     )
 
 
@@ -121,9 +136,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds on a corrupt or foreign file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e.__class__.__name__}: {e})") from e
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({e.__class__.__name__}: {e})"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a polyrnn checkpoint (field 'format' is not '{CHECKPOINT_FORMAT}')")
+        raise CheckpointError(
+            f"{path}: not a polyrnn checkpoint (field 'format' is not '{CHECKPOINT_FORMAT}')"
+        )
     for key in ("model_config", "model"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint has no '{key}'")

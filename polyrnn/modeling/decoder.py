@@ -70,8 +70,10 @@ class PolygonDecoder(nn.Module):
         self.cells = nn.ModuleList(
             cell_cls(hidden=hidden, kernel=kernel, size=grid_size, peephole=peephole) for _ in range(layers)
         )
-        self.head: nn.Module = ConvHead(hidden=hidden, grid_size=grid_size) if head == "conv" else FCHead(
-            hidden=hidden, grid_size=grid_size
+        self.head: nn.Module = (
+            ConvHead(hidden=hidden, grid_size=grid_size)
+            if head == "conv"
+            else FCHead(hidden=hidden, grid_size=grid_size)
         )
 
     def prepare(self, features: torch.Tensor) -> torch.Tensor:

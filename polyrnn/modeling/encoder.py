@@ -25,7 +25,9 @@ class SkipFusion(nn.Module):
         super().__init__()
         self.size = size
         self.taps = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, tap_channels, 3, padding=1), nn.BatchNorm2d(tap_channels), nn.ReLU(inplace=True))
+            nn.Sequential(
+                nn.Conv2d(c, tap_channels, 3, padding=1), nn.BatchNorm2d(tap_channels), nn.ReLU(inplace=True)
+            )
             for c in in_channels
         )
         self.fuse = nn.Sequential(
@@ -169,7 +171,11 @@ class EfficientNetLite0Taps(nn.Module):
         blocks = []
         for repeats, k, s, e, cin, cout in self.STAGES:
             for r in range(repeats):
-                blocks.append(MBConv(cin=cin if r == 0 else cout, cout=cout, kernel=k, stride=s if r == 0 else 1, expand=e))
+                blocks.append(
+                    MBConv(
+                        cin=cin if r == 0 else cout, cout=cout, kernel=k, stride=s if r == 0 else 1, expand=e
+                    )
+                )
         self._blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -23,7 +23,9 @@ class PolygonLoss(nn.Module):
         self.register_buffer("table", torch.from_numpy(smooth_targets(np.arange(v), grid_size, radius=radius, sigma=sigma)), persistent=False)  # fmt: skip
         self.first_vertex_weight = first_vertex_weight
 
-    def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """
         Args:
             outputs: ``step_logits`` (B, T-1, V), ``boundary_logits`` and ``vertex_logits`` (B, D, D).

@@ -25,7 +25,8 @@ class Decoded:
         tokens: vertex tokens ``r * D + c`` (no end token), in order.
         probs: probability of each vertex when it was chosen (the first from the vertex head).
         ended: True when the decoder chose the end token (False: hit the length cap).
-        states: decoder state before predicting vertex k+1, for k = 0..len-1 (kept for corrections).
+        states: decoder state after step k (which consumed vertex k and predicted vertex k+1), for
+            k = 0..len-1; a correction of vertex j resumes from ``states[:j]``.
     """
 
     tokens: list[int]
@@ -37,12 +38,14 @@ class Decoded:
 class PolygonRNN(nn.Module):
     """The network. Images are (B, 3, 224, 224) float RGB in 0..255; the encoder normalises them."""
 
-    def __init__(self, *, encoder: Encoder, first_vertex: FirstVertex, decoder: PolygonDecoder, max_len: int = 70) -> None:  # fmt: skip
+    def __init__(self, *, encoder: Encoder, first_vertex: FirstVertex, decoder: PolygonDecoder, max_len: int = 70,
+                 crop_size: int = 224) -> None:  # fmt: skip
         super().__init__()
         self.encoder = encoder
         self.first_vertex = first_vertex
         self.decoder = decoder
         self.max_len = max_len
+        self.crop_size = crop_size
         self.grid_size = decoder.grid_size
         self.eos = decoder.eos
 

@@ -1,0 +1,202 @@
+"""``PolygonPredictor``: the interactive wrapper around a trained :class:`PolygonRNN`.
+
+Like SAM's predictor: ``set_image`` once, then ``predict(box)`` for each object and ``correct(index, xy)``
+for each annotator correction. Encoder results are cached per box, so a correction only re-runs the
+decoder from the corrected vertex on (reusing the cached decoder states before it).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from polyrnn.data.crop import CropBox
+from polyrnn.modeling.decoder import State
+from polyrnn.modeling.polygon_rnn import PolygonRNN
+
+
+@dataclass
+class Prediction:
+    """A polygon for one box.
+
+    Attributes:
+        vertices: (N, 2) float polygon in image pixels (x, y), cell centres of the grid.
+        probs: (N,) probability of each vertex when the model chose it; 1.0 for annotator vertices.
+        tokens: (N,) grid tokens ``r * D + c``.
+        box: the (x1, y1, x2, y2) box it was predicted for.
+    """
+
+    vertices: np.ndarray
+    probs: np.ndarray
+    tokens: np.ndarray
+    box: tuple[float, float, float, float]
+    fixed: int = 0  # vertices 0..fixed-1 were set by the annotator or kept from before a correction
+
+
+@dataclass
+class _BoxCache:
+    crop: CropBox
+    static: torch.Tensor
+    vertex_logits: torch.Tensor
+    tokens: list[int] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    states: list[State] = field(default_factory=list)
+
+
+class PolygonPredictor:
+    """Predict and correct polygons on one image at a time. Thread-safe: every public call holds a lock.
+
+    Args:
+        model: a :class:`PolygonRNN` (put in eval mode here).
+        context: crop context ratio (the paper's 15 % at test time).
+        eos_threshold: stop when p(end) >= this (see :meth:`PolygonRNN.decode`).
+        beam_width: 1 for greedy decoding, > 1 for beam search in :meth:`predict`.
+        cache_size: boxes whose encoder results are kept.
+    """
+
+    def __init__(self, model: PolygonRNN, *, context: float = 0.15, eos_threshold: float = 0.5,
+                 beam_width: int = 1, cache_size: int = 16, device: str | torch.device = "cpu") -> None:  # fmt: skip
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.context = context
+        self.eos_threshold = eos_threshold
+        self.beam_width = beam_width
+        self.cache_size = cache_size
+        self._lock = threading.RLock()
+        self._image: np.ndarray | None = None
+        self._cache: OrderedDict[tuple[float, ...], _BoxCache] = OrderedDict()
+        self._last_box: tuple[float, float, float, float] | None = None
+
+    @classmethod
+    def from_weights(
+        cls, weights: str | Path | None = None, variant: str = "lite", **kw: object
+    ) -> PolygonPredictor:
+        """A predictor for a checkpoint file (or the variant's shipped default when None)."""
+        from polyrnn.build import build_model
+
+        return cls(build_model(variant, weights), **kw)  # type: ignore[arg-type]
+
+    # --- image and box -----------------------------------------------------------------------------
+    def set_image(self, image: np.ndarray) -> None:
+        """Set the image: an RGB uint8 array of shape (H, W, 3). Clears the per-box cache."""
+        if (
+            not isinstance(image, np.ndarray)
+            or image.dtype != np.uint8
+            or image.ndim != 3
+            or image.shape[2] != 3
+        ):
+            desc = f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
+            raise ValueError(f"set_image expects an RGB uint8 array of shape (H, W, 3), got {desc}")
+        with self._lock:
+            self._image = np.ascontiguousarray(image)
+            self._cache.clear()
+            self._last_box = None
+
+    def _check_box(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        if self._image is None:
+            raise RuntimeError("call set_image(image) before predict(box)")
+        try:
+            x1, y1, x2, y2 = (float(v) for v in box)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"box must be four numbers x1, y1, x2, y2, got {box!r}") from e
+        h, w = self._image.shape[:2]
+        if not all(np.isfinite([x1, y1, x2, y2])) or x2 <= x1 or y2 <= y1:
+            raise ValueError(f"box {box!r} must have x2 > x1 and y2 > y1")
+        if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
+            raise ValueError(f"box {box!r} lies outside the {w}x{h} image")
+        return (x1, y1, x2, y2)
+
+    def _encode(self, box: tuple[float, float, float, float]) -> _BoxCache:
+        key = tuple(round(v, 3) for v in box)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        x1, y1, x2, y2 = box
+        crop = CropBox.around((x1, y1, x2 - x1, y2 - y1), context=self.context, crop_size=self.model.crop_size,
+                              grid_size=self.model.grid_size)  # fmt: skip
+        assert self._image is not None
+        pixels = crop.crop_image(self._image)
+        x = torch.from_numpy(pixels).to(self.device).permute(2, 0, 1).unsqueeze(0).float()
+        _, static, vertex = self.model.encode(x)
+        entry = _BoxCache(crop=crop, static=static, vertex_logits=vertex)
+        self._cache[key] = entry
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+    def _result(self, entry: _BoxCache, box: tuple[float, float, float, float], fixed: int) -> Prediction:
+        return Prediction(
+            vertices=entry.crop.cells_to_image(entry.crop.tokens_to_cells(np.array(entry.tokens))),
+            probs=np.array(entry.probs, dtype=np.float64),
+            tokens=np.array(entry.tokens, dtype=np.int64),
+            box=box,
+            fixed=fixed,
+        )
+
+    # --- predict and correct -----------------------------------------------------------------------
+    def predict(self, box: tuple[float, float, float, float], *, first_vertex: tuple[float, float] | None = None) -> Prediction:  # fmt: skip
+        """The model's polygon for a box.
+
+        Args:
+            box: (x1, y1, x2, y2) in image pixels.
+            first_vertex: optional (x, y) image point to start from instead of the first-vertex head.
+        """
+        with self._lock:
+            box = self._check_box(box)
+            entry = self._encode(box)
+            if first_vertex is not None:
+                start = int(
+                    entry.crop.cells_to_tokens(entry.crop.image_to_cells(np.array([first_vertex])))[0]
+                )
+                p0 = 1.0
+            else:
+                idx, pr = self.model.first_vertices(entry.vertex_logits, 1)
+                start, p0 = int(idx[0, 0]), float(pr[0, 0])
+            if self.beam_width > 1:
+                dec = self.model.beam_decode(entry.static, [start], width=self.beam_width)
+                # keep states for corrections: replay the chosen polygon once
+                states = self.model.decode(entry.static, dec.tokens, max_len=len(dec.tokens)).states
+            else:
+                dec = self.model.decode(entry.static, [start], eos_threshold=self.eos_threshold)
+                states = dec.states
+            entry.tokens, entry.probs, entry.states = list(dec.tokens), [p0, *dec.probs], states
+            self._last_box = box
+            return self._result(entry, box, fixed=1 if first_vertex is not None else 0)
+
+    def correct(self, index: int, xy: tuple[float, float], *, box: tuple[float, float, float, float] | None = None) -> Prediction:  # fmt: skip
+        """Move vertex ``index`` of the current polygon to ``xy`` (image pixels) and re-predict every vertex
+        after it; vertices before it are kept.
+
+        Args:
+            index: the corrected vertex, 0 <= index < number of vertices (index == N appends).
+            xy: the annotator's point (x, y) in image pixels; snapped to its grid cell.
+            box: the box of the polygon to correct (default: the last predicted box).
+        """
+        with self._lock:
+            box = self._check_box(box) if box is not None else self._last_box
+            if box is None:
+                raise RuntimeError("call predict(box) before correct(index, xy)")
+            entry = self._encode(box)
+            if not entry.tokens:
+                raise RuntimeError("no polygon to correct for this box: call predict(box) first")
+            if not 0 <= index <= len(entry.tokens):
+                raise IndexError(f"vertex index {index} out of range 0..{len(entry.tokens)}")
+            cell = int(
+                entry.crop.cells_to_tokens(entry.crop.image_to_cells(np.array([xy], dtype=np.float64)))[0]
+            )
+            keep = [t for t in entry.tokens[:index] if t != cell]
+            prefix = [*keep, cell]
+            reuse = entry.states if len(keep) == index else None
+            dec = self.model.decode(
+                entry.static, prefix, eos_threshold=self.eos_threshold, prefix_states=reuse
+            )
+            entry.tokens = dec.tokens
+            entry.probs = [*entry.probs[: len(keep)], 1.0, *dec.probs]
+            entry.states = dec.states
+            self._last_box = box
+            return self._result(entry, box, fixed=len(prefix))
