@@ -52,6 +52,19 @@ class CheckpointError(ValueError):
     """A weights file that cannot be used: the message names the file and what is wrong."""
 
 
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def default_weights(variant: str) -> Path:
+    """The weights shipped inside the package for a variant; :class:`CheckpointError` when there are none."""
+    path = WEIGHTS_DIR / f"{variant}.pt"
+    if not path.is_file():
+        raise CheckpointError(
+            f"no trained weights ship for variant '{variant}' yet ({path}); pass --weights / weights=PATH"
+        )
+    return path
+
+
 def build_encoder(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) -> Encoder:
     """The encoder of ``cfg``: backbone taps + skip fusion to (feat_channels, D, D)."""
     if cfg.encoder == "tiny":

@@ -72,6 +72,53 @@ def cmd_data_ceiling(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- model ----------------------------------------------------------------------------------------
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4:
+        raise CLIError(f"--box must be x1,y1,x2,y2 in pixels, got '{text}'")
+    return vals  # type: ignore[return-value]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from polyrnn.build import CheckpointError
+    from polyrnn.data import load_image
+    from polyrnn.predictor import PolygonPredictor
+
+    box = _parse_box(args.box)
+    try:
+        pred = PolygonPredictor.from_weights(args.weights, variant=args.variant, beam_width=args.beam)
+    except CheckpointError as e:
+        raise CLIError(str(e)) from e
+    pred.set_image(load_image(args.image))
+    try:
+        p = pred.predict(box)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    if args.json:
+        print(json.dumps({"image": str(args.image), "box": list(box),
+                          "polygon": [[round(float(x), 2), round(float(y), 2)] for x, y in p.vertices],
+                          "probs": [round(float(v), 4) for v in p.probs]}))  # fmt: skip
+    else:
+        print(f"{len(p.vertices)} vertices (x, y image pixels; probability):")
+        for (x, y), pr in zip(p.vertices, p.probs, strict=True):
+            print(f"  {x:8.2f} {y:8.2f}  {pr:.3f}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from polyrnn.bench import format_bench, run_bench
+
+    r = run_bench(
+        args.variant, repeats=args.repeats, steps=args.steps, threads=args.threads, weights=args.weights
+    )
+    print(json.dumps(r, indent=2) if args.json else format_bench(r))
+    return 0
+
+
 def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"polyrnn {name}: not built yet ({issue}).", file=sys.stderr)
@@ -109,11 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_ceiling)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
 
+    p = sub.add_parser("predict", help="trace one object in an image from its box")
+    p.add_argument("image", help="image file")
+    p.add_argument("--box", required=True, help="x1,y1,x2,y2 in image pixels")
+    p.add_argument("--weights", default=None, help="polyrnn checkpoint (default: the shipped model)")
+    p.add_argument("--variant", default="lite", choices=["tiny", "lite", "vgg16"])
+    p.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("bench", help="measure model speed on this machine")
+    p.add_argument("--variant", default="lite", choices=["tiny", "lite", "vgg16"])
+    p.add_argument("--weights", default=None)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--steps", type=int, default=20, help="vertices per automatic polygon")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
     for name, helptext, issue in [
-        ("predict", "trace one object in an image from its box", "the model issue"),
         ("train", "train a model from a YAML recipe", "the training-pipeline issue"),
         ("evaluate", "IoU, simulated annotator, NoC and baselines on a dataset", "the evaluation issue"),
-        ("bench", "measure model speed on this machine", "the model issue"),
         ("serve", "the annotation tool in the browser", "the annotation-tool issue"),
         ("export", "convert saved annotations to COCO, YOLO or LabelMe", "the annotation-tool issue"),
     ]:

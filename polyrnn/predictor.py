@@ -77,9 +77,9 @@ class PolygonPredictor:
         cls, weights: str | Path | None = None, variant: str = "lite", **kw: object
     ) -> PolygonPredictor:
         """A predictor for a checkpoint file (or the variant's shipped default when None)."""
-        from polyrnn.build import build_model
+        from polyrnn.build import build_model, default_weights
 
-        return cls(build_model(variant, weights), **kw)  # type: ignore[arg-type]
+        return cls(build_model(variant, weights if weights is not None else default_weights(variant)), **kw)  # type: ignore[arg-type]
 
     # --- image and box -----------------------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> None:

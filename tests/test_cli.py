@@ -62,3 +62,48 @@ def test_show_index_out_of_range(datasets, tmp_path, capsys):
         ]
     )
     assert rc == 2 and "out of range" in capsys.readouterr().err
+
+
+def test_predict_and_bench_commands(tmp_path, capsys):
+    import torch
+
+    from polyrnn.build import VARIANTS, build_model, checkpoint_dict, save_checkpoint
+
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.pt"
+    save_checkpoint(weights, checkpoint_dict(build_model("tiny"), VARIANTS["tiny"]))
+    img = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)).save(img)
+    args = [
+        "predict",
+        str(img),
+        "--box",
+        "10,10,100,80",
+        "--weights",
+        str(weights),
+        "--variant",
+        "tiny",
+        "--json",
+    ]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    poly = np.array(out["polygon"])
+    assert poly.shape[1] == 2 and len(poly) == len(out["probs"]) >= 3
+    assert (poly[:, 0] > 0).all() and (poly[:, 0] < 120).all()
+    assert main(args[:-1] + ["--box", "1,2,3"]) == 2
+    assert "--box must be x1,y1,x2,y2" in capsys.readouterr().err
+    assert main(["predict", str(img), "--box", "1,1,50,50", "--weights", str(tmp_path / "none.pt")]) == 2
+    assert "no such weights file" in capsys.readouterr().err
+    assert main(["predict", str(img), "--box", "1,1,50,50", "--variant", "tiny"]) == 2
+    assert "no trained weights ship for variant 'tiny'" in capsys.readouterr().err
+
+    assert main(["bench", "--variant", "tiny", "--repeats", "1", "--steps", "5", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    for key in ("parameters", "encoder_ms", "decoder_step_ms", "automatic_polygon_ms", "correction_ms",
+                "train_instances_per_s"):  # fmt: skip
+        assert r[key] > 0
+
+
+def test_unbuilt_subcommand_says_so(capsys):
+    assert main(["serve"]) == 2
+    assert "not built yet" in capsys.readouterr().err
