@@ -67,16 +67,19 @@ def default_weights(variant: str) -> Path:
 
 def build_encoder(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) -> Encoder:
     """The encoder of ``cfg``: backbone taps + skip fusion to (feat_channels, D, D)."""
+    backbone: TinyTaps | EfficientNetLite0Taps | VGG16Taps
     if cfg.encoder == "tiny":
         backbone, mean, std = TinyTaps(), IMAGENET_MEAN, IMAGENET_STD
     elif cfg.encoder == "efficientnet_lite0":
-        backbone, mean, std = EfficientNetLite0Taps(), LITE_MEAN, LITE_STD
+        lite = EfficientNetLite0Taps()
         if cfg.pretrained:
-            backbone.load_pretrained()
+            lite.load_pretrained()
+        backbone, mean, std = lite, LITE_MEAN, LITE_STD
     else:
-        backbone, mean, std = VGG16Taps(), IMAGENET_MEAN, IMAGENET_STD
+        vgg = VGG16Taps()
         if vgg16_weights is not None:
-            backbone.load_torchvision(vgg16_weights)
+            vgg.load_torchvision(vgg16_weights)
+        backbone, mean, std = vgg, IMAGENET_MEAN, IMAGENET_STD
     return Encoder(backbone=backbone, tap_channels=list(backbone.channels), fused_tap=cfg.tap_channels,
                    out_channels=cfg.feat_channels, grid_size=cfg.grid_size, mean=mean, std=std)  # fmt: skip
 

@@ -154,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=70)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_ceiling)
-    data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
+
+    def data_help(_: argparse.Namespace) -> int:
+        data.print_help()
+        return 2
+
+    data.set_defaults(func=data_help)
 
     p = sub.add_parser("predict", help="trace one object in an image from its box")
     p.add_argument("image", help="image file")

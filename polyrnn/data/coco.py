@@ -53,7 +53,7 @@ def read_coco(json_path: Path | str, image_dir: Path | str | None = None) -> Dat
     for i, im in enumerate(data["images"]):
         where = f"{json_path}:images[{i}]"
         try:
-            name, size, image_id = str(im["file_name"]), (int(im["width"]), int(im["height"])), int(im["id"])
+            name, size, im_id = str(im["file_name"]), (int(im["width"]), int(im["height"])), int(im["id"])
         except (KeyError, TypeError, ValueError) as e:
             skipped.append(Skip(where, f"needs 'id', 'file_name', 'width', 'height' ({e})"))
             continue
@@ -61,7 +61,7 @@ def read_coco(json_path: Path | str, image_dir: Path | str | None = None) -> Dat
         if path is None:
             skipped.append(Skip(where, f"image file '{name}' not found in {', '.join(map(str, dirs))}"))
             continue
-        images[image_id] = (path, size)
+        images[im_id] = (path, size)
 
     instances: list[Instance] = []
     for i, ann in enumerate(data["annotations"]):

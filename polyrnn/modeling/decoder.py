@@ -81,7 +81,10 @@ class PolygonDecoder(nn.Module):
         return self.static_conv(features)
 
     def init_state(self, batch: int, ref: torch.Tensor) -> State:
-        return [c.init_state(batch, self.grid_size, ref) for c in self.cells]
+        return [cell.init_state(batch, self.grid_size, ref) for cell in self._cells()]
+
+    def _cells(self) -> list[ConvLSTMCell | ConvGRUCell]:
+        return list(self.cells)  # type: ignore[arg-type]
 
     def one_hot(self, prev: torch.Tensor, prev2: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
         """Tokens (B,) each -> (B, 3, D, D) one-hot maps; a token < 0 or >= D*D gives an empty map."""
@@ -97,7 +100,7 @@ class PolygonDecoder(nn.Module):
         x_conv = static + self.vertex_conv(self.one_hot(prev, prev2, first))
         new_state: State = []
         h = x_conv
-        for i, cell in enumerate(self.cells):
+        for i, cell in enumerate(self._cells()):
             if i > 0:
                 x_conv = self.input_convs[i - 1](h)
             h, s = cell(x_conv, state[i])

@@ -55,6 +55,8 @@ class Encoder(nn.Module):
     input scale."""
 
     backbone: nn.Module
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, *, backbone: nn.Module, tap_channels: list[int], fused_tap: int, out_channels: int,
                  grid_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:  # fmt: skip
@@ -80,7 +82,7 @@ class VGG16Taps(nn.Module):
     (so ``vgg16-397923af.pth`` loads). Returns pool2 (128ch, 1/4), conv3_3 (256ch, 1/4),
     conv4_3 (512ch, 1/8) and conv5_3 (512ch, 1/16)."""
 
-    CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+    CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
     TAPS = (9, 15, 22, 29)  # indices (after ReLU/pool) of pool2, conv3_3, conv4_3, conv5_3 in `features`
     channels = [128, 256, 512, 512]
 
@@ -92,8 +94,9 @@ class VGG16Taps(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
             else:
-                layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.ReLU(inplace=True)]
-                c = int(v)
+                assert isinstance(v, int)
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+                c = v
         self.features = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -17,6 +17,8 @@ class PolygonLoss(nn.Module):
     ``table[v]`` is the (V,) smoothed target distribution of token v, precomputed once.
     """
 
+    table: torch.Tensor
+
     def __init__(self, *, grid_size: int, radius: float = 2.0, sigma: float = 1.0, first_vertex_weight: float = 1.0) -> None:  # fmt: skip
         super().__init__()
         v = grid_size * grid_size + 1

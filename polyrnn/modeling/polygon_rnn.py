@@ -162,7 +162,9 @@ class PolygonRNN(nn.Module):
         first = torch.tensor([prefix[0]], device=dev)
         logits, states = self._run_prefix(static, list(prefix), None)
         # (tokens, sum log p, probs, logits predicting the next token, state)
-        hyps = [(list(prefix), 0.0, [], logits, states[-1])]
+        hyps: list[tuple[list[int], float, list[float], torch.Tensor, State]] = [
+            (list(prefix), 0.0, [], logits, states[-1])
+        ]
         finished: list[tuple[list[int], float, list[float]]] = []
 
         def mean(score: float, toks: list[int], extra: int = 0) -> float:
