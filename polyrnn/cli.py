@@ -119,6 +119,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from polyrnn.config import load_train_config
+    from polyrnn.training import TrainingError, run_training
+
+    overrides = list(args.overrides)
+    for key, value in (("out", args.out), ("name", args.name), ("device", args.device), ("workers", args.workers),
+                       ("epochs", args.epochs)):  # fmt: skip
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        cfg = load_train_config(args.config, overrides)
+        run = run_training(cfg, resume=args.resume)
+    except (ValueError, TrainingError) as e:
+        raise CLIError(str(e)) from e
+    print(f"run folder: {run}")
+    return 0
+
+
 def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"polyrnn {name}: not built yet ({issue}).", file=sys.stderr)
@@ -179,8 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("train", help="train a model from a YAML recipe")
+    p.add_argument(
+        "--config", required=True, help="YAML recipe: a path or a packaged name (tiny, lite, vgg16)"
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=3e-4 model.hidden=32"
+    )
+    p.add_argument("--out", default=None, help="parent folder of run folders (default runs/train)")
+    p.add_argument("--name", default=None, help="run folder name (default: the recipe's)")
+    p.add_argument("--device", default=None, help="cpu or cuda")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT/NAME from weights/last.pt")
+    p.set_defaults(func=cmd_train)
+
     for name, helptext, issue in [
-        ("train", "train a model from a YAML recipe", "the training-pipeline issue"),
         ("evaluate", "IoU, simulated annotator, NoC and baselines on a dataset", "the evaluation issue"),
         ("serve", "the annotation tool in the browser", "the annotation-tool issue"),
         ("export", "convert saved annotations to COCO, YOLO or LabelMe", "the annotation-tool issue"),

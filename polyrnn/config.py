@@ -4,6 +4,7 @@ checkpoint rebuilds its own model."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 
@@ -49,3 +50,172 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config key(s): {', '.join(unknown)}")
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: tuple[str, ...] = ()  # dataset paths combined for training (any supported format)
+    val: str = ""  # validation dataset path ("" = no validation)
+    format: str = ""  # "" = detect per path
+    min_size: float = 0.0  # keep boxes whose longer side is at least this (pixels), training and validation
+    classes: tuple[str, ...] = ()  # keep only these classes (empty = all)
+    limit_train: int = 0  # use at most this many training instances (0 = all; for smoke runs)
+    limit_val: int = 0  # at most this many validation instances (0 = all)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: float = 0.5  # probability of a horizontal flip
+    context_low: float = 0.10  # random context ratio range (the paper's 10–20 %)
+    context_high: float = 0.20
+    random_start: bool = True  # random first vertex of the target sequence
+    color_jitter: float = 0.0  # max relative brightness/contrast/saturation change (0 = off)
+    scale_jitter: float = 0.0  # max relative change of the box side before cropping (0 = off)
+    shift_jitter: float = 0.0  # max box-centre shift as a fraction of the box side (0 = off)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-4  # Adam learning rate
+    weight_decay: float = 1e-5
+    lr_step: int = 0  # multiply the learning rate by lr_gamma every lr_step epochs (0 = constant)
+    lr_gamma: float = 0.1
+    clip_grad: float = 40.0  # gradient-norm clipping
+    first_vertex_weight: float = 1.0
+    target_radius: float = 2.0  # smoothed targets: cells within this distance
+    target_sigma: float = 1.0
+    freeze_backbone: bool = True  # backbone without gradients (True) or fine-tuned (False)
+    tbptt: int = 0  # truncated back-propagation through time every N steps (0 = full)
+    val_every: int = 1  # validate every N epochs
+    seed: int = 0
+    workers: int = 0  # data-loading processes
+    device: str = "cpu"  # "cpu" | "cuda"
+    out: str = "runs/train"
+    name: str = "exp"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "augment": AugmentConfig}
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    """Convert a YAML / command-line value to the type of the field's default."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    if isinstance(current, int):
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())
+        ):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if isinstance(current, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected a number, got {value!r}") from None
+    if isinstance(current, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return tuple(str(v) for v in value)
+    if isinstance(current, str):
+        if not isinstance(value, str | int | float):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ValueError(f"{where}: unsupported value {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    names = {f.name: f for f in fields(cls)}
+    default = cls()
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ValueError(f"unknown config key '{where}' (known: {', '.join(sorted(names))})")
+        current = getattr(default, key)
+        if key in _SECTIONS and prefix == "":
+            if not isinstance(value, dict):
+                raise ValueError(f"config key '{where}' must be a mapping")
+            kwargs[key] = _build(_SECTIONS[key], value, f"{key}.")
+        else:
+            kwargs[key] = _coerce(value, current, f"config key '{where}'")
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: {e}") from e
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override '{dotted}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML recipe (a path, or the name of a packaged recipe: tiny, lite, vgg16) and apply
+    ``key=value`` overrides (dotted keys for sections: ``model.hidden=32``, ``augment.flip=0``).
+    Unknown keys and badly typed values raise ``ValueError`` naming the key."""
+    import yaml
+
+    tree: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file() and (RECIPES / f"{path}.yaml").is_file():
+            p = RECIPES / f"{path}.yaml"
+        if not p.is_file():
+            raise ValueError(f"{path}: no such config file (packaged recipes: {', '.join(recipe_names())})")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: malformed YAML ({e})") from e
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{p}: a config must be a mapping of keys to values")
+        tree = loaded
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' must be key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "")
+    return _build(TrainConfig, tree, "")
+
+
+def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from its ``to_dict()`` form (e.g. stored in a checkpoint), strictly."""
+    return _build(TrainConfig, d, "")
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    import yaml
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, tuple | list):
+            return [plain(v) for v in x]
+        return x
+
+    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
+
+
+RECIPES = Path(__file__).resolve().parent / "configs"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))

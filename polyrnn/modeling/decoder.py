@@ -107,12 +107,14 @@ class PolygonDecoder(nn.Module):
             new_state.append(s)
         return self.head(h), new_state
 
-    def forward(self, static: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, static: torch.Tensor, tokens: torch.Tensor, tbptt: int = 0) -> torch.Tensor:
         """Teacher forcing.
 
         Args:
             static: (B, G*hidden, D, D) from :meth:`prepare`.
             tokens: (B, T) target tokens, y(1) first; padding after the end token is ignored by the loss.
+            tbptt: when > 0, gradients through the recurrent state are cut every ``tbptt`` steps
+                (truncated back-propagation through time, for long polygons).
 
         Returns:
             (B, T-1, D*D + 1) logits; step k predicts tokens[:, k] from tokens[:, :k].
@@ -123,6 +125,8 @@ class PolygonDecoder(nn.Module):
         first = tokens[:, 0]
         out = []
         for k in range(1, t):
+            if tbptt > 0 and k > 1 and (k - 1) % tbptt == 0:
+                state = [(h.detach(), c.detach()) for h, c in state]
             prev2 = tokens[:, k - 2] if k >= 2 else none
             logits, state = self.step(static, tokens[:, k - 1], prev2, first, state)
             out.append(logits)

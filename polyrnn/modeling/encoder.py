@@ -68,12 +68,32 @@ class Encoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
+    backbone_frozen: bool = False
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Frozen: the backbone runs without gradients and keeps its batch-norm statistics (eval mode)."""
+        self.backbone_frozen = frozen
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Encoder:
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) RGB in 0..255 -> the backbone's input scale."""
         return (images - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.fusion(self.backbone(self.normalize(images)))
+        if self.backbone_frozen:
+            with torch.no_grad():
+                taps = self.backbone(self.normalize(images))
+        else:
+            taps = self.backbone(self.normalize(images))
+        return self.fusion(taps)
 
 
 # --- VGG-16 (the paper's backbone) -----------------------------------------------------------------

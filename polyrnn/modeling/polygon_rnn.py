@@ -49,20 +49,22 @@ class PolygonRNN(nn.Module):
         self.grid_size = decoder.grid_size
         self.eos = decoder.eos
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor | None = None,
+                tbptt: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
         """Teacher-forced pass.
 
         Args:
             images: (B, 3, 224, 224) crops (ignored when ``features`` is given).
             tokens: (B, T) padded target tokens (-1 after the end token).
             features: optional precomputed (B, C, D, D) encoder features.
+            tbptt: truncated back-propagation every ``tbptt`` decoder steps (0 = full).
 
         Returns:
             ``step_logits`` (B, T-1, D*D+1), ``boundary_logits`` and ``vertex_logits`` (B, D, D).
         """
         feats = self.encoder(images) if features is None else features
         boundary, vertex = self.first_vertex(feats)
-        step_logits = self.decoder(self.decoder.prepare(feats), tokens.clamp(min=-1))
+        step_logits = self.decoder(self.decoder.prepare(feats), tokens.clamp(min=-1), tbptt=tbptt)
         return {"step_logits": step_logits, "boundary_logits": boundary, "vertex_logits": vertex}
 
     # --- inference ---------------------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""Training samples: crop, target tokens and first-vertex targets of an instance, with the paper's
+augmentations (flip, random context, random start) and optional jitter."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from polyrnn.config import AugmentConfig
+from polyrnn.data.augment import hflip, hflip_box, random_context
+from polyrnn.data.crop import CropBox
+from polyrnn.data.instance import Instance, load_image
+from polyrnn.data.sequence import polygon_to_tokens
+
+
+def first_vertex_targets(tokens: np.ndarray, grid_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(boundary, vertices) 0/1 float32 maps of shape (D, D): the polygon's edges drawn on the grid
+    and its vertex cells."""
+    d = grid_size
+    boundary = np.zeros((d, d), np.uint8)
+    vertices = np.zeros((d, d), np.float32)
+    t = tokens[tokens < d * d]
+    if len(t):
+        cells = np.stack([t % d, t // d], axis=1).astype(np.int32)
+        cv2.polylines(boundary, [cells.reshape(-1, 1, 2)], True, 1, 1)
+        vertices[cells[:, 1], cells[:, 0]] = 1.0
+    return boundary.astype(np.float32), vertices
+
+
+def _color_jitter(img: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    x = img.astype(np.float32)
+    b, c, s = (1.0 + rng.uniform(-amount, amount, 3)).tolist()
+    gray = x.mean(axis=2, keepdims=True)
+    x = gray + (x - gray) * s  # saturation
+    x = (x - x.mean()) * c + x.mean()  # contrast
+    x = x * b  # brightness
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+class PolygonDataset(Dataset):
+    """Instances -> training samples.
+
+    Each sample is a dict: ``image`` (3, crop, crop) uint8 tensor, ``tokens`` (T,) int64 (vertices then
+    the end token), ``boundary`` and ``vertices`` (D, D) float32, ``index``.
+
+    Randomness comes from ``seed``, the epoch (:meth:`set_epoch`) and the index, so a run is
+    reproducible and resumes exactly, with any number of workers. Decoded images are kept in a small
+    per-process cache; :class:`ImageGroupedSampler` orders instances so neighbours share images, which
+    decodes each image about once per epoch.
+    """
+
+    def __init__(self, instances: Sequence[Instance], *, train: bool, augment: AugmentConfig | None = None,
+                 grid_size: int = 28, crop_size: int = 224, max_len: int = 70, seed: int = 0,
+                 image_cache: int = 16) -> None:  # fmt: skip
+        self.instances = list(instances)
+        self.train = train
+        self.augment = augment or AugmentConfig()
+        self.grid_size, self.crop_size, self.max_len = grid_size, crop_size, max_len
+        self.seed = seed
+        self.epoch = 0
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = image_cache
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def _image(self, inst: Instance) -> np.ndarray:
+        key = str(inst.image_path)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        img = load_image(inst.image_path)
+        self._cache[key] = img
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return img
+
+    def sample(self, index: int) -> dict[str, Any]:
+        """The sample as numpy arrays plus its crop window (useful for inspection)."""
+        inst = self.instances[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        img = self._image(inst)
+        polygon = inst.largest_polygon()
+        box = inst.box
+        a = self.augment
+        context = 0.15
+        if rng is not None:
+            if rng.random() < a.flip:
+                img, (polygon,) = hflip(img, [polygon])
+                box = hflip_box(box, img.shape[1])
+            x, y, w, h = box
+            if a.scale_jitter > 0:
+                s = 1.0 + rng.uniform(-a.scale_jitter, a.scale_jitter)
+                x, y, w, h = x + w * (1 - s) / 2, y + h * (1 - s) / 2, w * s, h * s
+            if a.shift_jitter > 0:
+                dx, dy = rng.uniform(-a.shift_jitter, a.shift_jitter, 2) * max(w, h)
+                x, y = x + dx, y + dy
+            box = (x, y, w, h)
+            context = random_context(rng, a.context_low, a.context_high)
+        crop = CropBox.around(box, context=context, crop_size=self.crop_size, grid_size=self.grid_size)
+        pixels = crop.crop_image(img)
+        if rng is not None and a.color_jitter > 0:
+            pixels = _color_jitter(pixels, a.color_jitter, rng)
+        start_rng = rng if (rng is not None and a.random_start) else None
+        tokens = polygon_to_tokens(polygon, crop, max_len=self.max_len, rng=start_rng)
+        boundary, vertices = first_vertex_targets(tokens, self.grid_size)
+        return {"image": pixels, "tokens": tokens, "boundary": boundary, "vertices": vertices, "index": index,
+                "crop": crop}  # fmt: skip
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.sample(index)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(s["image"])).permute(2, 0, 1),  # (3, H, W) uint8
+            "tokens": torch.from_numpy(s["tokens"]),
+            "boundary": torch.from_numpy(s["boundary"]),
+            "vertices": torch.from_numpy(s["vertices"]),
+            "index": index,
+        }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack samples; tokens padded with -1 to the longest, ``lengths`` counts tokens incl. the end."""
+    lengths = torch.tensor([len(s["tokens"]) for s in samples])
+    tokens = torch.full((len(samples), int(lengths.max())), -1, dtype=torch.long)
+    for i, s in enumerate(samples):
+        tokens[i, : len(s["tokens"])] = s["tokens"]
+    return {
+        "images": torch.stack([s["image"] for s in samples]).float(),  # (B, 3, H, W) 0..255
+        "tokens": tokens,
+        "lengths": lengths,
+        "boundary": torch.stack([s["boundary"] for s in samples]),
+        "vertices": torch.stack([s["vertices"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples]),
+    }
+
+
+class ImageGroupedSampler(Sampler[int]):
+    """Shuffle images, then the instances within each image, keeping an image's instances together so the
+    per-process image cache decodes each image about once per epoch. Seeded by (seed, epoch)."""
+
+    def __init__(self, instances: Sequence[Instance], *, seed: int = 0, shuffle: bool = True) -> None:
+        groups: dict[str, list[int]] = {}
+        for i, inst in enumerate(instances):
+            groups.setdefault(str(inst.image_path), []).append(i)
+        self.groups = list(groups.values())
+        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        self.n = len(instances)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            yield from (i for g in self.groups for i in g)
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        for gi in rng.permutation(len(self.groups)):
+            g = self.groups[int(gi)]
+            yield from (g[int(j)] for j in rng.permutation(len(g)))
+
+
+def usable(instances: Sequence[Instance], *, grid_size: int = 28, max_len: int = 70) -> list[Instance]:
+    """Instances whose largest part gives at least 3 grid vertices at the test-time crop."""
+    out = []
+    for inst in instances:
+        crop = CropBox.around(inst.box, grid_size=grid_size)
+        if len(polygon_to_tokens(inst.largest_polygon(), crop, max_len=max_len)) >= 4:
+            out.append(inst)
+    return out

@@ -1,0 +1,310 @@
+"""Training as plain functions: ``train_one_epoch``, ``evaluate``, ``run_training``.
+
+A run folder ``OUT/<name>/`` holds ``config.yaml`` (the resolved config), ``weights/last.pt`` and
+``weights/best.pt`` (atomic saves; the unwrapped model with its config, optimiser, epoch, best metric,
+git SHA and versions), ``results.csv`` (one row per epoch) and ``results.png`` (its curves).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from polyrnn.build import build_from_config, checkpoint_dict, load_weights, read_checkpoint, save_checkpoint
+from polyrnn.config import TrainConfig, config_to_yaml, train_config_from_dict
+from polyrnn.data import load_datasets
+from polyrnn.data.crop import CropBox
+from polyrnn.data.dataset import ImageGroupedSampler, PolygonDataset, collate, usable
+from polyrnn.data.instance import Instance
+from polyrnn.geometry import mask_iou, rasterize
+from polyrnn.io import atomic_write_text
+from polyrnn.modeling.losses import PolygonLoss
+from polyrnn.modeling.polygon_rnn import PolygonRNN
+
+CSV_FIELDS = ["epoch", "train_loss", "train_polygon_loss", "train_first_vertex_loss", "val_loss", "val_miou",
+              "val_first_vertex_acc", "lr", "seconds", "instances_per_s"]  # fmt: skip
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, unusable data); the message says why and where."""
+
+
+def _progress(iterable: Any, **kw: Any) -> Any:
+    return tqdm(iterable, disable=not sys.stderr.isatty(), dynamic_ncols=True, **kw)
+
+
+def train_one_epoch(model: PolygonRNN, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: PolygonLoss,
+                    *, epoch: int, device: torch.device, clip_grad: float, tbptt: int = 0) -> dict[str, float]:  # fmt: skip
+    """One pass over ``loader``; returns mean losses, instances and seconds. Raises
+    :class:`TrainingError` on a non-finite loss."""
+    model.train()
+    sums = {"loss": 0.0, "polygon": 0.0, "first_vertex": 0.0}
+    n = 0
+    t0 = time.perf_counter()
+    bar = _progress(loader, desc=f"epoch {epoch}", unit="batch")
+    for b, batch in enumerate(bar):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        out = model(batch["images"], batch["tokens"], tbptt=tbptt)
+        losses = loss_fn(out, batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b} "
+                f"(polygon {losses['polygon'].item()}, first vertex {losses['first_vertex'].item()}); "
+                "lower the learning rate or check the data"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+        k = batch["images"].shape[0]
+        n += k
+        for key in sums:
+            sums[key] += losses[key].item() * k
+        rate = n / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", inst_s=f"{rate:.1f}")
+    secs = time.perf_counter() - t0
+    return {**{k: v / max(n, 1) for k, v in sums.items()}, "instances": float(n), "seconds": secs}
+
+
+def predict_polygon(model: PolygonRNN, static: torch.Tensor, vertex_logits: torch.Tensor, crop: CropBox,
+                    eos_threshold: float = 0.5) -> np.ndarray:  # fmt: skip
+    """The automatic polygon (first-vertex argmax, greedy decoding) in image pixels, (N, 2)."""
+    idx, _ = model.first_vertices(vertex_logits)
+    dec = model.decode(static, [int(idx[0, 0])], eos_threshold=eos_threshold)
+    return crop.cells_to_image(crop.tokens_to_cells(np.array(dec.tokens)))
+
+
+@torch.no_grad()
+def evaluate(model: PolygonRNN, loader: DataLoader, instances: Sequence[Instance], loss_fn: PolygonLoss, *,
+             device: torch.device, context: float = 0.15) -> dict[str, float]:  # fmt: skip
+    """Validation loss (teacher-forced, canonical start), first-vertex accuracy (argmax on a ground-truth
+    vertex cell) and mean IoU of the greedy automatic polygons at full image resolution."""
+    model.eval()
+    total, n, hits = 0.0, 0, 0
+    ious: list[float] = []
+    for batch in _progress(loader, desc="validate", unit="batch"):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        feats = model.encoder(batch["images"])
+        out = model(batch["images"], batch["tokens"], features=feats)
+        k = batch["images"].shape[0]
+        total += float(loss_fn(out, batch)["loss"]) * k
+        n += k
+        top = out["vertex_logits"].flatten(1).argmax(1)
+        hits += int(batch["vertices"].flatten(1).gather(1, top[:, None]).sum())
+        static = model.decoder.prepare(feats)
+        for j in range(k):
+            inst = instances[int(batch["index"][j])]
+            crop = CropBox.around(
+                inst.box, context=context, crop_size=model.crop_size, grid_size=model.grid_size
+            )
+            poly = predict_polygon(model, static[j : j + 1], out["vertex_logits"][j : j + 1], crop)
+            pred = rasterize([poly], inst.height, inst.width)
+            ious.append(mask_iou(pred, inst.mask(), inst.ignore_mask()))
+    return {"val_loss": total / max(n, 1), "val_miou": float(np.mean(ious)) if ious else float("nan"),
+            "val_first_vertex_acc": hits / max(n, 1)}  # fmt: skip
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    from polyrnn import __version__
+
+    return {"polyrnn": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
+            "python": platform.python_version()}  # fmt: skip
+
+
+def _plot(csv_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+
+    def col(name: str) -> list[float]:
+        return [float(r[name]) if r[name] not in ("", "nan") else math.nan for r in rows]
+
+    ep = col("epoch")
+    fig, ax = plt.subplots(2, 2, figsize=(10, 7))
+    ax[0, 0].plot(ep, col("train_loss"), label="train")
+    ax[0, 0].plot(ep, col("val_loss"), label="validation")
+    ax[0, 0].set_title("loss")
+    ax[0, 0].legend()
+    ax[0, 1].plot(ep, [100 * v for v in col("val_miou")], color="C2")
+    ax[0, 1].set_title("validation mean IoU (%), greedy polygons")
+    ax[1, 0].plot(ep, col("train_polygon_loss"), label="polygon")
+    ax[1, 0].plot(ep, col("train_first_vertex_loss"), label="first vertex")
+    ax[1, 0].set_title("training loss parts")
+    ax[1, 0].legend()
+    ax[1, 1].plot(ep, [100 * v for v in col("val_first_vertex_acc")], color="C3")
+    ax[1, 1].set_title("first-vertex accuracy (%)")
+    for a in ax.flat:
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    from polyrnn.io import atomic_write_bytes
+
+    atomic_write_bytes(png_path, buf.getvalue())
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in CSV_FIELDS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [dict(r) for r in csv.DictReader(f)]
+
+
+def _loaders(cfg: TrainConfig, train_insts: list[Instance], val_insts: list[Instance]
+             ) -> tuple[PolygonDataset, ImageGroupedSampler, DataLoader, DataLoader | None]:  # fmt: skip
+    m = cfg.model
+    train_ds = PolygonDataset(train_insts, train=True, augment=cfg.augment, grid_size=m.grid_size,
+                              crop_size=m.crop_size, max_len=m.max_len, seed=cfg.seed)  # fmt: skip
+    sampler = ImageGroupedSampler(train_insts, seed=cfg.seed)
+    kw: dict[str, Any] = {"num_workers": cfg.workers, "collate_fn": collate, "persistent_workers": False}
+    if cfg.workers > 0:
+        kw["prefetch_factor"] = 4
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=False, **kw)
+    val_loader = None
+    if val_insts:
+        val_ds = PolygonDataset(val_insts, train=False, grid_size=m.grid_size, crop_size=m.crop_size,
+                                max_len=m.max_len)  # fmt: skip
+        val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, **kw)
+    return train_ds, sampler, train_loader, val_loader
+
+
+def load_instances(cfg: TrainConfig) -> tuple[list[Instance], list[Instance]]:
+    d = cfg.data
+    classes = set(d.classes) or None
+    if not d.train:
+        raise TrainingError("config key 'data.train' is empty: name at least one training dataset")
+    train = load_datasets(list(d.train), d.format or None, min_size=d.min_size, classes=classes).instances
+    train = usable(train, grid_size=cfg.model.grid_size, max_len=cfg.model.max_len)
+    if d.limit_train:
+        train = train[: d.limit_train]
+    val: list[Instance] = []
+    if d.val:
+        from polyrnn.data import load_dataset
+
+        val = load_dataset(d.val, d.format or None, min_size=d.min_size, classes=classes).instances
+        val = usable(val, grid_size=cfg.model.grid_size, max_len=cfg.model.max_len)
+        if d.limit_val:
+            val = val[: d.limit_val]
+    if not train:
+        raise TrainingError(f"no usable training instances in {list(d.train)}")
+    return train, val
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) -> Path:
+    """Train per ``cfg`` into ``cfg.out/cfg.name``; with ``resume``, continue from ``weights/last.pt``
+    exactly (next epoch, optimiser, scheduler and RNG state). Returns the run folder."""
+    run = Path(cfg.out) / cfg.name
+    last = run / "weights" / "last.pt"
+    state: dict[str, Any] | None = None
+    if resume:
+        if not last.is_file():
+            raise TrainingError(f"--resume: {last} does not exist")
+        state = read_checkpoint(last)
+        saved = train_config_from_dict(state["train_config"])
+        cfg = replace(saved, epochs=cfg.epochs, device=cfg.device, workers=cfg.workers)
+    elif last.is_file():
+        raise TrainingError(
+            f"{run} already holds a run: pass --resume to continue it or choose another --name"
+        )
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda asked for, but no CUDA device is available")
+    torch.manual_seed(cfg.seed)
+    (run / "weights").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / "config.yaml", config_to_yaml(cfg))
+    log(config_to_yaml(cfg))
+
+    train_insts, val_insts = load_instances(cfg)
+    log(f"training instances: {len(train_insts)}, validation instances: {len(val_insts)}")
+    model = build_from_config(replace(cfg.model, pretrained=cfg.model.pretrained and state is None)).to(
+        device
+    )
+    model.encoder.freeze_backbone(cfg.freeze_backbone)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(cfg.lr_step, 1),
+                                                gamma=cfg.lr_gamma if cfg.lr_step > 0 else 1.0)  # fmt: skip
+    loss_fn = PolygonLoss(grid_size=cfg.model.grid_size, radius=cfg.target_radius, sigma=cfg.target_sigma,
+                          first_vertex_weight=cfg.first_vertex_weight).to(device)  # fmt: skip
+    start_epoch, best = 1, -math.inf
+    rows = _read_csv(run / "results.csv") if resume else []
+    if state is not None:
+        load_weights(model, state["model"], str(last))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, best = int(state["epoch"]) + 1, float(state["best_metric"])
+        rows = [r for r in rows if int(r["epoch"]) < start_epoch]
+        log(f"resumed from {last}: epoch {start_epoch}, best {best:.4f}")
+
+    train_ds, sampler, train_loader, val_loader = _loaders(cfg, train_insts, val_insts)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        train_ds.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        tr = train_one_epoch(model, train_loader, optimizer, loss_fn, epoch=epoch, device=device,
+                             clip_grad=cfg.clip_grad, tbptt=cfg.tbptt)  # fmt: skip
+        scheduler.step()
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"], "train_polygon_loss": tr["polygon"],
+                               "train_first_vertex_loss": tr["first_vertex"], "lr": lr, "seconds": tr["seconds"],
+                               "instances_per_s": tr["instances"] / max(tr["seconds"], 1e-9),
+                               "val_loss": math.nan, "val_miou": math.nan, "val_first_vertex_acc": math.nan}  # fmt: skip
+        if val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+            row.update(evaluate(model, val_loader, val_insts, loss_fn, device=device))
+        rows.append(row)
+        metric = row["val_miou"] if not math.isnan(row["val_miou"]) else -row["train_loss"]
+        is_best = metric > best
+        best = max(best, metric)
+        ckpt = checkpoint_dict(model, cfg.model, train_config=cfg.to_dict(), optimizer=optimizer.state_dict(),
+                               scheduler=scheduler.state_dict(), epoch=epoch, best_metric=best,
+                               torch_rng=torch.get_rng_state(), git_sha=git_sha(), versions=_versions())  # fmt: skip
+        save_checkpoint(last, ckpt)
+        if is_best:
+            save_checkpoint(run / "weights" / "best.pt", ckpt)
+        _write_csv(run / "results.csv", rows)
+        _plot(run / "results.csv", run / "results.png")
+        log(f"epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+            f"val_mIoU {100 * row['val_miou']:.2f} fv_acc {100 * row['val_first_vertex_acc']:.1f} "
+            f"({row['instances_per_s']:.1f} inst/s, {row['seconds']:.0f} s){' *' if is_best else ''}")  # fmt: skip
+    return run
