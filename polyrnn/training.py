@@ -78,6 +78,10 @@ def train_one_epoch(model: PolygonRNN, loader: DataLoader, optimizer: torch.opti
             sums[key] += losses[key].item() * k
         rate = n / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", inst_s=f"{rate:.1f}")
+        if bar.disable and (b + 1) % 50 == 0:  # no progress bar (not a terminal): a plain line now and then
+            eta = (len(loader) - b - 1) * (time.perf_counter() - t0) / (b + 1)
+            print(f"epoch {epoch}: batch {b + 1}/{len(loader)} loss {sums['loss'] / n:.4f} "
+                  f"{rate:.1f} inst/s, ETA {eta:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
     secs = time.perf_counter() - t0
     return {**{k: v / max(n, 1) for k, v in sums.items()}, "instances": float(n), "seconds": secs}
 
