@@ -28,7 +28,14 @@ from polyrnn.build import build_from_config, checkpoint_dict, load_weights, read
 from polyrnn.config import TrainConfig, config_to_yaml, train_config_from_dict
 from polyrnn.data import load_datasets
 from polyrnn.data.crop import CropBox
-from polyrnn.data.dataset import ImageGroupedSampler, PolygonDataset, collate, usable
+from polyrnn.data.dataset import (
+    LengthGroupedBatchSampler,
+    PolygonDataset,
+    collate,
+    target_lengths,
+    usable,
+    worker_init,
+)
 from polyrnn.data.instance import Instance
 from polyrnn.geometry import mask_iou, rasterize
 from polyrnn.io import atomic_write_text
@@ -196,15 +203,16 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def _loaders(cfg: TrainConfig, train_insts: list[Instance], val_insts: list[Instance]
-             ) -> tuple[PolygonDataset, ImageGroupedSampler, DataLoader, DataLoader | None]:  # fmt: skip
+             ) -> tuple[PolygonDataset, LengthGroupedBatchSampler, DataLoader, DataLoader | None]:  # fmt: skip
     m = cfg.model
     train_ds = PolygonDataset(train_insts, train=True, augment=cfg.augment, grid_size=m.grid_size,
                               crop_size=m.crop_size, max_len=m.max_len, seed=cfg.seed)  # fmt: skip
-    sampler = ImageGroupedSampler(train_insts, seed=cfg.seed)
-    kw: dict[str, Any] = {"num_workers": cfg.workers, "collate_fn": collate, "persistent_workers": False}
+    lengths = target_lengths(train_insts, grid_size=m.grid_size, max_len=m.max_len)
+    sampler = LengthGroupedBatchSampler(train_insts, lengths, batch_size=cfg.batch_size, seed=cfg.seed)
+    kw: dict[str, Any] = {"num_workers": cfg.workers, "collate_fn": collate, "worker_init_fn": worker_init}
     if cfg.workers > 0:
         kw["prefetch_factor"] = 4
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=False, **kw)
+    train_loader = DataLoader(train_ds, batch_sampler=sampler, **kw)
     val_loader = None
     if val_insts:
         val_ds = PolygonDataset(val_insts, train=False, grid_size=m.grid_size, crop_size=m.crop_size,

@@ -51,13 +51,13 @@ class PolygonDataset(Dataset):
 
     Randomness comes from ``seed``, the epoch (:meth:`set_epoch`) and the index, so a run is
     reproducible and resumes exactly, with any number of workers. Decoded images are kept in a small
-    per-process cache; :class:`ImageGroupedSampler` orders instances so neighbours share images, which
-    decodes each image about once per epoch.
+    per-process cache; :class:`LengthGroupedBatchSampler` serves whole images in pools, so each image
+    is decoded about once per epoch.
     """
 
     def __init__(self, instances: Sequence[Instance], *, train: bool, augment: AugmentConfig | None = None,
                  grid_size: int = 28, crop_size: int = 224, max_len: int = 70, seed: int = 0,
-                 image_cache: int = 16) -> None:  # fmt: skip
+                 image_cache: int = 40) -> None:  # fmt: skip
         self.instances = list(instances)
         self.train = train
         self.augment = augment or AugmentConfig()
@@ -143,32 +143,58 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     }
 
 
-class ImageGroupedSampler(Sampler[int]):
-    """Shuffle images, then the instances within each image, keeping an image's instances together so the
-    per-process image cache decodes each image about once per epoch. Seeded by (seed, epoch)."""
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of similar polygon length drawn from pools of whole images.
 
-    def __init__(self, instances: Sequence[Instance], *, seed: int = 0, shuffle: bool = True) -> None:
+    Each epoch the images are shuffled and cut into pools of ``pool_images`` images; a pool's instances
+    are sorted by target length, cut into batches, and all batches are shuffled. Padding to the longest
+    polygon of a batch then wastes few decoder steps, and an image is needed only while its pool is
+    served, so a per-process image cache of ``pool_images`` images decodes each JPEG once per epoch
+    (with ``workers > 1`` each worker keeps its own cache). Seeded by (seed, epoch).
+    """
+
+    def __init__(self, instances: Sequence[Instance], lengths: Sequence[int], *, batch_size: int, seed: int = 0,
+                 pool_images: int = 32, shuffle: bool = True) -> None:  # fmt: skip
         groups: dict[str, list[int]] = {}
         for i, inst in enumerate(instances):
             groups.setdefault(str(inst.image_path), []).append(i)
         self.groups = list(groups.values())
-        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
-        self.n = len(instances)
+        self.lengths = list(lengths)
+        self.batch_size, self.seed, self.pool_images, self.shuffle = batch_size, seed, pool_images, shuffle
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            yield from (i for g in self.groups for i in g)
-            return
+    def batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch, 7])
-        for gi in rng.permutation(len(self.groups)):
-            g = self.groups[int(gi)]
-            yield from (g[int(j)] for j in rng.permutation(len(g)))
+        order = rng.permutation(len(self.groups)) if self.shuffle else np.arange(len(self.groups))
+        out: list[list[int]] = []
+        for p in range(0, len(order), self.pool_images):
+            pool = [i for g in order[p : p + self.pool_images] for i in self.groups[int(g)]]
+            pool.sort(key=lambda i: (self.lengths[i], i))
+            pool_batches = [pool[k : k + self.batch_size] for k in range(0, len(pool), self.batch_size)]
+            if self.shuffle:
+                pool_batches = [pool_batches[int(j)] for j in rng.permutation(len(pool_batches))]
+            out.extend(pool_batches)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.batches()
+
+
+def target_lengths(instances: Sequence[Instance], *, grid_size: int = 28, max_len: int = 70) -> list[int]:
+    """Tokens per instance at the test-time crop (vertices + end): what batching by length sorts on."""
+    return [len(polygon_to_tokens(i.largest_polygon(), CropBox.around(i.box, grid_size=grid_size), max_len=max_len))
+            for i in instances]  # fmt: skip
+
+
+def worker_init(_: int) -> None:
+    """DataLoader workers: one OpenCV thread each, so loading never competes with the model's threads."""
+    cv2.setNumThreads(1)
 
 
 def usable(instances: Sequence[Instance], *, grid_size: int = 28, max_len: int = 70) -> list[Instance]:
