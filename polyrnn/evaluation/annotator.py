@@ -1,0 +1,88 @@
+"""Simulated annotators.
+
+``threshold_protocol`` is the paper's (Castrejón et al. 2017, Sec. 4.2, Table 4). The ground-truth
+polygon (its grid cells, in the model's orientation) is rotated so that its first vertex is the one
+nearest (chessboard distance) to the predicted first vertex; predicted vertex k is then matched with
+ground-truth vertex k. Walking k = 0, 1, ...: a predicted vertex farther than T cells from its match is
+replaced by the match and the model re-predicts everything after it (one correction). If the model ends
+before the last ground-truth vertex, the annotator adds the next one (one correction); if it runs past
+the last one, the annotator cuts the polygon there (one correction).
+
+``worst_vertex_protocol`` is the modern "clicks to quality" one: each correction takes the ground-truth
+vertex farthest from the current polygon, inserts it at its place in the sequence (after the predicted
+vertex nearest to its ground-truth predecessor) and re-predicts what follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+from shapely.geometry import LineString, Point
+
+
+class Session(Protocol):
+    """A model bound to one crop: where it starts, and how it completes a prefix of grid tokens."""
+
+    def first(self) -> int: ...
+
+    def complete(self, prefix: list[int]) -> list[int]: ...
+
+
+def _cells(tokens: list[int], d: int) -> np.ndarray:
+    t = np.asarray(tokens, dtype=np.int64)
+    return np.stack([t % d, t // d], axis=1)
+
+
+def chessboard(a: int, b: int, d: int) -> int:
+    return int(max(abs(a % d - b % d), abs(a // d - b // d)))
+
+
+def threshold_protocol(
+    session: Session, gt_tokens: list[int], threshold: int, grid_size: int
+) -> tuple[list[int], int]:
+    """Run the paper's simulated annotator. Returns (final tokens, corrections)."""
+    d = grid_size
+    pred = session.complete([session.first()])
+    start = min(range(len(gt_tokens)), key=lambda i: (chessboard(gt_tokens[i], pred[0], d), i))
+    gt = gt_tokens[start:] + gt_tokens[:start]
+    corrections = 0
+    k = 0
+    while k < len(gt):
+        if k >= len(pred):  # the model stopped early: the annotator adds the next vertex
+            pred = session.complete(pred + [gt[k]])
+            corrections += 1
+        elif chessboard(pred[k], gt[k], d) > threshold:
+            pred = session.complete(pred[:k] + [gt[k]])
+            corrections += 1
+        k += 1
+    if len(pred) > len(gt):  # ran past the last vertex: cut
+        pred = pred[: len(gt)]
+        corrections += 1
+    return pred, corrections
+
+
+def worst_vertex_protocol(session: Session, gt_tokens: list[int], grid_size: int, *, max_corrections: int = 20,
+                          score: Callable[[list[int]], float]) -> list[float]:  # fmt: skip
+    """IoU after k = 0..max_corrections corrections (``score`` maps tokens to IoU); once the polygon
+    passes through every ground-truth vertex the score is repeated."""
+    d = grid_size
+    pred = session.complete([session.first()])
+    scores = [score(pred)]
+    gt_xy = _cells(gt_tokens, d).astype(np.float64)
+    for _ in range(max_corrections):
+        xy = _cells(pred, d).astype(np.float64)
+        ring = LineString(np.concatenate([xy, xy[:1]])) if len(xy) >= 2 else None
+        dist = [Point(p).distance(ring) if ring is not None else np.inf for p in gt_xy]
+        j = int(np.argmax(dist))
+        if dist[j] <= 0.0:
+            scores.append(scores[-1])
+            continue
+        # place it after the predicted vertex nearest to its ground-truth predecessor
+        prev = gt_xy[j - 1]
+        after = int(np.argmin(np.abs(xy - prev).max(axis=1)))
+        prefix = [t for t in pred[: after + 1] if t != gt_tokens[j]] + [gt_tokens[j]]
+        pred = session.complete(prefix)
+        scores.append(score(pred))
+    return scores

@@ -1,0 +1,66 @@
+from polyrnn.evaluation.annotator import chessboard, threshold_protocol, worst_vertex_protocol
+
+D = 28
+
+
+def tok(c, r):
+    return r * D + c
+
+
+GT = [tok(5, 5), tok(15, 5), tok(20, 12), tok(15, 20), tok(5, 20)]
+
+
+class ShiftedModel:
+    """Always predicts the ground truth shifted 3 cells right, but obeys a given prefix: after a prefix of
+    length k it predicts the shifted ground truth from vertex k on (the same error every time)."""
+
+    def __init__(self, gt, shift=3, extra=0, short=0):
+        self.gt, self.shift, self.extra, self.short = gt, shift, extra, short
+        self.calls = 0
+
+    def first(self):
+        return self.gt[0] + self.shift
+
+    def complete(self, prefix):
+        self.calls += 1
+        k = len(prefix)
+        n = len(self.gt) - self.short
+        rest = [t + self.shift for t in self.gt[k:n]] + [tok(25, 25)] * self.extra
+        return list(prefix) + rest
+
+
+def test_threshold_counts_every_vertex_past_threshold():
+    m = ShiftedModel(GT, shift=3)
+    poly, clicks = threshold_protocol(m, GT, threshold=2, grid_size=D)
+    assert clicks == 5 and poly == GT
+    m = ShiftedModel(GT, shift=3)
+    poly, clicks = threshold_protocol(m, GT, threshold=3, grid_size=D)
+    assert clicks == 0 and poly == [t + 3 for t in GT]
+
+
+def test_threshold_aligns_start_and_handles_short_and_long():
+    rotated = GT[2:] + GT[:2]
+    m = ShiftedModel(rotated, shift=0)
+    poly, clicks = threshold_protocol(m, GT, threshold=1, grid_size=D)
+    assert clicks == 0 and poly == rotated  # matching starts at the GT vertex nearest the first prediction
+    poly, clicks = threshold_protocol(ShiftedModel(GT, shift=0, short=2), GT, threshold=1, grid_size=D)
+    assert clicks == 2 and poly == GT  # two missing vertices added
+    poly, clicks = threshold_protocol(ShiftedModel(GT, shift=0, extra=3), GT, threshold=1, grid_size=D)
+    assert clicks == 1 and poly == GT  # the tail cut once
+
+
+def test_worst_vertex_oracle_needs_no_clicks_and_errors_get_fixed():
+    def score(p):
+        return sum(t in GT for t in p) / len(set(p) | set(GT))
+
+    perfect = ShiftedModel(GT, shift=0)
+    scores = worst_vertex_protocol(perfect, GT, D, max_corrections=3, score=score)
+    assert scores == [1.0] * 4
+    wrong = ShiftedModel(GT, shift=3)
+    scores = worst_vertex_protocol(wrong, GT, D, max_corrections=6, score=score)
+    assert len(scores) == 7 and scores[0] == 0.0 and scores[-1] > 0.0
+    assert wrong.calls == 7  # the first prediction and one re-prediction per correction
+
+
+def test_chessboard():
+    assert chessboard(tok(1, 1), tok(4, 3), D) == 3
