@@ -64,3 +64,21 @@ def test_worst_vertex_oracle_needs_no_clicks_and_errors_get_fixed():
 
 def test_chessboard():
     assert chessboard(tok(1, 1), tok(4, 3), D) == 3
+
+
+def test_model_session_reuses_states_and_matches_fresh_decodes():
+    import numpy as np
+    import torch
+
+    from polyrnn.build import build_model
+    from polyrnn.evaluation.annotator import ModelSession
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    crop = (np.random.default_rng(0).random((224, 224, 3)) * 255).astype(np.uint8)
+    s = ModelSession(model, crop, eos_threshold=2.0)  # never ends early: long polygons
+    model.max_len = 12
+    a = s.complete([s.first()])
+    b = s.complete(a[:3] + [tok(1, 1)])
+    fresh = ModelSession(model, crop, eos_threshold=2.0).complete(a[:3] + [tok(1, 1)])
+    assert b == fresh and b[:4] == a[:3] + [tok(1, 1)]

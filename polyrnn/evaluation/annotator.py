@@ -86,3 +86,31 @@ def worst_vertex_protocol(session: Session, gt_tokens: list[int], grid_size: int
         pred = session.complete(prefix)
         scores.append(score(pred))
     return scores
+
+
+class ModelSession:
+    """A :class:`Session` for a :class:`~polyrnn.modeling.polygon_rnn.PolygonRNN` on one crop: encodes once,
+    and completes prefixes greedily, resuming from the cached decoder states of the last decode when the
+    new prefix shares all but its last vertex with it."""
+
+    def __init__(self, model, image_crop, *, eos_threshold: float = 0.5) -> None:  # type: ignore[no-untyped-def]
+        import torch
+
+        x = torch.as_tensor(image_crop).permute(2, 0, 1).unsqueeze(0).float()
+        self.model = model
+        _, self.static, self.vertex_logits = model.encode(x)
+        self.eos_threshold = eos_threshold
+        self._last: list[int] = []
+        self._states: list = []  # type: ignore[type-arg]
+
+    def first(self) -> int:
+        idx, _ = self.model.first_vertices(self.vertex_logits)
+        return int(idx[0, 0])
+
+    def complete(self, prefix: list[int]) -> list[int]:
+        reuse = self._states if len(prefix) >= 2 and self._last[: len(prefix) - 1] == prefix[:-1] else None
+        dec = self.model.decode(
+            self.static, list(prefix), eos_threshold=self.eos_threshold, prefix_states=reuse
+        )
+        self._last, self._states = list(dec.tokens), dec.states
+        return list(dec.tokens)
