@@ -199,9 +199,5 @@ def worker_init(_: int) -> None:
 
 def usable(instances: Sequence[Instance], *, grid_size: int = 28, max_len: int = 70) -> list[Instance]:
     """Instances whose largest part gives at least 3 grid vertices at the test-time crop."""
-    out = []
-    for inst in instances:
-        crop = CropBox.around(inst.box, grid_size=grid_size)
-        if len(polygon_to_tokens(inst.largest_polygon(), crop, max_len=max_len)) >= 4:
-            out.append(inst)
-    return out
+    lengths = target_lengths(instances, grid_size=grid_size, max_len=max_len)
+    return [inst for inst, n in zip(instances, lengths, strict=True) if n >= 4]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polyrnn.data.common import box_of, check_box, parse_polygon, read_json
+from polyrnn.data.common import box_of, check_box, image_size, parse_polygon, read_json
 from polyrnn.data.instance import DataError, Dataset, Instance, Skip
 
 IGNORE_LABEL = "__ignore__"
@@ -30,8 +30,6 @@ def read_labelme_file(path: Path, skipped: list[Skip]) -> tuple[list[Instance], 
     try:
         size = (int(data["imageWidth"]), int(data["imageHeight"]))
     except (KeyError, TypeError, ValueError):
-        from polyrnn.data.common import image_size
-
         size = image_size(image_path)
 
     groups: dict[tuple[str, object], list[np.ndarray]] = {}

@@ -27,7 +27,17 @@ import torch
 from torch import nn
 
 
-class ConvLSTMCell(nn.Module):
+class _ConvCell(nn.Module):
+    """Shared by the cells: ``hidden`` channels and a zero initial state (h, c) of shape (B, hidden, D, D)."""
+
+    hidden: int
+
+    def init_state(self, batch: int, size: int, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = ref.new_zeros(batch, self.hidden, size, size)
+        return (z, z)
+
+
+class ConvLSTMCell(_ConvCell):
     """One ConvLSTM layer; ``hidden`` channels, ``kernel`` x ``kernel`` convolutions on a size x size grid."""
 
     gates = 4
@@ -41,10 +51,6 @@ class ConvLSTMCell(nn.Module):
             self.w_ci = nn.Parameter(torch.zeros(1, hidden, size, size))
             self.w_cf = nn.Parameter(torch.zeros(1, hidden, size, size))
             self.w_co = nn.Parameter(torch.zeros(1, hidden, size, size))
-
-    def init_state(self, batch: int, size: int, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = ref.new_zeros(batch, self.hidden, size, size)
-        return (z, z)
 
     def forward(
         self, x_conv: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
@@ -62,7 +68,7 @@ class ConvLSTMCell(nn.Module):
         return h, (h, c)
 
 
-class ConvGRUCell(nn.Module):
+class ConvGRUCell(_ConvCell):
     """One ConvGRU layer; the state is a pair (h, h) so it stacks like the LSTM."""
 
     gates = 3
@@ -73,10 +79,6 @@ class ConvGRUCell(nn.Module):
         self.hidden = hidden
         self.conv_zr = nn.Conv2d(hidden, 2 * hidden, kernel, padding=kernel // 2, bias=False)
         self.conv_n = nn.Conv2d(hidden, hidden, kernel, padding=kernel // 2, bias=False)
-
-    def init_state(self, batch: int, size: int, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = ref.new_zeros(batch, self.hidden, size, size)
-        return (z, z)
 
     def forward(
         self, x_conv: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]

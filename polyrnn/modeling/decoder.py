@@ -8,7 +8,6 @@ end-of-sequence class (token D*D).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from polyrnn.modeling.conv_lstm import ConvGRUCell, ConvLSTMCell
@@ -140,7 +139,3 @@ def cell_mask_logits(logits: torch.Tensor, used: torch.Tensor, allow_eos: torch.
     masked[:, :-1] = masked[:, :-1].masked_fill(used, float("-inf"))
     masked[:, -1] = masked[:, -1].masked_fill(~allow_eos, float("-inf"))
     return masked
-
-
-def log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    return F.log_softmax(logits, dim=-1)
