@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from polyrnn.build import build_model
+from polyrnn.build import build_model, polygon_model
 from polyrnn.modeling.losses import PolygonLoss
 from polyrnn.predictor import PolygonPredictor
 
@@ -49,7 +49,7 @@ def run_bench(variant: str = "lite", *, repeats: int = 10, steps: int = 20, trai
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(variant, weights).eval()
+    model = polygon_model(build_model(variant, weights), str(weights or variant)).eval()
     d = model.grid_size
     out: dict[str, Any] = {"variant": variant, "threads": torch.get_num_threads(), "repeats": repeats}
     out["parameters"] = sum(p.numel() for p in model.parameters())

@@ -22,7 +22,10 @@ from polyrnn.modeling.encoder import (
     VGG16Taps,
 )
 from polyrnn.modeling.first_vertex import FirstVertex
+from polyrnn.modeling.mask_net import MaskHead, MaskNet
 from polyrnn.modeling.polygon_rnn import PolygonRNN
+
+Model = PolygonRNN | MaskNet
 
 VARIANTS: dict[str, ModelConfig] = {
     # for tests: a few strided convs, small heads
@@ -39,6 +42,11 @@ VARIANTS: dict[str, ModelConfig] = {
     "lite": ModelConfig(encoder="efficientnet_lite0", tap_channels=64, feat_channels=128),
     # the paper: VGG-16 taps, 128-channel fused features, fully connected output
     "vgg16": ModelConfig(encoder="vgg16", pretrained=False, tap_channels=128, feat_channels=128, head="fc"),
+    # the mask baseline (DeepMask/SharpMask in spirit): the lite encoder, transposed convs to a 112x112 mask
+    "lite-mask": ModelConfig(encoder="efficientnet_lite0", tap_channels=64, feat_channels=128, kind="mask"),
+    "tiny-mask": ModelConfig(
+        encoder="tiny", pretrained=False, tap_channels=8, feat_channels=16, kind="mask", mask_size=56
+    ),  # fmt: skip
 }
 
 # Lite0 expects inputs scaled as (x - 127) / 128: mean 127/255, std 128/255 in the Encoder's 0..1 terms.
@@ -84,10 +92,16 @@ def build_encoder(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) 
                    out_channels=cfg.feat_channels, grid_size=cfg.grid_size, mean=mean, std=std)  # fmt: skip
 
 
-def build_from_config(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) -> PolygonRNN:
-    """A freshly initialised model (pretrained backbone where the config says so)."""
+def build_from_config(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) -> Model:
+    """A freshly initialised model (pretrained backbone where the config says so): a
+    :class:`PolygonRNN`, or a :class:`MaskNet` for ``kind="mask"``."""
+    encoder = build_encoder(cfg, vgg16_weights=vgg16_weights)
+    if cfg.kind == "mask":
+        ups = (cfg.mask_size // cfg.grid_size).bit_length() - 1
+        head = MaskHead(in_channels=cfg.feat_channels, ups=ups, hidden=max(cfg.feat_channels // 2, 16))
+        return MaskNet(encoder=encoder, head=head, crop_size=cfg.crop_size, grid_size=cfg.grid_size)
     return PolygonRNN(
-        encoder=build_encoder(cfg, vgg16_weights=vgg16_weights),
+        encoder=encoder,
         first_vertex=FirstVertex(in_channels=cfg.feat_channels, hidden=cfg.first_vertex_hidden),
         decoder=PolygonDecoder(
             feat_channels=cfg.feat_channels,
@@ -109,8 +123,8 @@ def build_model(
     weights: str | Path | None = None,
     *,
     vgg16_weights: str | Path | None = None,
-) -> PolygonRNN:
-    """Build a model by variant name (``tiny``, ``lite``, ``vgg16``) or config, optionally loading a
+) -> Model:
+    """Build a model by variant name (``tiny``, ``lite``, ``vgg16``, ``lite-mask``, ...) or config, optionally loading a
     polyrnn checkpoint (whose own config must match the variant's architecture).
 
     Args:
@@ -179,7 +193,14 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: 
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def checkpoint_dict(model: PolygonRNN, cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
+def polygon_model(model: Model, where: str = "weights") -> PolygonRNN:
+    """``model`` as a :class:`PolygonRNN`, or a :class:`CheckpointError` naming ``where``."""
+    if not isinstance(model, PolygonRNN):
+        raise CheckpointError(f"{where}: holds a mask model, not a polygon model")
+    return model
+
+
+def checkpoint_dict(model: torch.nn.Module, cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
     """A self-describing checkpoint holding the unwrapped model and its config."""
     from polyrnn import __version__
 

@@ -24,6 +24,8 @@ class ModelConfig:
     head: str = "conv"  # "conv" (per-cell conv + pooled end logit) | "fc" (the paper's fully connected)
     first_vertex_hidden: int = 32  # channels of the first-vertex heads
     max_len: int = 70  # vertex cap when decoding (the paper used about 70)
+    kind: str = "polygon"  # "polygon" (Polygon-RNN) | "mask" (the mask baseline: encoder + mask head)
+    mask_size: int = 112  # mask head output side (kind "mask"): grid_size * 2**k
 
     def __post_init__(self) -> None:
         checks = {
@@ -35,6 +37,10 @@ class ModelConfig:
             "hidden": self.hidden >= 1,
             "kernel": self.kernel % 2 == 1,
             "max_len": self.max_len >= 3,
+            "kind": self.kind in ("polygon", "mask"),
+            "mask_size": self.mask_size >= self.grid_size
+            and self.mask_size % self.grid_size == 0
+            and (self.mask_size // self.grid_size) & (self.mask_size // self.grid_size - 1) == 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -55,7 +61,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     train: tuple[str, ...] = ()  # dataset paths combined for training (any supported format)
-    val: str = ""  # validation dataset path ("" = no validation)
+    val: str = ""  # validation dataset path ("" = no validation, or val_split)
+    val_split: float = 0.0  # hold out this fraction of the training images as validation (when val is "")
     format: str = ""  # "" = detect per path
     min_size: float = 0.0  # keep boxes whose longer side is at least this (pixels), training and validation
     classes: tuple[str, ...] = ()  # keep only these classes (empty = all)

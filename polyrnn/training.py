@@ -24,7 +24,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from polyrnn.build import build_from_config, checkpoint_dict, load_weights, read_checkpoint, save_checkpoint
+from polyrnn.build import (
+    Model,
+    build_from_config,
+    checkpoint_dict,
+    load_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
 from polyrnn.config import TrainConfig, config_to_yaml, train_config_from_dict
 from polyrnn.data import load_datasets
 from polyrnn.data.crop import CropBox
@@ -40,10 +47,14 @@ from polyrnn.data.instance import Instance
 from polyrnn.geometry import mask_iou, rasterize
 from polyrnn.io import atomic_write_text
 from polyrnn.modeling.losses import PolygonLoss
+from polyrnn.modeling.mask_net import MaskLoss, MaskNet, mask_polygon
 from polyrnn.modeling.polygon_rnn import PolygonRNN
 
-CSV_FIELDS = ["epoch", "train_loss", "train_polygon_loss", "train_first_vertex_loss", "val_loss", "val_miou",
-              "val_first_vertex_acc", "lr", "seconds", "instances_per_s"]  # fmt: skip
+Loss = PolygonLoss | MaskLoss
+
+CSV_FIELDS = ["epoch", "train_loss", "train_polygon_loss", "train_first_vertex_loss", "train_mask_loss",
+              "train_dice_loss", "val_loss", "val_miou", "val_first_vertex_acc", "lr", "seconds",
+              "instances_per_s"]  # fmt: skip
 
 
 class TrainingError(RuntimeError):
@@ -54,24 +65,30 @@ def _progress(iterable: Any, **kw: Any) -> Any:
     return tqdm(iterable, disable=not sys.stderr.isatty(), dynamic_ncols=True, **kw)
 
 
-def train_one_epoch(model: PolygonRNN, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: PolygonLoss,
+def _forward(model: Model, batch: dict[str, torch.Tensor], tbptt: int = 0,
+             features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    if isinstance(model, MaskNet):
+        return model(batch["images"], features=features)
+    return model(batch["images"], batch["tokens"], features=features, tbptt=tbptt)
+
+
+def train_one_epoch(model: Model, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: Loss,
                     *, epoch: int, device: torch.device, clip_grad: float, tbptt: int = 0) -> dict[str, float]:  # fmt: skip
-    """One pass over ``loader``; returns mean losses, instances and seconds. Raises
-    :class:`TrainingError` on a non-finite loss."""
+    """One pass over ``loader``; returns mean losses (``loss`` and its parts), instances and seconds.
+    Raises :class:`TrainingError` on a non-finite loss."""
     model.train()
-    sums = {"loss": 0.0, "polygon": 0.0, "first_vertex": 0.0}
+    sums: dict[str, float] = {}
     n = 0
     t0 = time.perf_counter()
     bar = _progress(loader, desc=f"epoch {epoch}", unit="batch")
     for b, batch in enumerate(bar):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        out = model(batch["images"], batch["tokens"], tbptt=tbptt)
-        losses = loss_fn(out, batch)
+        losses = loss_fn(_forward(model, batch, tbptt), batch)
         loss = losses["loss"]
         if not torch.isfinite(loss):
+            parts = ", ".join(f"{k} {v.item()}" for k, v in losses.items() if k != "loss")
             raise TrainingError(
-                f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b} "
-                f"(polygon {losses['polygon'].item()}, first vertex {losses['first_vertex'].item()}); "
+                f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b} ({parts}); "
                 "lower the learning rate or check the data"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -81,8 +98,8 @@ def train_one_epoch(model: PolygonRNN, loader: DataLoader, optimizer: torch.opti
         optimizer.step()
         k = batch["images"].shape[0]
         n += k
-        for key in sums:
-            sums[key] += losses[key].item() * k
+        for key, v in losses.items():
+            sums[key] = sums.get(key, 0.0) + v.item() * k
         rate = n / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", inst_s=f"{rate:.1f}")
         if bar.disable and (b + 1) % 50 == 0:  # no progress bar (not a terminal): a plain line now and then
@@ -102,20 +119,31 @@ def predict_polygon(model: PolygonRNN, static: torch.Tensor, vertex_logits: torc
 
 
 @torch.no_grad()
-def evaluate(model: PolygonRNN, loader: DataLoader, instances: Sequence[Instance], loss_fn: PolygonLoss, *,
+def evaluate(model: Model, loader: DataLoader, instances: Sequence[Instance], loss_fn: Loss, *,
              device: torch.device, context: float = 0.15) -> dict[str, float]:  # fmt: skip
     """Validation loss (teacher-forced, canonical start), first-vertex accuracy (argmax on a ground-truth
-    vertex cell) and mean IoU of the greedy automatic polygons at full image resolution."""
+    vertex cell) and mean IoU of the greedy automatic polygons at full image resolution (mask model:
+    its mask's polygon)."""
     model.eval()
     total, n, hits = 0.0, 0, 0
     ious: list[float] = []
     for batch in _progress(loader, desc="validate", unit="batch"):
         batch = {k: v.to(device) for k, v in batch.items()}
         feats = model.encoder(batch["images"])
-        out = model(batch["images"], batch["tokens"], features=feats)
+        out = _forward(model, batch, features=feats)
         k = batch["images"].shape[0]
-        total += float(loss_fn(out, batch)["loss"]) * k
+        total += float(loss_fn(out, batch)["loss"]) * k  # type: ignore[arg-type]
         n += k
+        if isinstance(model, MaskNet):
+            probs = torch.sigmoid(out["mask_logits"]).cpu().numpy()
+            for j in range(k):
+                inst = instances[int(batch["index"][j])]
+                crop = CropBox.around(inst.box, context=context, crop_size=model.crop_size,
+                                      grid_size=model.grid_size)  # fmt: skip
+                poly = mask_polygon(probs[j], crop)
+                pred = rasterize([poly] if poly is not None else [], inst.height, inst.width)
+                ious.append(mask_iou(pred, inst.mask(), inst.ignore_mask()))
+            continue
         top = out["vertex_logits"].flatten(1).argmax(1)
         hits += int(batch["vertices"].flatten(1).gather(1, top[:, None]).sum())
         static = model.decoder.prepare(feats)
@@ -127,8 +155,9 @@ def evaluate(model: PolygonRNN, loader: DataLoader, instances: Sequence[Instance
             poly = predict_polygon(model, static[j : j + 1], out["vertex_logits"][j : j + 1], crop)
             pred = rasterize([poly], inst.height, inst.width)
             ious.append(mask_iou(pred, inst.mask(), inst.ignore_mask()))
+    fv_acc = math.nan if isinstance(model, MaskNet) else hits / max(n, 1)
     return {"val_loss": total / max(n, 1), "val_miou": float(np.mean(ious)) if ious else float("nan"),
-            "val_first_vertex_acc": hits / max(n, 1)}  # fmt: skip
+            "val_first_vertex_acc": fv_acc}  # fmt: skip
 
 
 def git_sha() -> str:
@@ -205,8 +234,9 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 def _loaders(cfg: TrainConfig, train_insts: list[Instance], val_insts: list[Instance]
              ) -> tuple[PolygonDataset, LengthGroupedBatchSampler, DataLoader, DataLoader | None]:  # fmt: skip
     m = cfg.model
+    mask_size = m.mask_size if m.kind == "mask" else 0
     train_ds = PolygonDataset(train_insts, train=True, augment=cfg.augment, grid_size=m.grid_size,
-                              crop_size=m.crop_size, max_len=m.max_len, seed=cfg.seed)  # fmt: skip
+                              crop_size=m.crop_size, max_len=m.max_len, seed=cfg.seed, mask_size=mask_size)  # fmt: skip
     lengths = target_lengths(train_insts, grid_size=m.grid_size, max_len=m.max_len)
     sampler = LengthGroupedBatchSampler(train_insts, lengths, batch_size=cfg.batch_size, seed=cfg.seed)
     kw: dict[str, Any] = {"num_workers": cfg.workers, "collate_fn": collate, "worker_init_fn": worker_init}
@@ -216,9 +246,19 @@ def _loaders(cfg: TrainConfig, train_insts: list[Instance], val_insts: list[Inst
     val_loader = None
     if val_insts:
         val_ds = PolygonDataset(val_insts, train=False, grid_size=m.grid_size, crop_size=m.crop_size,
-                                max_len=m.max_len)  # fmt: skip
+                                max_len=m.max_len, mask_size=mask_size)  # fmt: skip
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, **kw)
     return train_ds, sampler, train_loader, val_loader
+
+
+def split_by_image(instances: Sequence[Instance], fraction: float, *, seed: int = 0
+                   ) -> tuple[list[Instance], list[Instance]]:  # fmt: skip
+    """(kept, held out): a seeded ``fraction`` of the images, with all their instances, held out."""
+    images = sorted({str(i.image_path) for i in instances})
+    rng = np.random.default_rng([seed, 11])
+    held = {images[int(j)] for j in rng.permutation(len(images))[: int(round(len(images) * fraction))]}
+    return ([i for i in instances if str(i.image_path) not in held],
+            [i for i in instances if str(i.image_path) in held])  # fmt: skip
 
 
 def load_instances(cfg: TrainConfig) -> tuple[list[Instance], list[Instance]]:
@@ -228,16 +268,18 @@ def load_instances(cfg: TrainConfig) -> tuple[list[Instance], list[Instance]]:
         raise TrainingError("config key 'data.train' is empty: name at least one training dataset")
     train = load_datasets(list(d.train), d.format or None, min_size=d.min_size, classes=classes).instances
     train = usable(train, grid_size=cfg.model.grid_size, max_len=cfg.model.max_len)
+    val: list[Instance] = []
+    if d.val_split > 0 and not d.val:
+        train, val = split_by_image(train, d.val_split, seed=cfg.seed)
     if d.limit_train:
         train = train[: d.limit_train]
-    val: list[Instance] = []
     if d.val:
         from polyrnn.data import load_dataset
 
         val = load_dataset(d.val, d.format or None, min_size=d.min_size, classes=classes).instances
         val = usable(val, grid_size=cfg.model.grid_size, max_len=cfg.model.max_len)
-        if d.limit_val:
-            val = val[: d.limit_val]
+    if d.limit_val:
+        val = val[: d.limit_val]
     if not train:
         raise TrainingError(f"no usable training instances in {list(d.train)}")
     return train, val
@@ -277,8 +319,12 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) ->
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(cfg.lr_step, 1),
                                                 gamma=cfg.lr_gamma if cfg.lr_step > 0 else 1.0)  # fmt: skip
-    loss_fn = PolygonLoss(grid_size=cfg.model.grid_size, radius=cfg.target_radius, sigma=cfg.target_sigma,
-                          first_vertex_weight=cfg.first_vertex_weight).to(device)  # fmt: skip
+    loss_fn: Loss = (
+        MaskLoss().to(device)
+        if cfg.model.kind == "mask"
+        else PolygonLoss(grid_size=cfg.model.grid_size, radius=cfg.target_radius, sigma=cfg.target_sigma,
+                         first_vertex_weight=cfg.first_vertex_weight).to(device)
+    )  # fmt: skip
     start_epoch, best = 1, -math.inf
     rows = _read_csv(run / "results.csv") if resume else []
     if state is not None:
@@ -298,8 +344,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) ->
         tr = train_one_epoch(model, train_loader, optimizer, loss_fn, epoch=epoch, device=device,
                              clip_grad=cfg.clip_grad, tbptt=cfg.tbptt)  # fmt: skip
         scheduler.step()
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"], "train_polygon_loss": tr["polygon"],
-                               "train_first_vertex_loss": tr["first_vertex"], "lr": lr, "seconds": tr["seconds"],
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"], "lr": lr, "seconds": tr["seconds"],
+                               **{f"train_{k}_loss": v for k, v in tr.items() if f"train_{k}_loss" in CSV_FIELDS},
                                "instances_per_s": tr["instances"] / max(tr["seconds"], 1e-9),
                                "val_loss": math.nan, "val_miou": math.nan, "val_first_vertex_acc": math.nan}  # fmt: skip
         if val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):

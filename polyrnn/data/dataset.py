@@ -17,6 +17,7 @@ from polyrnn.data.augment import hflip, hflip_box, random_context
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
+from polyrnn.geometry import rasterize
 
 
 def first_vertex_targets(tokens: np.ndarray, grid_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,6 +34,21 @@ def first_vertex_targets(tokens: np.ndarray, grid_size: int) -> tuple[np.ndarray
     return boundary.astype(np.float32), vertices
 
 
+def crop_mask_target(parts: Sequence[np.ndarray], occluders: Sequence[np.ndarray], crop: CropBox,
+                     size: int) -> np.ndarray:  # fmt: skip
+    """(size, size) float32 0/1 mask of the object's parts (image pixels), occluders cut out, over the
+    crop window (mask pixel = crop_size / size crop pixels)."""
+    scale = size / crop.crop_size
+
+    def to_mask(polys: Sequence[np.ndarray]) -> np.ndarray:
+        return rasterize([crop.image_to_crop(p) * scale for p in polys], size, size)
+
+    m = to_mask(parts)
+    if len(occluders):
+        m &= ~to_mask(occluders)
+    return m.astype(np.float32)
+
+
 def _color_jitter(img: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
     x = img.astype(np.float32)
     b, c, s = (1.0 + rng.uniform(-amount, amount, 3)).tolist()
@@ -47,7 +63,8 @@ class PolygonDataset(Dataset):
     """Instances -> training samples.
 
     Each sample is a dict: ``image`` (3, crop, crop) uint8 tensor, ``tokens`` (T,) int64 (vertices then
-    the end token), ``boundary`` and ``vertices`` (D, D) float32, ``index``.
+    the end token), ``boundary`` and ``vertices`` (D, D) float32, ``index``; with ``mask_size`` > 0 also
+    ``mask`` (mask_size, mask_size) float32, the whole object over the crop (the mask model's target).
 
     Randomness comes from ``seed``, the epoch (:meth:`set_epoch`) and the index, so a run is
     reproducible and resumes exactly, with any number of workers. Decoded images are kept in a small
@@ -57,8 +74,9 @@ class PolygonDataset(Dataset):
 
     def __init__(self, instances: Sequence[Instance], *, train: bool, augment: AugmentConfig | None = None,
                  grid_size: int = 28, crop_size: int = 224, max_len: int = 70, seed: int = 0,
-                 image_cache: int = 40) -> None:  # fmt: skip
+                 image_cache: int = 40, mask_size: int = 0) -> None:  # fmt: skip
         self.instances = list(instances)
+        self.mask_size = mask_size
         self.train = train
         self.augment = augment or AugmentConfig()
         self.grid_size, self.crop_size, self.max_len = grid_size, crop_size, max_len
@@ -90,13 +108,16 @@ class PolygonDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
         img = self._image(inst)
         polygon = inst.largest_polygon()
+        parts, occluders = list(inst.polygons), list(inst.occluders)
         box = inst.box
         a = self.augment
         context = 0.15
         if rng is not None:
             if rng.random() < a.flip:
-                img, (polygon,) = hflip(img, [polygon])
-                box = hflip_box(box, img.shape[1])
+                w = img.shape[1]
+                img, (polygon, *rest) = hflip(img, [polygon, *parts, *occluders])
+                parts, occluders = rest[: len(parts)], rest[len(parts) :]
+                box = hflip_box(box, w)
             x, y, w, h = box
             if a.scale_jitter > 0:
                 s = 1.0 + rng.uniform(-a.scale_jitter, a.scale_jitter)
@@ -113,18 +134,24 @@ class PolygonDataset(Dataset):
         start_rng = rng if (rng is not None and a.random_start) else None
         tokens = polygon_to_tokens(polygon, crop, max_len=self.max_len, rng=start_rng)
         boundary, vertices = first_vertex_targets(tokens, self.grid_size)
-        return {"image": pixels, "tokens": tokens, "boundary": boundary, "vertices": vertices, "index": index,
-                "crop": crop}  # fmt: skip
+        out = {"image": pixels, "tokens": tokens, "boundary": boundary, "vertices": vertices, "index": index,
+               "crop": crop}  # fmt: skip
+        if self.mask_size > 0:
+            out["mask"] = crop_mask_target(parts, occluders, crop, self.mask_size)
+        return out
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.sample(index)
-        return {
+        out = {
             "image": torch.from_numpy(np.ascontiguousarray(s["image"])).permute(2, 0, 1),  # (3, H, W) uint8
             "tokens": torch.from_numpy(s["tokens"]),
             "boundary": torch.from_numpy(s["boundary"]),
             "vertices": torch.from_numpy(s["vertices"]),
             "index": index,
         }
+        if "mask" in s:
+            out["mask"] = torch.from_numpy(s["mask"])
+        return out
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -133,7 +160,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     tokens = torch.full((len(samples), int(lengths.max())), -1, dtype=torch.long)
     for i, s in enumerate(samples):
         tokens[i, : len(s["tokens"])] = s["tokens"]
-    return {
+    out = {
         "images": torch.stack([s["image"] for s in samples]).float(),  # (B, 3, H, W) 0..255
         "tokens": tokens,
         "lengths": lengths,
@@ -141,6 +168,9 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "vertices": torch.stack([s["vertices"] for s in samples]),
         "index": torch.tensor([s["index"] for s in samples]),
     }
+    if "mask" in samples[0]:
+        out["mask"] = torch.stack([s["mask"] for s in samples])
+    return out
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
