@@ -6,8 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from polyrnn.data import FORMATS, DataError, load_dataset
+
+if TYPE_CHECKING:
+    from polyrnn.config import ModelConfig
 
 
 class CLIError(Exception):
@@ -137,6 +142,99 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CLIError(f"{what}: expected comma-separated integers, got {text!r}") from None
+    if not vals:
+        raise CLIError(f"{what}: empty list")
+    return vals
+
+
+def _next_run_dir(parent: Path, name: str = "exp") -> Path:
+    """``parent/exp``, or ``exp2``, ``exp3``, ... when taken."""
+    k = 1
+    while (parent / (name if k == 1 else f"{name}{k}")).exists():
+        k += 1
+    return parent / (name if k == 1 else f"{name}{k}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from polyrnn.build import CheckpointError, build_model, default_weights, polygon_model
+    from polyrnn.evaluation.evaluate import (
+        BASELINES,
+        EvalOptions,
+        build_meta,
+        evaluate_dataset,
+        summarize_results,
+        write_report,
+    )
+    from polyrnn.modeling.mask_net import MaskNet
+
+    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad:
+        raise CLIError(f"--baselines: unknown {bad} (choose from {', '.join(BASELINES)})")
+    try:
+        weights = Path(args.weights) if args.weights else default_weights("lite")
+        model = polygon_model(build_model("lite" if args.weights is None else _variant_of(weights), weights),
+                              str(weights))  # fmt: skip
+        mask_weights: Path | None = Path(args.mask_weights) if args.mask_weights else None
+        if mask_weights is None and (args.start == "mask" or "mask" in baselines or args.start == "auto"):
+            try:
+                mask_weights = default_weights("lite-mask")
+            except CheckpointError:
+                if args.start == "mask" or "mask" in baselines:
+                    raise
+        mask_model = None
+        if mask_weights is not None:
+            m = build_model(_variant_of(mask_weights), mask_weights)
+            if not isinstance(m, MaskNet):
+                raise CLIError(f"--mask-weights {mask_weights}: holds a polygon model, not a mask model")
+            mask_model = m.eval()
+    except CheckpointError as e:
+        raise CLIError(str(e)) from e
+    start = args.start if args.start != "auto" else ("mask" if mask_model is not None else "rnn")
+    if start == "mask" and mask_model is None:
+        raise CLIError("--start mask needs a mask model (--mask-weights)")
+    options = EvalOptions(thresholds=_int_list(args.thresholds, "--thresholds"), noc=_int_list(args.noc, "--noc"),
+                          baselines=baselines, max_corrections=args.max_corrections, start=start,
+                          eos_threshold=args.eos_threshold)  # fmt: skip
+    ds = _load(args)
+    instances = ds.instances[: args.limit] if args.limit else ds.instances
+    if not instances:
+        raise CLIError(f"{args.dataset}: no instances to evaluate (after --min-size / --classes)")
+    out = Path(args.out) if args.out else _next_run_dir(Path("runs/evaluate"))
+    print(f"evaluating {len(instances)} instances of {args.dataset} -> {out}", file=sys.stderr)
+    results = evaluate_dataset(model, instances, options, mask_model=mask_model,
+                               log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+    report = {"meta": build_meta(weights=weights, mask_weights=mask_weights, dataset=str(args.dataset),
+                                 fmt=ds.format, min_size=args.min_size, limit=args.limit or 0,
+                                 instances=len(instances), options=options, command=["polyrnn", *sys.argv[1:]]),
+              **summarize_results(results, options)}  # fmt: skip
+    paths = write_report(report, out, results)
+    a = report["automatic"]
+    print(f"automatic: mean IoU {100 * a['mean_iou']:.1f}, class-mean {100 * a['class_mean_iou']:.1f} "
+          f"(grid ceiling {100 * report['ceiling']['mean_iou']:.1f})")  # fmt: skip
+    for name, b in report["baselines"].items():
+        print(f"baseline {name}: mean IoU {100 * b['mean_iou']:.1f}")
+    for row in report["annotator"]:
+        print(f"T={row['threshold']}: {row['mean_clicks']:.2f} corrections ({row['clicks_per_gt_vertex']:.2f} per GT "
+              f"vertex), mean IoU {100 * row['mean_iou']:.1f}")  # fmt: skip
+    print("NoC: " + ", ".join(f"@{k} {v:.2f}" for k, v in report["noc"].items()))
+    print("report: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _variant_of(weights: Path) -> ModelConfig:
+    """The architecture stored in a checkpoint (so any trained config loads)."""
+    from polyrnn.build import read_checkpoint
+    from polyrnn.config import ModelConfig
+
+    return ModelConfig.from_dict(read_checkpoint(weights)["model_config"])
+
+
 def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"polyrnn {name}: not built yet ({issue}).", file=sys.stderr)
@@ -212,8 +310,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in OUT/NAME from weights/last.pt")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("evaluate", help="IoU, simulated annotator, NoC and baselines on a dataset -> report")
+    p.add_argument("--dataset", required=True, help="dataset path (any supported format)")
+    p.add_argument("--format", choices=FORMATS, default=None, help="dataset format (detected when omitted)")
+    p.add_argument(
+        "--min-size", type=float, default=0.0, metavar="PX", help="keep boxes whose longer side >= PX"
+    )
+    p.add_argument("--classes", default=None, help="comma-separated class names to keep")
+    p.add_argument("--include-crowd", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--weights", default=None, help="polygon model checkpoint (default: the shipped lite model)"
+    )
+    p.add_argument("--mask-weights", default=None,
+                   help="mask model checkpoint (default: the shipped lite-mask model, when present)")  # fmt: skip
+    p.add_argument("--start", choices=["auto", "rnn", "mask"], default="auto",
+                   help="automatic polygon: the mask model's (auto when one is loaded) or the decoder's")  # fmt: skip
+    p.add_argument("--out", default=None, help="report folder (default runs/evaluate/expN)")
+    p.add_argument("--baselines", default="box,grabcut,mask", help="comma-separated: box, grabcut, mask")
+    p.add_argument("--thresholds", default="1,2,3,4", help="simulated annotator thresholds T (grid cells)")
+    p.add_argument("--noc", default="85,90", help="IoU levels (percent) for NoC")
+    p.add_argument("--max-corrections", type=int, default=20)
+    p.add_argument("--eos-threshold", type=float, default=0.5, help="stop when p(end) >= this")
+    p.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="only the first N instances (quick looks)"
+    )
+    p.set_defaults(func=cmd_evaluate)
+
     for name, helptext, issue in [
-        ("evaluate", "IoU, simulated annotator, NoC and baselines on a dataset", "the evaluation issue"),
         ("serve", "the annotation tool in the browser", "the annotation-tool issue"),
         ("export", "convert saved annotations to COCO, YOLO or LabelMe", "the annotation-tool issue"),
     ]:

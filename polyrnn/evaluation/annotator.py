@@ -39,24 +39,44 @@ def chessboard(a: int, b: int, d: int) -> int:
     return int(max(abs(a % d - b % d), abs(a // d - b // d)))
 
 
+class _Eager:
+    """Adapts a :class:`Session` to the lazy interface (``begin`` / ``ensure``) by completing at once."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.tokens: list[int] = []
+
+    def begin(self, prefix: list[int]) -> list[int]:
+        self.tokens = self.session.complete(list(prefix))
+        return self.tokens
+
+    def ensure(self, n: int) -> list[int]:
+        return self.tokens
+
+
 def threshold_protocol(
     session: Session, gt_tokens: list[int], threshold: int, grid_size: int
 ) -> tuple[list[int], int]:
-    """Run the paper's simulated annotator. Returns (final tokens, corrections)."""
+    """Run the paper's simulated annotator. Returns (final tokens, corrections).
+
+    A session with ``begin(prefix)`` / ``ensure(n)`` (like :class:`ModelSession`) is decoded lazily:
+    only as far as the walk has got, which gives the same result as completing after every correction.
+    """
     d = grid_size
-    pred = session.complete([session.first()])
+    lazy = session if hasattr(session, "begin") else _Eager(session)
+    pred = lazy.begin([session.first()])  # type: ignore[attr-defined]
     start = min(range(len(gt_tokens)), key=lambda i: (chessboard(gt_tokens[i], pred[0], d), i))
     gt = gt_tokens[start:] + gt_tokens[:start]
     corrections = 0
-    k = 0
-    while k < len(gt):
+    for k in range(len(gt)):
+        pred = lazy.ensure(k + 1)  # type: ignore[attr-defined]
         if k >= len(pred):  # the model stopped early: the annotator adds the next vertex
-            pred = session.complete(pred + [gt[k]])
+            pred = lazy.begin(pred + [gt[k]])  # type: ignore[attr-defined]
             corrections += 1
         elif chessboard(pred[k], gt[k], d) > threshold:
-            pred = session.complete(pred[:k] + [gt[k]])
+            pred = lazy.begin(pred[:k] + [gt[k]])  # type: ignore[attr-defined]
             corrections += 1
-        k += 1
+    pred = list(lazy.ensure(len(gt) + 1))  # type: ignore[attr-defined]
     if len(pred) > len(gt):  # ran past the last vertex: cut
         pred = pred[: len(gt)]
         corrections += 1
@@ -91,26 +111,50 @@ def worst_vertex_protocol(session: Session, gt_tokens: list[int], grid_size: int
 class ModelSession:
     """A :class:`Session` for a :class:`~polyrnn.modeling.polygon_rnn.PolygonRNN` on one crop: encodes once,
     and completes prefixes greedily, resuming from the cached decoder states of the last decode when the
-    new prefix shares all but its last vertex with it."""
+    new prefix shares all but its last vertex with it.
 
-    def __init__(self, model, image_crop, *, eos_threshold: float = 0.5) -> None:  # type: ignore[no-untyped-def]
+    With ``initial`` tokens (e.g. the mask model's polygon on the grid) the automatic polygon is those
+    tokens: a prefix of them (nothing corrected yet) completes to them, any other prefix is continued by
+    the recurrent decoder."""
+
+    def __init__(self, model, image_crop, *, eos_threshold: float = 0.5,  # type: ignore[no-untyped-def]
+                 initial: list[int] | None = None) -> None:  # fmt: skip
         import torch
 
         x = torch.as_tensor(image_crop).permute(2, 0, 1).unsqueeze(0).float()
         self.model = model
         _, self.static, self.vertex_logits = model.encode(x)
         self.eos_threshold = eos_threshold
+        self.initial = list(initial) if initial is not None and len(initial) >= 3 else None
         self._last: list[int] = []
         self._states: list = []  # type: ignore[type-arg]
+        self._cursor = None  # type: ignore[var-annotated]
 
     def first(self) -> int:
+        if self.initial is not None:
+            return self.initial[0]
         idx, _ = self.model.first_vertices(self.vertex_logits)
         return int(idx[0, 0])
 
-    def complete(self, prefix: list[int]) -> list[int]:
+    def begin(self, prefix: list[int]) -> list[int]:
+        """Start decoding after ``prefix`` (lazily: :meth:`ensure` decodes on); returns the tokens so far."""
+        from polyrnn.modeling.polygon_rnn import DecodeCursor
+
+        if self.initial is not None and list(prefix) == self.initial[: len(prefix)]:
+            self._cursor, self._states = None, []
+            self._last = list(self.initial)
+            return self._last
         reuse = self._states if len(prefix) >= 2 and self._last[: len(prefix) - 1] == prefix[:-1] else None
-        dec = self.model.decode(
-            self.static, list(prefix), eos_threshold=self.eos_threshold, prefix_states=reuse
-        )
-        self._last, self._states = list(dec.tokens), dec.states
-        return list(dec.tokens)
+        self._cursor = DecodeCursor(self.model, self.static, list(prefix), eos_threshold=self.eos_threshold,
+                                    prefix_states=reuse)  # fmt: skip
+        self._last, self._states = self._cursor.tokens, self._cursor.states
+        return self._last
+
+    def ensure(self, n: int) -> list[int]:
+        if self._cursor is not None:
+            self._cursor.ensure(n)
+        return self._last
+
+    def complete(self, prefix: list[int]) -> list[int]:
+        self.begin(prefix)
+        return list(self.ensure(10**9))

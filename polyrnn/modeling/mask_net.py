@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polyrnn.data.crop import CropBox
-from polyrnn.geometry import mask_to_polygons
+from polyrnn.geometry import mask_to_polygons, simplify
 from polyrnn.modeling.encoder import Encoder
 
 
@@ -67,9 +67,11 @@ class MaskNet(nn.Module):
         return torch.sigmoid(self(images)["mask_logits"])
 
 
-def mask_polygon(prob: np.ndarray, crop: CropBox, *, threshold: float = 0.5) -> np.ndarray | None:
+def mask_polygon(prob: np.ndarray, crop: CropBox, *, threshold: float = 0.5,
+                 tolerance: float = 0.75) -> np.ndarray | None:  # fmt: skip
     """The largest outer boundary of ``prob >= threshold`` ((M, M) over the crop) as an (N, 2) polygon
-    in image pixels; None when the mask is empty."""
+    in image pixels, simplified (Ramer–Douglas–Peucker) with ``tolerance`` mask pixels; None when the
+    mask is empty."""
     m = np.asarray(prob) >= threshold
     if not m.any():
         return None
@@ -77,7 +79,7 @@ def mask_polygon(prob: np.ndarray, crop: CropBox, *, threshold: float = 0.5) -> 
     if not parts:
         return None
     scale = crop.crop_size / m.shape[0]  # crop pixels per mask pixel
-    return crop.crop_to_image(parts[0] * scale)
+    return crop.crop_to_image(simplify(parts[0], tolerance) * scale)
 
 
 class MaskLoss(nn.Module):

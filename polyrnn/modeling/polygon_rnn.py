@@ -131,28 +131,11 @@ class PolygonRNN(nn.Module):
         Returns:
             :class:`Decoded` with ``states`` for every step (for the next correction).
         """
-        cap = max_len or self.max_len
-        dev = static.device
-        tokens = list(prefix)
-        logits, states = self._run_prefix(static, tokens, prefix_states)
-        first = torch.tensor([tokens[0]], device=dev)
-        probs: list[float] = []
-        ended = False
-        while len(tokens) < cap:
-            p = self._step_logp(logits, tokens).exp()
-            if len(tokens) >= 3 and float(p[-1]) >= eos_threshold:
-                ended = True
-                break
-            nxt = int(p[:-1].argmax())
-            if float(p[nxt]) <= 0.0:  # every cell visited
-                ended = True
-                break
-            tokens.append(nxt)
-            probs.append(float(p[nxt]))
-            prev, prev2 = torch.tensor([nxt], device=dev), torch.tensor([tokens[-2]], device=dev)
-            logits, state = self.decoder.step(static, prev, prev2, first, states[-1])
-            states.append(state)
-        return Decoded(tokens=tokens, probs=probs, ended=ended, states=states)
+        cur = DecodeCursor(self, static, prefix, max_len=max_len, eos_threshold=eos_threshold,
+                           prefix_states=prefix_states)  # fmt: skip
+        while cur.advance():
+            pass
+        return Decoded(tokens=cur.tokens, probs=cur.probs, ended=cur.ended, states=cur.states)
 
     @torch.no_grad()
     def beam_decode(self, static: torch.Tensor, prefix: list[int], *, width: int = 3,
@@ -194,3 +177,53 @@ class PolygonRNN(nn.Module):
                 hyps.append((toks, score, probs, lg, new_st))
         toks, _, probs = max(finished, key=lambda f: f[1])
         return Decoded(tokens=toks, probs=probs, ended=len(toks) < cap)
+
+
+class DecodeCursor:
+    """Greedy decoding one vertex at a time, so a caller that needs only the next few vertices (the
+    simulated annotator walking a polygon) pays only for those. :meth:`PolygonRNN.decode` runs one to the end.
+
+    Attributes:
+        tokens: the prefix and the vertices decoded so far.
+        probs: probability of each decoded vertex.
+        states: decoder state after each step (see :class:`Decoded`).
+        done: no more vertices will come; ``ended``: because the end token was chosen (not the cap).
+    """
+
+    def __init__(self, model: PolygonRNN, static: torch.Tensor, prefix: list[int], *, max_len: int | None = None,
+                 eos_threshold: float = 0.5, prefix_states: list[State] | None = None) -> None:  # fmt: skip
+        self.model, self.static = model, static
+        self.cap = max_len or model.max_len
+        self.eos_threshold = eos_threshold
+        self.tokens = list(prefix)
+        self.probs: list[float] = []
+        with torch.no_grad():
+            self._logits, self.states = model._run_prefix(static, self.tokens, prefix_states)
+        self._first = torch.tensor([self.tokens[0]], device=static.device)
+        self.ended = False
+        self.done = len(self.tokens) >= self.cap
+
+    @torch.no_grad()
+    def advance(self) -> bool:
+        """Decode one more vertex; False (and nothing added) when the polygon is finished."""
+        if self.done:
+            return False
+        m, dev = self.model, self.static.device
+        p = m._step_logp(self._logits, self.tokens).exp()
+        nxt = int(p[:-1].argmax())
+        if (len(self.tokens) >= 3 and float(p[-1]) >= self.eos_threshold) or float(p[nxt]) <= 0.0:
+            self.ended = self.done = True  # the end token, or every cell visited
+            return False
+        self.tokens.append(nxt)
+        self.probs.append(float(p[nxt]))
+        prev, prev2 = torch.tensor([nxt], device=dev), torch.tensor([self.tokens[-2]], device=dev)
+        self._logits, state = m.decoder.step(self.static, prev, prev2, self._first, self.states[-1])
+        self.states.append(state)
+        self.done = len(self.tokens) >= self.cap
+        return True
+
+    def ensure(self, n: int) -> list[int]:
+        """Decode until there are at least ``n`` tokens or the polygon is finished; returns ``tokens``."""
+        while len(self.tokens) < n and self.advance():
+            pass
+        return self.tokens

@@ -1,0 +1,154 @@
+"""polyrnn evaluate: the oracle reaches the grid ceiling, baselines, and the report files."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from polyrnn.cli import main
+from polyrnn.data.ceiling import ceiling_iou
+from polyrnn.data.crop import CropBox
+from polyrnn.data.instance import Instance
+from polyrnn.data.sequence import polygon_to_tokens
+from polyrnn.evaluation.annotator import threshold_protocol, worst_vertex_protocol
+from polyrnn.evaluation.baselines import box_polygon, grabcut_mask
+from polyrnn.evaluation.metrics import instance_iou
+
+STAR = np.array([[100, 20], [120, 60], [170, 70], [130, 100], [140, 140], [100, 115], [60, 140], [70, 100],
+                 [30, 70], [80, 60]], float)  # fmt: skip
+
+
+def _instance(poly=STAR, size=(200, 160), path="x.png"):
+    x0, y0 = poly.min(0)
+    x1, y1 = poly.max(0)
+    return Instance(image_path=Path(path), image_size=size, class_name="star", box=(x0, y0, x1 - x0, y1 - y0),
+                    polygons=[poly])  # fmt: skip
+
+
+class Oracle:
+    """Predicts the quantised ground truth exactly, whatever the prefix."""
+
+    def __init__(self, gt):
+        self.gt = gt
+
+    def first(self):
+        return self.gt[0]
+
+    def complete(self, prefix):
+        return list(prefix) + self.gt[len(prefix) :]
+
+
+def test_perfect_oracle_reaches_the_grid_ceiling_with_no_corrections():
+    inst = _instance()
+    crop = CropBox.around(inst.box)
+    gt = [int(t) for t in polygon_to_tokens(inst.largest_polygon(), crop)[:-1]]
+
+    def score(tokens):
+        return instance_iou([crop.cells_to_image(crop.tokens_to_cells(np.array(tokens)))], inst)
+
+    for t in (1, 2, 3, 4):
+        tokens, clicks = threshold_protocol(Oracle(gt), gt, t, 28)
+        assert clicks == 0 and tokens == gt
+    ceiling = ceiling_iou(inst)
+    assert 0.8 < ceiling < 1.0  # quantisation costs something, not much
+    assert score(gt) == pytest.approx(ceiling)
+    assert (
+        worst_vertex_protocol(Oracle(gt), gt, 28, max_corrections=3, score=score)
+        == [pytest.approx(ceiling)] * 4
+    )
+
+
+def test_grabcut_finds_a_clear_object_and_box_polygon():
+    img = np.full((160, 200, 3), 30, np.uint8)
+    rng = np.random.default_rng(0)
+    img = np.clip(img + rng.integers(0, 20, img.shape), 0, 255).astype(np.uint8)
+    inst = _instance()
+    import cv2
+
+    cv2.fillPoly(img, [STAR.astype(np.int32)], (230, 200, 40))
+    mask, collapsed = grabcut_mask(img, inst)
+    assert not collapsed and mask.shape == (160, 200)
+    gt = inst.mask()
+    assert (mask & gt).sum() / (mask | gt).sum() > 0.85
+    box = box_polygon((10, 20, 30, 40))
+    assert box.tolist() == [[10, 20], [40, 20], [40, 60], [10, 60]]
+
+
+def _coco(tmp_path):
+    rng = np.random.default_rng(1)
+    img = (rng.random((160, 200, 3)) * 255).astype(np.uint8)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(img).save(tmp_path / "images" / "a.png")
+    rect = [20, 30, 120, 30, 120, 90, 20, 90]
+    tri = [100, 100, 180, 100, 100, 150]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect], "bbox": [20, 30, 100, 60], "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 2, "segmentation": [tri], "bbox": [100, 100, 80, 50], "iscrowd": 0},
+    ]  # fmt: skip
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 160}], "annotations": anns,
+            "categories": [{"id": 1, "name": "rect"}, {"id": 2, "name": "tri"}]}  # fmt: skip
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    import torch
+
+    from polyrnn.build import VARIANTS, build_model, checkpoint_dict, save_checkpoint
+
+    torch.manual_seed(0)
+    w = tmp_path / "tiny.pt"
+    save_checkpoint(w, checkpoint_dict(build_model("tiny"), VARIANTS["tiny"]))
+    mw = tmp_path / "tiny-mask.pt"
+    save_checkpoint(mw, checkpoint_dict(build_model("tiny-mask"), VARIANTS["tiny-mask"]))
+    return w, mw
+
+
+@pytest.mark.parametrize("start", ["rnn", "mask"])
+def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start):
+    w, mw = tiny_weights
+    out = tmp_path / "report"
+    args = ["evaluate", "--dataset", str(_coco(tmp_path)), "--weights", str(w), "--mask-weights", str(mw),
+            "--out", str(out), "--max-corrections", "3", "--start", start]  # fmt: skip
+    assert main(args) == 0
+    assert "automatic: mean IoU" in capsys.readouterr().out
+    r = json.loads((out / "report.json").read_text())
+    assert 0.0 <= r["automatic"]["mean_iou"] <= 1.0 and 0.0 <= r["automatic"]["class_mean_iou"] <= 1.0
+    assert r["automatic"]["per_class"]["rect"]["count"] == 1 and r["automatic"]["instances"] == 2
+    # the box baseline, computed independently: the rectangle is its own box, the triangle half of it
+    assert r["baselines"]["box"]["per_class"]["rect"]["iou"] == pytest.approx(1.0)
+    assert r["baselines"]["box"]["per_class"]["tri"]["iou"] == pytest.approx(0.5, abs=0.02)
+    assert set(r["baselines"]) == {"box", "grabcut", "mask"}
+    assert all(0.0 <= b["mean_iou"] <= 1.0 and b["ms_per_instance"] >= 0 for b in r["baselines"].values())
+    assert [a["threshold"] for a in r["annotator"]] == [1, 2, 3, 4]
+    for a in r["annotator"]:
+        assert set(a) >= {"threshold", "mean_clicks", "mean_iou"} and a["mean_clicks"] >= 0
+    assert set(r["noc"]) == {"85", "90"} and all(0 <= v <= 3 for v in r["noc"].values())
+    assert len(r["curve"]["mean_iou"]) == 4
+    assert r["curve"]["mean_iou"][0] == pytest.approx(r["automatic"]["mean_iou"])
+    assert r["ceiling"]["mean_iou"] > 0.8
+    assert r["meta"]["weights"]["sha256"] == hashlib.sha256(w.read_bytes()).hexdigest()
+    assert r["meta"]["settings"]["start"] == start and "chessboard" in r["meta"]["settings"]["matching"]
+    assert r["timing_ms_per_instance"]["model"] > 0
+    md = (out / "report.md").read_text()
+    assert "## Automatic mode" in md and "| T (cells) |" in md and "NoC" in md
+    assert f"{100 * r['automatic']['mean_iou']:.1f}" in md
+    assert Image.open(out / "iou_vs_corrections.png").size[0] > 100
+    assert len((out / "instances.jsonl").read_text().splitlines()) == 2
+
+
+def test_evaluate_bad_arguments_are_clear_errors(tmp_path, tiny_weights, capsys):
+    w, _ = tiny_weights
+    ds = str(_coco(tmp_path))
+    assert main(["evaluate", "--dataset", ds, "--weights", str(w), "--baselines", "box,magic"]) == 2
+    assert "magic" in capsys.readouterr().err
+    assert main(["evaluate", "--dataset", ds, "--weights", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt" in capsys.readouterr().err
+    assert main(["evaluate", "--dataset", ds, "--weights", str(w), "--mask-weights", str(w), "--out",
+                 str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "not a mask model" in capsys.readouterr().err
