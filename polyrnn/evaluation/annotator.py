@@ -16,7 +16,7 @@ vertex nearest to its ground-truth predecessor) and re-predicts what follows.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from shapely.geometry import LineString, Point
@@ -63,20 +63,20 @@ def threshold_protocol(
     only as far as the walk has got, which gives the same result as completing after every correction.
     """
     d = grid_size
-    lazy = session if hasattr(session, "begin") else _Eager(session)
-    pred = lazy.begin([session.first()])  # type: ignore[attr-defined]
+    lazy: Any = session if hasattr(session, "begin") else _Eager(session)
+    pred = lazy.begin([session.first()])
     start = min(range(len(gt_tokens)), key=lambda i: (chessboard(gt_tokens[i], pred[0], d), i))
     gt = gt_tokens[start:] + gt_tokens[:start]
     corrections = 0
     for k in range(len(gt)):
-        pred = lazy.ensure(k + 1)  # type: ignore[attr-defined]
+        pred = lazy.ensure(k + 1)
         if k >= len(pred):  # the model stopped early: the annotator adds the next vertex
-            pred = lazy.begin(pred + [gt[k]])  # type: ignore[attr-defined]
+            pred = lazy.begin(pred + [gt[k]])
             corrections += 1
         elif chessboard(pred[k], gt[k], d) > threshold:
-            pred = lazy.begin(pred[:k] + [gt[k]])  # type: ignore[attr-defined]
+            pred = lazy.begin(pred[:k] + [gt[k]])
             corrections += 1
-    pred = list(lazy.ensure(len(gt) + 1))  # type: ignore[attr-defined]
+    pred = list(lazy.ensure(len(gt) + 1))
     if len(pred) > len(gt):  # ran past the last vertex: cut
         pred = pred[: len(gt)]
         corrections += 1
@@ -128,7 +128,7 @@ class ModelSession:
         self.initial = list(initial) if initial is not None and len(initial) >= 3 else None
         self._last: list[int] = []
         self._states: list = []  # type: ignore[type-arg]
-        self._cursor = None  # type: ignore[var-annotated]
+        self._cursor: Any = None
 
     def first(self) -> int:
         if self.initial is not None:
