@@ -193,6 +193,11 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: 
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
+def checkpoint_config(weights: str | Path) -> ModelConfig:
+    """The model config stored in a checkpoint, so any trained architecture loads."""
+    return ModelConfig.from_dict(read_checkpoint(weights)["model_config"])
+
+
 def polygon_model(model: Model, where: str = "weights") -> PolygonRNN:
     """``model`` as a :class:`PolygonRNN`, or a :class:`CheckpointError` naming ``where``."""
     if not isinstance(model, PolygonRNN):

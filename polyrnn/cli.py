@@ -7,12 +7,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from polyrnn.data import FORMATS, DataError, load_dataset
-
-if TYPE_CHECKING:
-    from polyrnn.config import ModelConfig
 
 
 class CLIError(Exception):
@@ -161,7 +157,7 @@ def _next_run_dir(parent: Path, name: str = "exp") -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from polyrnn.build import CheckpointError, build_model, default_weights, polygon_model
+    from polyrnn.build import CheckpointError, build_model, checkpoint_config, default_weights, polygon_model
     from polyrnn.evaluation.evaluate import (
         BASELINES,
         EvalOptions,
@@ -178,7 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CLIError(f"--baselines: unknown {bad} (choose from {', '.join(BASELINES)})")
     try:
         weights = Path(args.weights) if args.weights else default_weights("lite")
-        model = polygon_model(build_model("lite" if args.weights is None else _variant_of(weights), weights),
+        model = polygon_model(build_model("lite" if args.weights is None else checkpoint_config(weights), weights),
                               str(weights))  # fmt: skip
         mask_weights: Path | None = Path(args.mask_weights) if args.mask_weights else None
         if mask_weights is None and (args.start == "mask" or "mask" in baselines or args.start == "auto"):
@@ -189,7 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     raise
         mask_model = None
         if mask_weights is not None:
-            m = build_model(_variant_of(mask_weights), mask_weights)
+            m = build_model(checkpoint_config(mask_weights), mask_weights)
             if not isinstance(m, MaskNet):
                 raise CLIError(f"--mask-weights {mask_weights}: holds a polygon model, not a mask model")
             mask_model = m.eval()
@@ -225,14 +221,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("NoC: " + ", ".join(f"@{k} {v:.2f}" for k, v in report["noc"].items()))
     print("report: " + ", ".join(str(p) for p in paths))
     return 0
-
-
-def _variant_of(weights: Path) -> ModelConfig:
-    """The architecture stored in a checkpoint (so any trained config loads)."""
-    from polyrnn.build import read_checkpoint
-    from polyrnn.config import ModelConfig
-
-    return ModelConfig.from_dict(read_checkpoint(weights)["model_config"])
 
 
 def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:

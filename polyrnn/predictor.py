@@ -17,6 +17,7 @@ import torch
 
 from polyrnn.data.crop import CropBox
 from polyrnn.modeling.decoder import State
+from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.modeling.polygon_rnn import PolygonRNN
 
 
@@ -25,7 +26,8 @@ class Prediction:
     """A polygon for one box.
 
     Attributes:
-        vertices: (N, 2) float polygon in image pixels (x, y), cell centres of the grid.
+        vertices: (N, 2) float polygon in image pixels (x, y): decoder vertices are grid cell centres,
+            the annotator's vertices lie where they were put, the mask model's where it traced them.
         probs: (N,) probability of each vertex when the model chose it; 1.0 for annotator vertices.
         tokens: (N,) grid tokens ``r * D + c``.
         box: the (x1, y1, x2, y2) box it was predicted for.
@@ -43,7 +45,9 @@ class _BoxCache:
     crop: CropBox
     static: torch.Tensor
     vertex_logits: torch.Tensor
+    pixels: torch.Tensor | None = None
     tokens: list[int] = field(default_factory=list)
+    points: list[tuple[float, float]] = field(default_factory=list)  # image (x, y) of each token
     probs: list[float] = field(default_factory=list)
     states: list[State] = field(default_factory=list)
 
@@ -53,15 +57,19 @@ class PolygonPredictor:
 
     Args:
         model: a :class:`PolygonRNN` (put in eval mode here).
+        mask_model: optional :class:`MaskNet`; when given, the automatic polygon is its mask's outline
+            and the recurrent decoder re-predicts everything after each corrected vertex.
         context: crop context ratio (the paper's 15 % at test time).
         eos_threshold: stop when p(end) >= this (see :meth:`PolygonRNN.decode`).
         beam_width: 1 for greedy decoding, > 1 for beam search in :meth:`predict`.
         cache_size: boxes whose encoder results are kept.
     """
 
-    def __init__(self, model: PolygonRNN, *, context: float = 0.15, eos_threshold: float = 0.5,
-                 beam_width: int = 1, cache_size: int = 16, device: str | torch.device = "cpu") -> None:  # fmt: skip
+    def __init__(self, model: PolygonRNN, *, mask_model: MaskNet | None = None, context: float = 0.15,
+                 eos_threshold: float = 0.5, beam_width: int = 1, cache_size: int = 16,
+                 device: str | torch.device = "cpu") -> None:  # fmt: skip
         self.model = model.eval().to(device)
+        self.mask_model = mask_model.eval().to(device) if mask_model is not None else None
         self.device = torch.device(device)
         self.context = context
         self.eos_threshold = eos_threshold
@@ -73,13 +81,34 @@ class PolygonPredictor:
         self._last_box: tuple[float, float, float, float] | None = None
 
     @classmethod
-    def from_weights(
-        cls, weights: str | Path | None = None, variant: str = "lite", **kw: object
-    ) -> PolygonPredictor:
-        """A predictor for a checkpoint file (or the variant's shipped default when None)."""
-        from polyrnn.build import build_model, default_weights
+    def from_weights(cls, weights: str | Path | None = None, variant: str = "lite", *,
+                     mask_weights: str | Path | None = None, **kw: object) -> PolygonPredictor:  # fmt: skip
+        """A predictor for a checkpoint file, or the variant's shipped default model when ``weights`` is
+        None (with the shipped mask model as its automatic polygon, where one ships)."""
+        from polyrnn.build import (
+            CheckpointError,
+            build_model,
+            checkpoint_config,
+            default_weights,
+            polygon_model,
+        )
 
-        return cls(build_model(variant, weights if weights is not None else default_weights(variant)), **kw)  # type: ignore[arg-type]
+        path = weights if weights is not None else default_weights(variant)
+        model = polygon_model(
+            build_model(variant if weights is None else checkpoint_config(path), path), str(path)
+        )
+        mask_model = None
+        if mask_weights is None and weights is None:
+            try:
+                mask_weights = default_weights(f"{variant}-mask")
+            except CheckpointError:
+                mask_weights = None
+        if mask_weights is not None:
+            m = build_model(checkpoint_config(mask_weights), mask_weights)
+            if not isinstance(m, MaskNet):
+                raise CheckpointError(f"{mask_weights}: holds a polygon model, not a mask model")
+            mask_model = m
+        return cls(model, mask_model=mask_model, **kw)  # type: ignore[arg-type]
 
     # --- image and box -----------------------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> None:
@@ -123,15 +152,19 @@ class PolygonPredictor:
         pixels = crop.crop_image(self._image)
         x = torch.from_numpy(pixels).to(self.device).permute(2, 0, 1).unsqueeze(0).float()
         _, static, vertex = self.model.encode(x)
-        entry = _BoxCache(crop=crop, static=static, vertex_logits=vertex)
+        entry = _BoxCache(crop=crop, static=static, vertex_logits=vertex, pixels=x)
         self._cache[key] = entry
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return entry
 
+    def _centres(self, entry: _BoxCache, tokens: list[int]) -> list[tuple[float, float]]:
+        xy = entry.crop.cells_to_image(entry.crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))
+        return [(float(x), float(y)) for x, y in xy.reshape(-1, 2)]
+
     def _result(self, entry: _BoxCache, box: tuple[float, float, float, float], fixed: int) -> Prediction:
         return Prediction(
-            vertices=entry.crop.cells_to_image(entry.crop.tokens_to_cells(np.array(entry.tokens))),
+            vertices=np.array(entry.points, dtype=np.float64).reshape(-1, 2),
             probs=np.array(entry.probs, dtype=np.float64),
             tokens=np.array(entry.tokens, dtype=np.int64),
             box=box,
@@ -149,6 +182,18 @@ class PolygonPredictor:
         with self._lock:
             box = self._check_box(box)
             entry = self._encode(box)
+            if self.mask_model is not None and first_vertex is None:
+                assert entry.pixels is not None
+                prob = self.mask_model.predict_masks(entry.pixels)[0].cpu().numpy()
+                poly = mask_polygon(prob, entry.crop)
+                if poly is not None and len(poly) >= 3:
+                    cells = entry.crop.image_to_cells(poly)
+                    entry.tokens = [int(t) for t in entry.crop.cells_to_tokens(cells)]
+                    entry.points = [(float(x), float(y)) for x, y in poly]
+                    entry.probs = [1.0] * len(entry.tokens)  # the mask's outline: no per-vertex probability
+                    entry.states = []
+                    self._last_box = box
+                    return self._result(entry, box, fixed=0)
             if first_vertex is not None:
                 start = int(
                     entry.crop.cells_to_tokens(entry.crop.image_to_cells(np.array([first_vertex])))[0]
@@ -165,6 +210,9 @@ class PolygonPredictor:
                 dec = self.model.decode(entry.static, [start], eos_threshold=self.eos_threshold)
                 states = dec.states
             entry.tokens, entry.probs, entry.states = list(dec.tokens), [p0, *dec.probs], states
+            entry.points = self._centres(entry, entry.tokens)
+            if first_vertex is not None:
+                entry.points[0] = (float(first_vertex[0]), float(first_vertex[1]))
             self._last_box = box
             return self._result(entry, box, fixed=1 if first_vertex is not None else 0)
 
@@ -189,14 +237,17 @@ class PolygonPredictor:
             cell = int(
                 entry.crop.cells_to_tokens(entry.crop.image_to_cells(np.array([xy], dtype=np.float64)))[0]
             )
-            keep = [t for t in entry.tokens[:index] if t != cell]
+            kept = [k for k in range(index) if entry.tokens[k] != cell]
+            keep = [entry.tokens[k] for k in kept]
             prefix = [*keep, cell]
-            reuse = entry.states if len(keep) == index else None
+            reuse = entry.states if len(keep) == index and len(entry.states) >= index else None
             dec = self.model.decode(
                 entry.static, prefix, eos_threshold=self.eos_threshold, prefix_states=reuse
             )
+            entry.points = [entry.points[k] for k in kept] + [(float(xy[0]), float(xy[1]))]
+            entry.points += self._centres(entry, dec.tokens[len(prefix) :])
             entry.tokens = dec.tokens
-            entry.probs = [*entry.probs[: len(keep)], 1.0, *dec.probs]
+            entry.probs = [*(entry.probs[k] for k in kept), 1.0, *dec.probs]
             entry.states = dec.states
             self._last_box = box
             return self._result(entry, box, fixed=len(prefix))

@@ -290,3 +290,31 @@ def test_mask_model_learns_a_fixed_target():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_predictor_with_mask_model_starts_from_its_outline_and_corrects_with_the_decoder():
+    from polyrnn.modeling.mask_net import MaskNet
+
+    class SquareMask(MaskNet):
+        def predict_masks(self, images):
+            m = torch.zeros(images.shape[0], 56, 56)
+            m[:, 10:46, 12:44] = 1.0
+            return m
+
+    tiny_mask = build_model("tiny-mask")
+    mask_model = SquareMask(encoder=tiny_mask.encoder, head=tiny_mask.head)
+    torch.manual_seed(0)
+    pred = PolygonPredictor(build_model("tiny"), mask_model=mask_model, eos_threshold=2.0)
+    img = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
+    pred.set_image(img)
+    p = pred.predict((20, 10, 140, 110))
+    crop = CropBox.around((20, 10, 120, 100))
+    # the square's corners, in image pixels (mask pixel = 4 crop pixels)
+    corners = crop.crop_to_image(np.array([[12, 10], [44, 10], [44, 46], [12, 46]], float) * 4)
+    assert len(p.vertices) == 4
+    assert {tuple(np.round(v, 3)) for v in p.vertices} == {tuple(np.round(c, 3)) for c in corners}
+    before = p.vertices.copy()
+    q = pred.correct(2, (90.0, 100.0))
+    assert np.allclose(q.vertices[:2], before[:2])  # kept exactly
+    assert tuple(q.vertices[2]) == (90.0, 100.0)  # the annotator's point, not snapped
+    assert len(q.vertices) > 3 and q.fixed == 3  # the decoder predicted the rest
