@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from polyrnn.data import FORMATS, DataError, load_dataset
@@ -223,12 +223,54 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"polyrnn {name}: not built yet ({issue}).", file=sys.stderr)
-        return 2
+def cmd_serve(args: argparse.Namespace) -> int:
+    from polyrnn.build import CheckpointError
+    from polyrnn.predictor import PolygonPredictor
 
-    return run
+    try:
+        import uvicorn
+
+        from polyrnn.server.app import create_app
+        from polyrnn.server.demo import demo_folder
+        from polyrnn.server.store import AnnotationStore, StoreError
+    except ImportError as e:
+        raise CLIError(f"polyrnn serve needs the serve extra: pip install 'polyrnn[serve]' ({e})") from e
+    try:
+        folder = Path(args.image_dir) if args.image_dir else demo_folder()
+        store = AnnotationStore(folder, args.out)
+    except (StoreError, RuntimeError) as e:
+        raise CLIError(str(e)) from e
+    if not store.names:
+        raise CLIError(f"{folder}: no images (.jpg, .png, ...) in this folder")
+    try:
+        predictor = PolygonPredictor.from_weights(
+            args.weights, variant=args.variant, mask_weights=args.mask_weights
+        )
+    except CheckpointError as e:
+        raise CLIError(str(e)) from e
+    name = str(args.weights or f"shipped {args.variant}")
+    app = create_app(store, predictor, model_name=name)
+    print(
+        f"polyrnn serve: {len(store.names)} images in {folder}; annotations -> {store.root}", file=sys.stderr
+    )
+    print(f"open http://{args.host}:{args.port}/ (Ctrl+C to stop)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from polyrnn.data.writers import export_folder
+    from polyrnn.server.store import AnnotationStore
+
+    src = Path(args.folder)
+    labels = AnnotationStore(src).labels() if (src / "labels.json").is_file() else []
+    summary = export_folder(src, args.to, Path(args.out), exclude=[src / "export"], labels=labels)
+    for s in summary["skipped"][:10]:
+        print(f"skipped {s.where}: {s.reason}", file=sys.stderr)
+    print(
+        f"exported {summary['instances']} instances on {summary['images']} images as {args.to}: {summary['path']}"
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,13 +366,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_evaluate)
 
-    for name, helptext, issue in [
-        ("serve", "the annotation tool in the browser", "the annotation-tool issue"),
-        ("export", "convert saved annotations to COCO, YOLO or LabelMe", "the annotation-tool issue"),
-    ]:
-        p = sub.add_parser(name, help=f"{helptext} (not built yet)")
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_not_built(name, issue))
+    p = sub.add_parser("serve", help="the annotation tool in the browser")
+    p.add_argument("image_dir", nargs="?", default=None,
+                   help="folder of images to annotate (default: a few demo photographs)")  # fmt: skip
+    p.add_argument("--weights", default=None, help="polygon model checkpoint (default: the shipped model)")
+    p.add_argument(
+        "--mask-weights", default=None, help="mask model for the automatic polygon (default: shipped)"
+    )
+    p.add_argument("--variant", default="lite", choices=["tiny", "lite", "vgg16"])
+    p.add_argument(
+        "--out", default=None, help="folder for the LabelMe JSON files (default: beside each image)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="convert a folder of LabelMe annotations to COCO, YOLO or LabelMe")
+    p.add_argument("folder", help="folder of LabelMe JSON files (what polyrnn serve saves)")
+    p.add_argument("--to", required=True, choices=["coco", "yolo", "labelme"])
+    p.add_argument("out", help="output folder")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -216,7 +216,8 @@ class PolygonPredictor:
             self._last_box = box
             return self._result(entry, box, fixed=1 if first_vertex is not None else 0)
 
-    def correct(self, index: int, xy: tuple[float, float], *, box: tuple[float, float, float, float] | None = None) -> Prediction:  # fmt: skip
+    def correct(self, index: int, xy: tuple[float, float], *, box: tuple[float, float, float, float] | None = None,
+                vertices: np.ndarray | None = None) -> Prediction:  # fmt: skip
         """Move vertex ``index`` of the current polygon to ``xy`` (image pixels) and re-predict every vertex
         after it; vertices before it are kept.
 
@@ -224,12 +225,20 @@ class PolygonPredictor:
             index: the corrected vertex, 0 <= index < number of vertices (index == N appends).
             xy: the annotator's point (x, y) in image pixels; snapped to its grid cell.
             box: the box of the polygon to correct (default: the last predicted box).
+            vertices: (N, 2) the polygon being corrected as the caller holds it (after its own edits,
+                undo, ...); default: the predictor's last polygon for the box.
         """
         with self._lock:
             box = self._check_box(box) if box is not None else self._last_box
             if box is None:
                 raise RuntimeError("call predict(box) before correct(index, xy)")
             entry = self._encode(box)
+            if vertices is not None:
+                v = np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
+                tokens = [int(t) for t in entry.crop.cells_to_tokens(entry.crop.image_to_cells(v))]
+                if tokens != entry.tokens:  # edited elsewhere: the cached decoder states no longer apply
+                    entry.tokens, entry.probs, entry.states = tokens, [1.0] * len(tokens), []
+                entry.points = [(float(x), float(y)) for x, y in v]
             if not entry.tokens:
                 raise RuntimeError("no polygon to correct for this box: call predict(box) first")
             if not 0 <= index <= len(entry.tokens):

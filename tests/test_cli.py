@@ -102,8 +102,3 @@ def test_predict_and_bench_commands(tmp_path, capsys):
     for key in ("parameters", "encoder_ms", "decoder_step_ms", "automatic_polygon_ms", "correction_ms",
                 "train_instances_per_s"):  # fmt: skip
         assert r[key] > 0
-
-
-def test_unbuilt_subcommand_says_so(capsys):
-    assert main(["serve"]) == 2
-    assert "not built yet" in capsys.readouterr().err

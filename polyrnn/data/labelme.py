@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +83,18 @@ def read_labelme_file(path: Path, skipped: list[Skip]) -> tuple[list[Instance], 
     return out, True
 
 
-def read_labelme(folder: Path | str) -> Dataset:
-    """Read every LabelMe JSON in a folder (recursively). A malformed file is skipped with its reason
-    so the rest of the folder is still usable."""
+def read_labelme(folder: Path | str, *, exclude: Sequence[Path | str] = ()) -> Dataset:
+    """Read every LabelMe JSON in a folder (recursively; not below the ``exclude`` folders). A malformed
+    file is skipped with its reason so the rest of the folder is still usable."""
     folder = Path(folder)
+    skip_dirs = [Path(e).resolve() for e in exclude]
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder of LabelMe JSON files")
     skipped: list[Skip] = []
     instances: list[Instance] = []
     n_images = 0
-    files = sorted(folder.rglob("*.json"))
+    files = [f for f in sorted(folder.rglob("*.json"))
+             if not any(d == f.resolve().parent or d in f.resolve().parents for d in skip_dirs)]  # fmt: skip
     if not files:
         raise DataError(f"{folder}: no LabelMe .json files found")
     for path in files:

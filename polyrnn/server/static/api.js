@@ -1,0 +1,31 @@
+// The server's JSON API. Every call throws an Error carrying the server's message on a 4xx/5xx.
+
+async function call(method, url, body) {
+  const opts = { method, headers: {} };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  const res = await fetch(url, opts);
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    let msg = data.detail ?? res.statusText;
+    if (Array.isArray(msg)) msg = msg.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ");
+    throw new Error(`${res.status}: ${msg}`);
+  }
+  return data;
+}
+
+const enc = (name) => name.split("/").map(encodeURIComponent).join("/");
+
+export const api = {
+  images: () => call("GET", "/api/images"),
+  imageUrl: (name) => `/api/images/${enc(name)}/file`,
+  annotations: (name) => call("GET", `/api/annotations/${enc(name)}`),
+  save: (name, shapes) => call("PUT", `/api/annotations/${enc(name)}`, { shapes }),
+  labels: () => call("GET", "/api/labels"),
+  setLabels: (labels) => call("PUT", "/api/labels", { labels }),
+  predict: (image, box) => call("POST", "/api/predict", { image, box }),
+  correct: (image, box, index, point, polygon) => call("POST", "/api/correct", { image, box, index, point, polygon }),
+  exportAs: (fmt) => call("POST", `/api/export/${fmt}`),
+};

@@ -1,0 +1,382 @@
+// polyrnn annotation page: draw a box, get the model's polygon, drag a vertex to have the rest
+// re-predicted. State lives in `S`; every change goes through `change()` so undo/redo see it.
+import { api } from "./api.js";
+import { simplify, nearestEdge } from "./geometry.js";
+
+const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
+const S = {
+  images: [], index: 0, name: null, width: 0, height: 0,
+  labels: ["object"], label: 0,
+  shapes: [],   // accepted polygons: {label, points}
+  cur: null,    // polygon being edited: {box, raw, fixed, label}
+  detail: 0,    // simplification tolerance (image pixels); the raw polygon is kept
+  selected: -1, undo: [], redo: [],
+  view: { scale: 1, tx: 0, ty: 0 },
+  busy: 0,
+};
+const stats = { corrections: [], predictions: [], errors: [] };
+window.polyrnn = { state: S, stats };
+
+// --- helpers ------------------------------------------------------------------------------------
+const clone = (x) => JSON.parse(JSON.stringify(x));
+const snapshot = () => clone({ shapes: S.shapes, cur: S.cur });
+function change(mutate, { save = false } = {}) {
+  S.undo.push(snapshot());
+  if (S.undo.length > 200) S.undo.shift();
+  S.redo = [];
+  mutate();
+  render();
+  if (save) persist();
+}
+function restore(snap) { S.shapes = snap.shapes; S.cur = snap.cur; S.selected = -1; render(); persist(); }
+function undo() { if (S.undo.length) { S.redo.push(snapshot()); restore(S.undo.pop()); status("undo"); } }
+function redo() { if (S.redo.length) { S.undo.push(snapshot()); restore(S.redo.pop()); status("redo"); } }
+const shown = () => (S.cur ? simplify(S.cur.raw, S.detail) : []);
+function status(text, error = false) {
+  const el = $("status");
+  el.textContent = text;
+  el.style.color = error ? "#f77" : "";
+  if (error) stats.errors.push(text);
+}
+const median = (a) => { const s = [...a].sort((x, y) => x - y); return s.length ? s[Math.floor(s.length / 2)] : NaN; };
+function showLatency() {
+  const c = stats.corrections.map((r) => r.ms), p = stats.predictions.map((r) => r.ms);
+  const parts = [];
+  if (p.length) parts.push(`box→polygon ${p[p.length - 1].toFixed(0)} ms (median ${median(p).toFixed(0)})`);
+  if (c.length) parts.push(`correction ${c[c.length - 1].toFixed(0)} ms (median ${median(c).toFixed(0)})`);
+  $("latency").textContent = parts.join(" · ");
+}
+const nextFrame = () => new Promise((r) => requestAnimationFrame(() => r()));
+
+let saveTimer = null;
+let saving = Promise.resolve();
+function persist() {
+  const name = S.name, shapes = clone(S.shapes);
+  clearTimeout(saveTimer);
+  saveTimer = setTimeout(() => {
+    saving = api.save(name, shapes)
+      .then(() => { status(`saved ${shapes.length} polygon(s) of ${name}`); markCount(name, shapes.length); })
+      .catch((e) => status(`save failed: ${e.message}`, true));
+  }, 150);
+}
+window.polyrnn.flush = async () => { if (saveTimer) { clearTimeout(saveTimer); saveTimer = null; await api.save(S.name, clone(S.shapes)); markCount(S.name, S.shapes.length); } await saving; };
+
+// --- drawing ------------------------------------------------------------------------------------
+function el(tag, attrs, parent) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  parent.appendChild(e);
+  return e;
+}
+const ptsAttr = (pts) => pts.map((p) => `${p[0]},${p[1]}`).join(" ");
+
+function render() {
+  const svg = $("overlay");
+  svg.replaceChildren();
+  const r = 5 / S.view.scale, w = 1.5 / S.view.scale;
+  S.shapes.forEach((s, i) => {
+    const poly = el("polygon", { points: ptsAttr(s.points), class: "shape", "stroke-width": w, "data-shape": i }, svg);
+    poly.addEventListener("mousedown", (ev) => { if (ev.button === 0 && !S.cur && !spaceDown) { ev.stopPropagation(); editShape(i); } });
+    const t = el("text", { x: s.points[0][0], y: s.points[0][1] - 4 / S.view.scale, class: "shape-label", "font-size": 12 / S.view.scale, "stroke-width": 3 / S.view.scale }, svg);
+    t.textContent = s.label;
+  });
+  if (!S.cur) return;
+  const pts = shown();
+  el("polygon", { points: ptsAttr(pts), class: "current", "stroke-width": w, id: "current-polygon" }, svg);
+  pts.forEach((p, i) => {
+    const q = pts[(i + 1) % pts.length];
+    const e = el("line", { x1: p[0], y1: p[1], x2: q[0], y2: q[1], class: "edge", "stroke-width": 8 / S.view.scale, "data-edge": i }, svg);
+    e.addEventListener("mousedown", (ev) => { if (ev.button === 0 && !spaceDown) ev.stopPropagation(); });
+    e.addEventListener("dblclick", (ev) => { ev.stopPropagation(); insertVertex(i, toImage(ev)); });
+  });
+  const fixed = S.detail > 0 ? 0 : S.cur.fixed;
+  pts.forEach((p, i) => {
+    const cls = "vertex" + (i < fixed ? " fixed" : "") + (i === S.selected ? " selected" : "");
+    const c = el("circle", { cx: p[0], cy: p[1], r, class: cls, "stroke-width": w, "data-vertex": i }, svg);
+    c.addEventListener("mousedown", (ev) => startVertexDrag(ev, i));
+    c.addEventListener("contextmenu", (ev) => { ev.preventDefault(); deleteVertex(i); });
+  });
+}
+
+function applyView() {
+  const { scale, tx, ty } = S.view;
+  $("stage").style.transform = `translate(${tx}px, ${ty}px) scale(${scale})`;
+  render();
+}
+function fit() {
+  const vp = $("viewport").getBoundingClientRect();
+  if (!S.width) return;
+  const scale = Math.min(vp.width / S.width, vp.height / S.height) * 0.98;
+  S.view = { scale, tx: (vp.width - S.width * scale) / 2, ty: (vp.height - S.height * scale) / 2 };
+  applyView();
+}
+function toImage(ev) {
+  const vp = $("viewport").getBoundingClientRect();
+  return [(ev.clientX - vp.left - S.view.tx) / S.view.scale, (ev.clientY - vp.top - S.view.ty) / S.view.scale];
+}
+
+// --- model calls --------------------------------------------------------------------------------
+async function predictBox(box) {
+  const t0 = performance.now();
+  S.busy++;
+  status("tracing…");
+  try {
+    const r = await api.predict(S.name, box);
+    change(() => { S.cur = { box, raw: r.polygon, fixed: r.fixed, label: S.label }; S.selected = -1; });
+    await nextFrame();
+    stats.predictions.push({ ms: performance.now() - t0, server: r.ms });
+    showLatency();
+    status(`${r.polygon.length} vertices — drag one to correct, Enter to accept`);
+  } catch (e) {
+    status(`predict failed: ${e.message}`, true);
+  } finally { S.busy--; }
+}
+
+async function correctVertex(index, point, before) {
+  const t0 = performance.now();
+  S.busy++;
+  try {
+    const r = await api.correct(S.name, S.cur.box, index, point, before);
+    S.cur.raw = r.polygon;
+    S.cur.fixed = r.fixed;
+    render();
+    await nextFrame();
+    const ms = performance.now() - t0;
+    stats.corrections.push({ ms, server: r.ms });
+    showLatency();
+    status(`corrected vertex ${index + 1}: ${r.polygon.length} vertices`);
+  } catch (e) {
+    status(`correction failed: ${e.message}`, true);
+  } finally { S.busy--; }
+}
+
+// --- editing ------------------------------------------------------------------------------------
+function startVertexDrag(ev, index) {
+  if (ev.button !== 0) return;
+  ev.stopPropagation();
+  ev.preventDefault();
+  const before = shown();
+  const snap = snapshot();
+  const alt = ev.altKey;
+  S.selected = index;
+  let moved = false, last = before[index];
+  const onMove = (e) => {
+    moved = true;
+    last = toImage(e);
+    const pts = shown();
+    pts[index] = last;
+    S.cur.raw = pts;
+    render();
+  };
+  const onUp = async () => {
+    window.removeEventListener("mousemove", onMove);
+    window.removeEventListener("mouseup", onUp);
+    if (!moved) { render(); return; }
+    S.undo.push(snap); S.redo = [];
+    if (alt) { status(`moved vertex ${index + 1} (no re-prediction)`); return; }
+    await correctVertex(index, last, before);
+  };
+  window.addEventListener("mousemove", onMove);
+  window.addEventListener("mouseup", onUp);
+}
+
+function insertVertex(edge, p) {
+  change(() => { const pts = shown(); pts.splice(edge + 1, 0, p); S.cur.raw = pts; S.selected = edge + 1; });
+  status(`inserted vertex ${edge + 2}`);
+}
+function deleteVertex(i) {
+  if (!S.cur) return;
+  if (shown().length <= 3) { status("a polygon needs at least 3 vertices", true); return; }
+  change(() => { const pts = shown(); pts.splice(i, 1); S.cur.raw = pts; S.selected = -1; if (S.cur.fixed > i) S.cur.fixed--; });
+  status(`deleted vertex ${i + 1}`);
+}
+function accept() {
+  if (!S.cur) return;
+  const label = S.labels[S.cur.label] ?? S.labels[0];
+  change(() => { S.shapes.push({ label, points: shown() }); S.cur = null; S.selected = -1; }, { save: true });
+  status(`accepted a ${label} polygon`);
+}
+function cancel() { if (S.cur) { change(() => { S.cur = null; S.selected = -1; }); status("cancelled"); } }
+function editShape(i) {
+  const s = S.shapes[i];
+  const xs = s.points.map((p) => p[0]), ys = s.points.map((p) => p[1]);
+  const box = [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)];
+  change(() => {
+    S.shapes.splice(i, 1);
+    S.cur = { box, raw: s.points, fixed: 0, label: Math.max(0, S.labels.indexOf(s.label)) };
+  }, { save: true });
+  selectLabel(S.cur.label);
+  status(`editing a ${s.label} polygon — Enter to accept again`);
+}
+function selectLabel(i) {
+  if (i < 0 || i >= S.labels.length) return;
+  S.label = i;
+  $("label-select").value = String(i);
+  if (S.cur) S.cur.label = i;
+  status(`label: ${S.labels[i]}`);
+}
+function fillLabels() {
+  $("label-select").replaceChildren(...S.labels.map((l, i) => {
+    const o = document.createElement("option");
+    o.value = String(i);
+    o.textContent = i < 9 ? `${i + 1} ${l}` : l;
+    return o;
+  }));
+  $("label-select").value = String(Math.min(S.label, S.labels.length - 1));
+}
+
+// --- images -------------------------------------------------------------------------------------
+function markCount(name, n) {
+  const a = document.querySelector(`#image-list a[data-name="${CSS.escape(name)}"] .count`);
+  if (a) a.textContent = n ? String(n) : "";
+  const img = S.images.find((x) => x.name === name);
+  if (img) img.annotated = n;
+}
+function listImages() {
+  $("image-list").replaceChildren(...S.images.map((im, i) => {
+    const a = document.createElement("a");
+    a.href = "#";
+    a.dataset.name = im.name;
+    a.className = i === S.index ? "current" : "";
+    a.innerHTML = `<span class="count">${im.annotated || ""}</span>`;
+    a.appendChild(document.createTextNode(im.name));
+    a.addEventListener("click", (e) => { e.preventDefault(); openImage(i); });
+    return a;
+  }));
+}
+async function openImage(i) {
+  if (!S.images.length) return;
+  i = (i + S.images.length) % S.images.length;
+  if (window.polyrnn.flush && S.name) await window.polyrnn.flush().catch(() => {});
+  S.index = i;
+  S.name = S.images[i].name;
+  S.cur = null; S.shapes = []; S.undo = []; S.redo = []; S.selected = -1;
+  $("image-name").textContent = `${S.name} (${i + 1}/${S.images.length})`;
+  history.replaceState(null, "", `#${encodeURIComponent(S.name)}`);
+  listImages();
+  const img = $("image");
+  await new Promise((resolve, reject) => { img.onload = resolve; img.onerror = () => reject(new Error("image failed to load")); img.src = api.imageUrl(S.name); })
+    .catch((e) => status(e.message, true));
+  S.width = img.naturalWidth; S.height = img.naturalHeight;
+  const svg = $("overlay");
+  svg.setAttribute("width", S.width); svg.setAttribute("height", S.height);
+  svg.setAttribute("viewBox", `0 0 ${S.width} ${S.height}`);
+  try {
+    const a = await api.annotations(S.name);
+    S.shapes = a.shapes.filter((s) => Array.isArray(s.points) && s.points.length >= 3).map((s) => ({ label: s.label, points: s.points }));
+  } catch (e) { status(`could not read annotations: ${e.message}`, true); }
+  fit();
+  status(`${S.name}: ${S.shapes.length} polygon(s) — drag a box around an object`);
+  document.body.dataset.ready = S.name;
+}
+
+// --- mouse on the viewport: boxes, panning, zoom ---------------------------------------------------
+let spaceDown = false;
+$("viewport").addEventListener("mousedown", (ev) => {
+  if (ev.button === 1 || (ev.button === 0 && spaceDown)) { // pan
+    ev.preventDefault();
+    const sx = ev.clientX, sy = ev.clientY, { tx, ty } = S.view;
+    const move = (e) => { S.view.tx = tx + e.clientX - sx; S.view.ty = ty + e.clientY - sy; applyView(); };
+    const up = () => { window.removeEventListener("mousemove", move); window.removeEventListener("mouseup", up); };
+    window.addEventListener("mousemove", move); window.addEventListener("mouseup", up);
+    return;
+  }
+  if (ev.button !== 0 || S.busy) return;
+  ev.preventDefault();
+  const a = toImage(ev);
+  const rect = el("rect", { class: "rubber", x: a[0], y: a[1], width: 0, height: 0, "stroke-width": 1.5 / S.view.scale }, $("overlay"));
+  let b = a;
+  const move = (e) => {
+    b = toImage(e);
+    rect.setAttribute("x", Math.min(a[0], b[0])); rect.setAttribute("y", Math.min(a[1], b[1]));
+    rect.setAttribute("width", Math.abs(b[0] - a[0])); rect.setAttribute("height", Math.abs(b[1] - a[1]));
+  };
+  const up = () => {
+    window.removeEventListener("mousemove", move); window.removeEventListener("mouseup", up);
+    rect.remove();
+    const clamp = (v, hi) => Math.max(0, Math.min(hi, v));
+    const box = [clamp(Math.min(a[0], b[0]), S.width), clamp(Math.min(a[1], b[1]), S.height),
+                 clamp(Math.max(a[0], b[0]), S.width), clamp(Math.max(a[1], b[1]), S.height)];
+    if (box[2] - box[0] < 4 || box[3] - box[1] < 4) { S.selected = -1; render(); return; }
+    predictBox(box);
+  };
+  window.addEventListener("mousemove", move); window.addEventListener("mouseup", up);
+});
+$("viewport").addEventListener("wheel", (ev) => {
+  ev.preventDefault();
+  const vp = $("viewport").getBoundingClientRect();
+  const mx = ev.clientX - vp.left, my = ev.clientY - vp.top;
+  const f = Math.exp(-ev.deltaY * 0.0015);
+  const scale = Math.max(0.05, Math.min(40, S.view.scale * f));
+  S.view.tx = mx - (mx - S.view.tx) * (scale / S.view.scale);
+  S.view.ty = my - (my - S.view.ty) * (scale / S.view.scale);
+  S.view.scale = scale;
+  applyView();
+}, { passive: false });
+$("viewport").addEventListener("contextmenu", (ev) => ev.preventDefault());
+
+// --- keys ---------------------------------------------------------------------------------------
+function toggleHelp(show) { $("help").hidden = show === undefined ? !$("help").hidden : !show; }
+window.addEventListener("keydown", (ev) => {
+  if ((ev.target instanceof HTMLInputElement && ev.target.type !== "range") || ev.target instanceof HTMLTextAreaElement) return;
+  if (ev.target instanceof HTMLElement && ev.target !== document.body) ev.target.blur(); // shortcuts win over widgets
+  const k = ev.key;
+  if (k === " ") { spaceDown = true; $("viewport").classList.add("panning"); ev.preventDefault(); return; }
+  if ((ev.ctrlKey || ev.metaKey) && (k === "z" || k === "Z")) { ev.preventDefault(); ev.shiftKey ? redo() : undo(); return; }
+  if ((ev.ctrlKey || ev.metaKey) && (k === "y" || k === "Y")) { ev.preventDefault(); redo(); return; }
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (k === "Enter" || k === "n" || k === "N") { ev.preventDefault(); accept(); }
+  else if (k === "Escape") { if (!$("help").hidden) toggleHelp(false); else cancel(); }
+  else if (k === "a" || k === "A") openImage(S.index - 1);
+  else if (k === "d" || k === "D") openImage(S.index + 1);
+  else if (k === "f" || k === "F") fit();
+  else if (k === "h" || k === "H" || k === "?") toggleHelp();
+  else if ((k === "Delete" || k === "Backspace") && S.selected >= 0) { ev.preventDefault(); deleteVertex(S.selected); }
+  else if (/^[1-9]$/.test(k)) selectLabel(Number(k) - 1);
+});
+window.addEventListener("keyup", (ev) => { if (ev.key === " ") { spaceDown = false; $("viewport").classList.remove("panning"); } });
+
+// --- top bar ------------------------------------------------------------------------------------
+$("prev").onclick = () => openImage(S.index - 1);
+$("next").onclick = () => openImage(S.index + 1);
+$("undo").onclick = undo;
+$("redo").onclick = redo;
+$("help-button").onclick = () => toggleHelp(true);
+$("help-close").onclick = () => toggleHelp(false);
+$("label-select").onchange = (e) => { selectLabel(Number(e.target.value)); e.target.blur(); };
+$("detail").oninput = (e) => { S.detail = Number(e.target.value); render(); status(`detail: ${S.detail} px tolerance (raw polygon kept)`); };
+$("edit-labels").onclick = async () => {
+  const text = prompt("Labels, comma-separated (1–9 pick the first nine):", S.labels.join(", "));
+  if (text === null) return;
+  try {
+    S.labels = (await api.setLabels(text.split(",").map((s) => s.trim()).filter(Boolean))).labels;
+    S.label = Math.min(S.label, S.labels.length - 1);
+    fillLabels();
+    status(`labels: ${S.labels.join(", ")}`);
+  } catch (e) { status(`labels not saved: ${e.message}`, true); }
+};
+document.querySelectorAll("[data-export]").forEach((b) => {
+  b.onclick = async () => {
+    await window.polyrnn.flush().catch(() => {});
+    try {
+      const r = await api.exportAs(b.dataset.export);
+      status(`exported ${r.instances} polygons on ${r.images} images as ${r.format}: ${r.path}`);
+      window.polyrnn.lastExport = r;
+    } catch (e) { status(`export failed: ${e.message}`, true); }
+  };
+});
+window.addEventListener("resize", fit);
+window.addEventListener("beforeunload", () => { if (saveTimer) { clearTimeout(saveTimer); navigator.sendBeacon && fetch(`/api/annotations/${encodeURIComponent(S.name)}`, { method: "PUT", keepalive: true, headers: { "Content-Type": "application/json" }, body: JSON.stringify({ shapes: S.shapes }) }); } });
+
+// --- start --------------------------------------------------------------------------------------
+(async () => {
+  try {
+    S.images = await api.images();
+    S.labels = (await api.labels()).labels;
+  } catch (e) { status(`server unreachable: ${e.message}`, true); return; }
+  fillLabels();
+  const want = decodeURIComponent(location.hash.slice(1));
+  const i = Math.max(0, S.images.findIndex((x) => x.name === want));
+  await openImage(i);
+})();

@@ -1,0 +1,164 @@
+"""The page in a real browser (Playwright + Debian's Chromium): box -> polygon, drag -> re-prediction,
+undo/redo, insert/delete, labels, accept, reload, export. CI requires Chromium (POLYRNN_REQUIRE_BROWSER=1)."""
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists() or os.environ.get("POLYRNN_SKIP_BROWSER"):
+    if os.environ.get("POLYRNN_REQUIRE_BROWSER"):
+        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    pytest.skip("no /usr/bin/chromium", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+uvicorn = pytest.importorskip("uvicorn")
+
+from test_server import make_images, tiny_predictor  # noqa: E402
+
+from polyrnn.server.app import create_app  # noqa: E402
+from polyrnn.server.store import AnnotationStore  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = make_images(tmp_path_factory.mktemp("browser") / "imgs")
+    store = AnnotationStore(folder)
+    store.set_labels(["cat", "dog", "bird"])
+    app = create_app(store, tiny_predictor(), model_name="tiny")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    for _ in range(100):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", store
+    srv.should_exit = True
+    t.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def state(page, expr):
+    return page.evaluate(f"() => JSON.parse(JSON.stringify(window.polyrnn.{expr}))")
+
+
+def screen(page, x, y):
+    """Image pixel -> page coordinates."""
+    v = state(page, "state.view")
+    vp = page.locator("#viewport").bounding_box()
+    return vp["x"] + v["tx"] + x * v["scale"], vp["y"] + v["ty"] + y * v["scale"]
+
+
+def drag(page, a, b, steps=6):
+    page.mouse.move(*a)
+    page.mouse.down()
+    page.mouse.move(*b, steps=steps)
+    page.mouse.up()
+
+
+def test_annotate_correct_undo_label_accept_reload_export(server, browser):
+    url, store = server
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='img0.png']")
+
+    # draw a box: the model's polygon appears
+    drag(page, screen(page, 20, 10), screen(page, 140, 110))
+    page.wait_for_selector("#current-polygon")
+    poly = state(page, "state.cur.raw")
+    assert len(poly) == 12 and page.locator("circle.vertex").count() == 12
+
+    # drag vertex 3: vertices before it are kept, it lands where dropped, the rest is re-predicted
+    c = page.locator("circle[data-vertex='3']").bounding_box()
+    start = (c["x"] + c["width"] / 2, c["y"] + c["height"] / 2)
+    target = screen(page, 100, 30)
+    drag(page, start, target)
+    page.wait_for_function("window.polyrnn.stats.corrections.length === 1")
+    after = state(page, "state.cur.raw")
+    assert after[:3] == poly[:3]
+    assert abs(after[3][0] - 100) < 1.5 and abs(after[3][1] - 30) < 1.5
+    assert state(page, "state.cur.fixed") == 4
+    assert page.locator("circle.vertex.fixed").count() == 4
+    latency = state(page, "stats.corrections")[0]["ms"]
+
+    # undo / redo one correction at a time
+    page.keyboard.press("Control+z")
+    assert state(page, "state.cur.raw") == poly
+    page.keyboard.press("Control+Shift+z")
+    assert state(page, "state.cur.raw") == after
+
+    # Alt+drag moves a vertex without re-predicting
+    c = page.locator("circle[data-vertex='5']").bounding_box()
+    page.keyboard.down("Alt")
+    drag(page, (c["x"] + c["width"] / 2, c["y"] + c["height"] / 2), screen(page, 60, 60))
+    page.keyboard.up("Alt")
+    moved = state(page, "state.cur.raw")
+    assert state(page, "stats.corrections.length") == 1 and moved[:5] == after[:5] and moved[6:] == after[6:]
+
+    # insert a vertex on an edge (double-click), delete one (right-click)
+    p0, p1 = moved[0], moved[1]
+    page.mouse.dblclick(*screen(page, (p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2))
+    assert len(state(page, "state.cur.raw")) == 13
+    page.locator("circle[data-vertex='1']").click(button="right")
+    assert state(page, "state.cur.raw") == moved
+
+    # label 2 (dog), accept with Enter: saved as LabelMe JSON
+    page.keyboard.press("2")
+    page.keyboard.press("Enter")
+    assert state(page, "state.shapes")[0]["label"] == "dog" and state(page, "state.cur") is None
+    page.evaluate("() => window.polyrnn.flush()")
+    doc = json.loads((store.image_dir / "img0.json").read_text())
+    assert doc["shapes"][0]["label"] == "dog" and len(doc["shapes"][0]["points"]) == 12
+
+    # the detail slider simplifies reversibly; Esc cancels a polygon
+    drag(page, screen(page, 30, 30), screen(page, 90, 90))
+    page.wait_for_selector("#current-polygon")
+    raw = state(page, "state.cur.raw")
+    page.locator("#detail").fill("10")
+    assert page.locator("circle.vertex").count() < len(raw)
+    page.locator("#detail").fill("0")
+    assert page.locator("circle.vertex").count() == len(raw)
+    page.keyboard.press("Escape")
+    assert state(page, "state.cur") is None
+
+    # reload: the accepted polygon is restored; D / A switch images
+    page.reload()
+    page.wait_for_selector("body[data-ready='img0.png']")
+    assert [s["label"] for s in state(page, "state.shapes")] == ["dog"]
+    page.keyboard.press("d")
+    page.wait_for_selector("body[data-ready='img1.png']")
+    page.keyboard.press("a")
+    page.wait_for_selector("body[data-ready='img0.png']")
+
+    # help overlay
+    page.keyboard.press("h")
+    assert page.locator("#help").is_visible()
+    page.keyboard.press("Escape")
+    assert not page.locator("#help").is_visible()
+
+    # export COCO from the page and read it back with pycocotools
+    page.click("button[data-export='coco']")
+    page.wait_for_function("window.polyrnn.lastExport !== undefined")
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(store.image_dir / "export" / "coco" / "annotations.json"))
+    assert len(coco.dataset["annotations"]) == 1
+    assert coco.cats[coco.dataset["annotations"][0]["category_id"]]["name"] == "dog"
+    assert not state(page, "stats.errors")
+    print(f"correction round trip in the browser: {latency:.1f} ms (tiny model)")
+    page.close()

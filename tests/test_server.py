@@ -1,0 +1,205 @@
+"""The server's API: schemas, bad inputs, path traversal, concurrency, atomic saves, and export."""
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from polyrnn.build import build_model  # noqa: E402
+from polyrnn.cli import main  # noqa: E402
+from polyrnn.predictor import PolygonPredictor  # noqa: E402
+from polyrnn.server import app as app_module  # noqa: E402
+from polyrnn.server.app import create_app  # noqa: E402
+from polyrnn.server.store import AnnotationStore  # noqa: E402
+
+
+def make_images(folder, n=2):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray((rng.random((120, 160, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+def tiny_predictor():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    model.max_len = 12
+    return PolygonPredictor(model, eos_threshold=2.0)  # never ends early: 12 vertices
+
+
+@pytest.fixture
+def client(tmp_path):
+    store = AnnotationStore(make_images(tmp_path / "imgs"))
+    return TestClient(create_app(store, tiny_predictor(), model_name="tiny")), store
+
+
+SQUARE = [[20, 20], [80, 20], [80, 80], [20, 80]]
+
+
+def test_health_openapi_and_listing(client):
+    c, _ = client
+    assert c.get("/health").json()["status"] == "ok"
+    paths = c.get("/openapi.json").json()["paths"]
+    assert {"/api/predict", "/api/correct", "/api/annotations/{name}"} <= set(paths)
+    assert [i["name"] for i in c.get("/api/images").json()] == ["img0.png", "img1.png"]
+    assert c.get("/api/images/img0.png/file").status_code == 200
+    assert c.get("/").status_code == 200 and "polyrnn" in c.get("/").text
+
+
+def test_predict_then_correct_re_predicts_after_the_vertex(client):
+    c, _ = client
+    r = c.post("/api/predict", json={"image": "img0.png", "box": [20, 10, 140, 110]})
+    assert r.status_code == 200
+    poly = r.json()["polygon"]
+    assert len(poly) == 12 and r.json()["fixed"] == 0
+    r = c.post("/api/correct", json={"image": "img0.png", "box": [20, 10, 140, 110], "index": 3,
+                                     "point": [100.0, 30.0], "polygon": poly})  # fmt: skip
+    out = r.json()
+    assert r.status_code == 200 and out["fixed"] == 4
+    assert out["polygon"][:3] == poly[:3] and out["polygon"][3] == [100.0, 30.0]
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"image": "img0.png", "box": [50, 50, 10, 10]}, 422, "x2 > x1"),
+        ({"image": "img0.png", "box": [1, 2, 3]}, 422, "box"),
+        ({"image": "nope.png", "box": [1, 2, 30, 30]}, 404, "unknown image"),
+        ({"image": "../imgs/img0.png", "box": [1, 2, 30, 30]}, 404, "unknown image"),
+        ({"image": "img0.png", "box": [500, 500, 600, 600]}, 422, "outside"),
+    ],
+)
+def test_bad_predict_requests_get_a_4xx_with_a_message(client, body, status, words):
+    c, _ = client
+    r = c.post("/api/predict", json=body)
+    assert r.status_code == status and words in json.dumps(r.json())
+
+
+def test_malformed_json_traversal_corrupt_and_oversized_images(client, tmp_path, monkeypatch):
+    c, store = client
+    r = c.post("/api/predict", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert c.get("/api/images/..%2F..%2Fetc%2Fpasswd/file").status_code == 404
+    assert c.get("/api/images/../imgs/img0.png/file").status_code == 404
+    (store.image_dir / "broken.png").write_bytes(b"not an image at all")
+    store.refresh()
+    r = c.post("/api/predict", json={"image": "broken.png", "box": [1, 1, 20, 20]})
+    assert r.status_code == 422 and "cannot be decoded" in r.json()["detail"]
+    monkeypatch.setattr(app_module, "MAX_PIXELS", 100)
+    r = c.post("/api/predict", json={"image": "img1.png", "box": [1, 1, 20, 20]})
+    assert r.status_code == 413 and "pixels" in r.json()["detail"]
+    bad = {"shapes": [{"label": "a", "points": [[0, 0], [1, 1]]}]}
+    assert c.put("/api/annotations/img0.png", json=bad).status_code == 422
+    assert c.put("/api/labels", json={"labels": ["a", "a"]}).status_code == 422
+
+
+def test_twenty_concurrent_predictions(client):
+    c, _ = client
+
+    def one(i):
+        img = f"img{i % 2}.png"
+        return c.post("/api/predict", json={"image": img, "box": [10 + i, 10, 120, 100]})
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(one, range(20)))
+    assert [r.status_code for r in results] == [200] * 20
+    assert all(len(r.json()["polygon"]) == 12 for r in results)
+
+
+def test_annotations_round_trip_as_labelme_and_atomic_save(client, monkeypatch):
+    c, store = client
+    assert c.get("/api/annotations/img0.png").json() == {"shapes": []}
+    shapes = {"shapes": [{"label": "cat", "points": SQUARE}]}
+    assert c.put("/api/annotations/img0.png", json=shapes).status_code == 200
+    doc = json.loads((store.image_dir / "img0.json").read_text())
+    assert doc["imagePath"] == "img0.png" and doc["imageWidth"] == 160 and doc["shapes"][0]["label"] == "cat"
+    assert c.get("/api/annotations/img0.png").json()["shapes"][0]["points"] == SQUARE
+    assert [i["annotated"] for i in c.get("/api/images").json()] == [1, 0]
+
+    import polyrnn.io
+
+    def crash(*a, **k):
+        raise OSError("disk died mid-save")
+
+    monkeypatch.setattr(polyrnn.io.os, "replace", crash)
+    with pytest.raises(OSError):
+        store.save("img0.png", [{"label": "dog", "points": SQUARE}], (160, 120))
+    assert json.loads((store.image_dir / "img0.json").read_text())["shapes"][0]["label"] == "cat"
+    assert not [p for p in store.image_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_export_from_api_and_cli(client, tmp_path):
+    from pycocotools.coco import COCO
+
+    c, store = client
+    assert c.put("/api/labels", json={"labels": ["cat", "dog"]}).json()["labels"] == ["cat", "dog"]
+    c.put("/api/annotations/img0.png", json={"shapes": [{"label": "dog", "points": SQUARE}]})
+    c.put("/api/annotations/img1.png", json={"shapes": [{"label": "cat", "points": SQUARE},
+                                                         {"label": "cat", "points": [[1, 1], [9, 1], [5, 9]]}]})  # fmt: skip
+    r = c.post("/api/export/coco")
+    assert r.status_code == 200 and r.json()["instances"] == 3
+    coco = COCO(str(store.image_dir / "export" / "coco" / "annotations.json"))
+    assert [coco.cats[i]["name"] for i in sorted(coco.cats)] == ["cat", "dog"]
+    ann = [a for a in coco.dataset["annotations"] if coco.cats[a["category_id"]]["name"] == "dog"][0]
+    assert coco.annToMask(ann).sum() == pytest.approx(60 * 60, rel=0.05)
+    assert c.post("/api/export/pdf").status_code == 404
+    # again: the export folder itself is never read back as annotations
+    assert c.post("/api/export/labelme").json()["instances"] == 3
+    assert c.post("/api/export/coco").json()["instances"] == 3
+
+    out = tmp_path / "yolo"
+    assert main(["export", str(store.image_dir), "--to", "yolo", str(out)]) == 0
+    lines = (out / "labels" / "img1.txt").read_text().split("\n")
+    assert lines[0].startswith("0 ") and len(lines[0].split()) == 9
+    assert "dog" in (out / "data.yaml").read_text() and (out / "images" / "img1.png").is_file()
+    from polyrnn.data import load_dataset
+
+    assert len(load_dataset(out, "yolo").instances) == 3
+    assert main(["export", str(store.image_dir), "--to", "labelme", str(tmp_path / "lm")]) == 0
+    assert len(load_dataset(tmp_path / "lm", "labelme").instances) == 3
+
+
+def test_store_refuses_unknown_names_and_demo_images(tmp_path):
+    from polyrnn.server.store import StoreError
+
+    store = AnnotationStore(make_images(tmp_path / "i", 1), tmp_path / "out")
+    with pytest.raises(StoreError):
+        store.image_path("../i/img0.png")
+    store.save("img0.png", [{"label": "a", "points": SQUARE}], (160, 120))
+    doc = json.loads((tmp_path / "out" / "img0.json").read_text())
+    assert (tmp_path / "out" / doc["imagePath"]).resolve() == (tmp_path / "i" / "img0.png").resolve()
+    pytest.importorskip("skimage")
+    from polyrnn.server.demo import demo_folder
+
+    demo = demo_folder(tmp_path / "demo")
+    assert len(AnnotationStore(demo).names) >= 3
+
+
+def test_server_lock_serialises_image_switches(client):
+    """Predictions on alternating images from many threads each see their own image."""
+    c, store = client
+    seen = []
+    lock = threading.Lock()
+
+    def one(i):
+        r = c.post("/api/predict", json={"image": f"img{i % 2}.png", "box": [20, 10, 140, 110]})
+        with lock:
+            seen.append((i % 2, tuple(map(tuple, r.json()["polygon"]))))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    by_image = {}
+    for img, poly in seen:
+        by_image.setdefault(img, set()).add(poly)
+    assert all(len(polys) == 1 for polys in by_image.values())  # same image + box -> same polygon
