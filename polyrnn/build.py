@@ -63,14 +63,74 @@ class CheckpointError(ValueError):
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
+SHA256SUMS = "SHA256SUMS"
+_verified: set[Path] = set()
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def default_weights(variant: str) -> Path:
-    """The weights shipped inside the package for a variant; :class:`CheckpointError` when there are none."""
+    """The weights shipped inside the package for a variant, their sha256 checked against
+    ``weights/SHA256SUMS`` (once per process); :class:`CheckpointError` when there are none or they
+    do not match."""
     path = WEIGHTS_DIR / f"{variant}.pt"
     if not path.is_file():
         raise CheckpointError(
-            f"no trained weights ship for variant '{variant}' yet ({path}); pass --weights / weights=PATH"
+            f"no trained weights ship for variant '{variant}' ({path}); pass --weights / weights=PATH"
         )
+    if path not in _verified:
+        sums = WEIGHTS_DIR / SHA256SUMS
+        expected = {}
+        if sums.is_file():
+            for line in sums.read_text().splitlines():
+                if line.strip():
+                    digest, name = line.split(maxsplit=1)
+                    expected[name.strip()] = digest
+        if path.name not in expected:
+            raise CheckpointError(f"{path}: not listed in {sums}; the package is incomplete")
+        if _sha256(path) != expected[path.name]:
+            raise CheckpointError(
+                f"{path}: sha256 does not match {sums}: the file is corrupt or was modified"
+            )
+        _verified.add(path)
     return path
+
+
+def ship_weights(src: str | Path, variant: str, *, half: bool = True, folder: Path | None = None) -> Path:
+    """Write a training checkpoint as the shipped weights of ``variant``: the model and its config only
+    (optionally half precision), plus its line in ``SHA256SUMS``. Returns the written file."""
+    folder = folder or WEIGHTS_DIR
+    ckpt = read_checkpoint(src)
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
+    keep: dict[str, Any] = {
+        k: ckpt[k]
+        for k in ("format", "version", "model_config", "epoch", "git_sha", "train_config")
+        if k in ckpt
+    }
+    dst = folder / f"{variant}.pt"
+    out: dict[str, Any] = dict(keep)
+    out.update(model=state, source=Path(src).name)
+    save_checkpoint(dst, out)
+    sums = folder / SHA256SUMS
+    lines = [
+        ln
+        for ln in (sums.read_text().splitlines() if sums.is_file() else [])
+        if ln.strip() and not ln.endswith(f" {dst.name}")
+    ]
+    lines.append(f"{_sha256(dst)}  {dst.name}")
+    from polyrnn.io import atomic_write_text
+
+    atomic_write_text(sums, "\n".join(sorted(lines, key=lambda ln: ln.split()[-1])) + "\n")
+    _verified.discard(dst)
+    return dst
 
 
 def build_encoder(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) -> Encoder:
@@ -123,6 +183,7 @@ def build_model(
     weights: str | Path | None = None,
     *,
     vgg16_weights: str | Path | None = None,
+    shipped: bool = True,
 ) -> Model:
     """Build a model by variant name (``tiny``, ``lite``, ``vgg16``, ``lite-mask``, ...) or config, optionally loading a
     polyrnn checkpoint (whose own config must match the variant's architecture).
@@ -131,11 +192,15 @@ def build_model(
         variant: a key of :data:`VARIANTS` or a :class:`ModelConfig`.
         weights: a polyrnn checkpoint file; loaded strictly.
         vgg16_weights: a torchvision ``vgg16-*.pth`` to initialise the VGG-16 backbone from.
+        shipped: with a variant name and no ``weights``, load the weights shipped for it (``lite``,
+            ``lite-mask``) where there are some; False gives a freshly initialised model.
     """
     if isinstance(variant, str):
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant '{variant}' (one of {', '.join(VARIANTS)})")
         cfg = VARIANTS[variant]
+        if weights is None and shipped and (WEIGHTS_DIR / f"{variant}.pt").is_file():
+            weights = default_weights(variant)
     else:
         cfg = variant
     if weights is not None:

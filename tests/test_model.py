@@ -18,6 +18,7 @@ from polyrnn.data.sequence import polygon_to_tokens
 from polyrnn.modeling.conv_lstm import ConvGRUCell, ConvLSTMCell
 from polyrnn.modeling.decoder import PolygonDecoder
 from polyrnn.modeling.losses import PolygonLoss
+from polyrnn.modeling.polygon_rnn import PolygonRNN
 from polyrnn.predictor import PolygonPredictor
 
 D = 28
@@ -318,3 +319,36 @@ def test_predictor_with_mask_model_starts_from_its_outline_and_corrects_with_the
     assert np.allclose(q.vertices[:2], before[:2])  # kept exactly
     assert tuple(q.vertices[2]) == (90.0, 100.0)  # the annotator's point, not snapped
     assert len(q.vertices) > 3 and q.fixed == 3  # the decoder predicted the rest
+
+
+def test_shipped_weights_load_by_default_and_are_checked(tmp_path, monkeypatch):
+    import shutil
+
+    from polyrnn import build
+    from polyrnn.modeling.mask_net import MaskNet
+
+    if not (build.WEIGHTS_DIR / "lite.pt").is_file():
+        pytest.skip("no shipped weights in this checkout")
+    model = build_model("lite")  # the shipped weights, sha256 checked
+    assert isinstance(model, PolygonRNN)
+    shipped = torch.load(build.WEIGHTS_DIR / "lite.pt", weights_only=True)["model"]
+    k = "decoder.static_conv.weight"
+    assert torch.equal(model.state_dict()[k], shipped[k].float())
+    assert isinstance(build_model("lite-mask"), MaskNet)
+    assert (build.WEIGHTS_DIR / "lite.pt").stat().st_size + (
+        build.WEIGHTS_DIR / "lite-mask.pt"
+    ).stat().st_size < 25e6
+    # a modified file is refused
+    folder = tmp_path / "weights"
+    shutil.copytree(build.WEIGHTS_DIR, folder)
+    monkeypatch.setattr(build, "WEIGHTS_DIR", folder)
+    monkeypatch.setattr(build, "_verified", set())
+    assert build.default_weights("lite") == folder / "lite.pt"
+    build._verified.clear()
+    with open(folder / "lite.pt", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(CheckpointError, match="sha256"):
+        build.default_weights("lite")
+    with pytest.raises(CheckpointError, match="no trained weights"):
+        build.default_weights("vgg16")
