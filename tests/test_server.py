@@ -179,7 +179,7 @@ def test_store_refuses_unknown_names_and_demo_images(tmp_path):
     pytest.importorskip("skimage")
     from polyrnn.server.demo import demo_folder
 
-    demo = demo_folder(tmp_path / "demo")
+    demo = demo_folder(tmp_path / ".cache" / "demo")  # like ~/.cache/polyrnn/demo: a hidden parent is fine
     assert len(AnnotationStore(demo).names) >= 3
 
 

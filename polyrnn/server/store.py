@@ -9,9 +9,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from polyrnn.data.common import find_images
 from polyrnn.io import atomic_write_json
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABELME_VERSION = "5.4.1"
 DEFAULT_LABELS = ["object"]
 
@@ -37,16 +37,10 @@ class AnnotationStore:
         self.refresh()
 
     def refresh(self) -> None:
-        names = []
-        for p in sorted(self.image_dir.rglob("*")):
-            if (
-                p.suffix.lower() in IMAGE_SUFFIXES
-                and p.is_file()
-                and not any(s.startswith(".") for s in p.parts)
-            ):
-                names.append(p.relative_to(self.image_dir).as_posix())
-        self.names = names
-        self._known = set(names)
+        # hidden files and folders *inside* the image folder are skipped (the folder itself may be hidden)
+        rel = [p.relative_to(self.image_dir) for p in find_images(self.image_dir)]
+        self.names = [r.as_posix() for r in rel if not any(s.startswith(".") for s in r.parts)]
+        self._known = set(self.names)
 
     def image_path(self, name: str) -> Path:
         """The file of a listed image; :class:`StoreError` for anything else (no path traversal)."""
