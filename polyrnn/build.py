@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from polyrnn.config import ModelConfig
+from polyrnn.io import sha256_file
 from polyrnn.modeling.decoder import PolygonDecoder
 from polyrnn.modeling.encoder import (
     IMAGENET_MEAN,
@@ -67,16 +68,6 @@ SHA256SUMS = "SHA256SUMS"
 _verified: set[Path] = set()
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def default_weights(variant: str) -> Path:
     """The weights shipped inside the package for a variant, their sha256 checked against
     ``weights/SHA256SUMS`` (once per process); :class:`CheckpointError` when there are none or they
@@ -96,7 +87,7 @@ def default_weights(variant: str) -> Path:
                     expected[name.strip()] = digest
         if path.name not in expected:
             raise CheckpointError(f"{path}: not listed in {sums}; the package is incomplete")
-        if _sha256(path) != expected[path.name]:
+        if sha256_file(path) != expected[path.name]:
             raise CheckpointError(
                 f"{path}: sha256 does not match {sums}: the file is corrupt or was modified"
             )
@@ -125,7 +116,7 @@ def ship_weights(src: str | Path, variant: str, *, half: bool = True, folder: Pa
         for ln in (sums.read_text().splitlines() if sums.is_file() else [])
         if ln.strip() and not ln.endswith(f" {dst.name}")
     ]
-    lines.append(f"{_sha256(dst)}  {dst.name}")
+    lines.append(f"{sha256_file(dst)}  {dst.name}")
     from polyrnn.io import atomic_write_text
 
     atomic_write_text(sums, "\n".join(sorted(lines, key=lambda ln: ln.split()[-1])) + "\n")
@@ -267,6 +258,15 @@ def polygon_model(model: Model, where: str = "weights") -> PolygonRNN:
     """``model`` as a :class:`PolygonRNN`, or a :class:`CheckpointError` naming ``where``."""
     if not isinstance(model, PolygonRNN):
         raise CheckpointError(f"{where}: holds a mask model, not a polygon model")
+    return model
+
+
+def load_mask_model(weights: str | Path) -> MaskNet:
+    """The mask model stored in ``weights`` (any architecture); :class:`CheckpointError` when the file
+    holds a polygon model."""
+    model = build_model(checkpoint_config(weights), weights)
+    if not isinstance(model, MaskNet):
+        raise CheckpointError(f"{weights}: holds a polygon model, not a mask model")
     return model
 
 

@@ -157,7 +157,14 @@ def _next_run_dir(parent: Path, name: str = "exp") -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from polyrnn.build import CheckpointError, build_model, checkpoint_config, default_weights, polygon_model
+    from polyrnn.build import (
+        CheckpointError,
+        build_model,
+        checkpoint_config,
+        default_weights,
+        load_mask_model,
+        polygon_model,
+    )
     from polyrnn.evaluation.evaluate import (
         BASELINES,
         EvalOptions,
@@ -166,7 +173,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         summarize_results,
         write_report,
     )
-    from polyrnn.modeling.mask_net import MaskNet
 
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     bad = [b for b in baselines if b not in BASELINES]
@@ -183,12 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             except CheckpointError:
                 if args.start == "mask" or "mask" in baselines:
                     raise
-        mask_model = None
-        if mask_weights is not None:
-            m = build_model(checkpoint_config(mask_weights), mask_weights)
-            if not isinstance(m, MaskNet):
-                raise CLIError(f"--mask-weights {mask_weights}: holds a polygon model, not a mask model")
-            mask_model = m.eval()
+        mask_model = load_mask_model(mask_weights).eval() if mask_weights is not None else None
     except CheckpointError as e:
         raise CLIError(str(e)) from e
     start = args.start if args.start != "auto" else ("mask" if mask_model is not None else "rnn")

@@ -90,6 +90,7 @@ class PolygonPredictor:
             build_model,
             checkpoint_config,
             default_weights,
+            load_mask_model,
             polygon_model,
         )
 
@@ -104,10 +105,7 @@ class PolygonPredictor:
             except CheckpointError:
                 mask_weights = None
         if mask_weights is not None:
-            m = build_model(checkpoint_config(mask_weights), mask_weights)
-            if not isinstance(m, MaskNet):
-                raise CheckpointError(f"{mask_weights}: holds a polygon model, not a mask model")
-            mask_model = m
+            mask_model = load_mask_model(mask_weights)
         return cls(model, mask_model=mask_model, **kw)  # type: ignore[arg-type]
 
     # --- image and box -----------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def _plot(csv_path: Path, png_path: Path) -> None:
         return
 
     def col(name: str) -> list[float]:
-        return [float(r[name]) if r[name] not in ("", "nan") else math.nan for r in rows]
+        return [float(r[name]) if r.get(name) not in (None, "", "nan") else math.nan for r in rows]
 
     ep = col("epoch")
     fig, ax = plt.subplots(2, 2, figsize=(10, 7))
@@ -197,8 +197,13 @@ def _plot(csv_path: Path, png_path: Path) -> None:
     ax[0, 0].legend()
     ax[0, 1].plot(ep, [100 * v for v in col("val_miou")], color="C2")
     ax[0, 1].set_title("validation mean IoU (%), greedy polygons")
-    ax[1, 0].plot(ep, col("train_polygon_loss"), label="polygon")
-    ax[1, 0].plot(ep, col("train_first_vertex_loss"), label="first vertex")
+    for key in CSV_FIELDS:  # the loss parts this run has (polygon + first vertex, or mask + dice)
+        if (
+            key.startswith("train_")
+            and key != "train_loss"
+            and any(r.get(key) not in (None, "", "nan") for r in rows)
+        ):
+            ax[1, 0].plot(ep, col(key), label=key[len("train_") : -len("_loss")].replace("_", " "))
     ax[1, 0].set_title("training loss parts")
     ax[1, 0].legend()
     ax[1, 1].plot(ep, [100 * v for v in col("val_first_vertex_acc")], color="C3")

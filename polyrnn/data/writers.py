@@ -107,7 +107,6 @@ def export_folder(src: str | Path, fmt: str, out: str | Path, *, exclude: Sequen
     src, out = Path(src), Path(out)
     ds = read_labelme(src, exclude=[*exclude, out])
     classes = list(dict.fromkeys([*labels, *sorted({i.class_name for i in ds.instances})]))
-    classes = [c for c in classes if c in {i.class_name for i in ds.instances} or c in labels]
     if fmt == "coco":
         path = out / "annotations.json"
         write_coco(ds.instances, path, root=src, classes=classes)

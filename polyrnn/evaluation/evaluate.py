@@ -7,7 +7,6 @@ Every IoU is measured per instance at full image resolution against the instance
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -23,7 +22,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from polyrnn.data.ceiling import ceiling_iou
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
@@ -31,7 +29,7 @@ from polyrnn.evaluation.annotator import ModelSession, threshold_protocol, worst
 from polyrnn.evaluation.baselines import box_polygon, grabcut_mask
 from polyrnn.evaluation.metrics import summarize
 from polyrnn.geometry import mask_iou, rasterize
-from polyrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from polyrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.modeling.polygon_rnn import PolygonRNN
 
@@ -80,14 +78,6 @@ class InstanceResult:
     grabcut_collapsed: bool = False
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _progress(items: Sequence[Any], desc: str) -> Any:
     return tqdm(items, desc=desc, unit="inst", disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
@@ -109,9 +99,13 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
     def iou_of(polys: list[np.ndarray]) -> float:
         return mask_iou(rasterize(polys, inst.height, inst.width), gt_mask, ignore)
 
+    def grid_iou(tokens: list[int]) -> float:
+        return iou_of([crop.cells_to_image(crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))])
+
     pixels, x = _crop_tensor(crop, image)
-    res = InstanceResult(class_name=inst.class_name, automatic=math.nan, ceiling=ceiling_iou(inst, grid_size=d,
-                         context=options.context, max_len=model.max_len), gt_vertices=len(gt_tokens))  # fmt: skip
+    # the grid ceiling: the quantised ground truth itself (as polyrnn.data.ceiling, on this crop)
+    res = InstanceResult(class_name=inst.class_name, automatic=math.nan, ceiling=grid_iou(gt_tokens),
+                         gt_vertices=len(gt_tokens))  # fmt: skip
 
     # the mask model: its polygon is a baseline and, with start "mask", the automatic polygon
     mask_poly: np.ndarray | None = None
@@ -134,12 +128,14 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
     def score(tokens: list[int]) -> float:
         if initial is not None and tokens == session.initial:  # the automatic polygon, not quantised
             return res.automatic
-        return iou_of([crop.cells_to_image(crop.tokens_to_cells(np.array(tokens)))])
+        return grid_iou(tokens)
 
     if initial is not None and mask_poly is not None:
         res.automatic = iou_of([mask_poly])
-        rnn = ModelSession(model, pixels, eos_threshold=options.eos_threshold)
-        res.automatic_rnn = score(rnn.complete([rnn.first()]))
+        # the decoder's own automatic polygon, from the same encoding
+        first, _ = model.first_vertices(session.vertex_logits)
+        dec = model.decode(session.static, [int(first[0, 0])], eos_threshold=options.eos_threshold)
+        res.automatic_rnn = grid_iou(dec.tokens)
     else:
         res.automatic = score(auto_tokens)
 

@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from polyrnn.predictor import PolygonPredictor
 from polyrnn.server.store import AnnotationStore, StoreError
@@ -29,23 +29,25 @@ STATIC = Path(__file__).resolve().parent / "static"
 MAX_PIXELS = 64_000_000  # refuse larger images (decoded size)
 MAX_BYTES = 100 * 1024 * 1024
 
-Point = Annotated[list[float], Field(min_length=2, max_length=2)]
 
-
-def _finite(values: list[float], what: str) -> list[float]:
+def _finite(values: list[float]) -> list[float]:
     if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{what} must hold finite numbers")
+        raise ValueError("coordinates must be finite numbers")
     return values
+
+
+Point = Annotated[list[float], Field(min_length=2, max_length=2), AfterValidator(_finite)]
 
 
 class PredictRequest(BaseModel):
     image: str = Field(description="image name as listed by /api/images")
-    box: list[float] = Field(min_length=4, max_length=4, description="x1, y1, x2, y2 in image pixels")
+    box: Annotated[list[float], AfterValidator(_finite)] = Field(
+        min_length=4, max_length=4, description="x1, y1, x2, y2 in image pixels"
+    )
 
     @field_validator("box")
     @classmethod
     def _box(cls, v: list[float]) -> list[float]:
-        _finite(v, "box")
         if not (v[2] > v[0] and v[3] > v[1]):
             raise ValueError("box must be x1, y1, x2, y2 with x2 > x1 and y2 > y1")
         return v
@@ -55,18 +57,6 @@ class CorrectRequest(PredictRequest):
     index: int = Field(ge=0, description="the corrected vertex; == len(polygon) appends")
     point: Point = Field(description="where the annotator put it (x, y)")
     polygon: list[Point] = Field(min_length=1, max_length=500, description="the polygon as the page shows it")
-
-    @field_validator("point")
-    @classmethod
-    def _point(cls, v: list[float]) -> list[float]:
-        return _finite(v, "point")
-
-    @field_validator("polygon")
-    @classmethod
-    def _polygon(cls, v: list[list[float]]) -> list[list[float]]:
-        for p in v:
-            _finite(p, "polygon")
-        return v
 
 
 class PolygonResponse(BaseModel):
@@ -81,13 +71,6 @@ class Shape(BaseModel):
     points: list[Point] = Field(min_length=3, max_length=5000)
     group_id: int | None = None
     description: str = ""
-
-    @field_validator("points")
-    @classmethod
-    def _points(cls, v: list[list[float]]) -> list[list[float]]:
-        for p in v:
-            _finite(p, "points")
-        return v
 
 
 class Annotations(BaseModel):
@@ -186,8 +169,14 @@ def create_app(store: AnnotationStore, predictor: PolygonPredictor, *, model_nam
 
     @app.put("/api/annotations/{name:path}")
     def put_annotations(name: str, body: Annotations) -> dict[str, Any]:
-        img = images.get(name)
-        path = store.save(name, [s.model_dump() for s in body.shapes], (img.shape[1], img.shape[0]))
+        from polyrnn.data.common import image_size
+        from polyrnn.data.instance import DataError
+
+        try:
+            size = image_size(store.image_path(name))  # the header only: no decoding to save a file
+        except DataError as e:
+            raise HTTPException(422, str(e)) from e
+        path = store.save(name, [s.model_dump() for s in body.shapes], size)
         return {"saved": str(path), "shapes": len(body.shapes)}
 
     @app.get("/api/labels", response_model=Labels)

@@ -1,7 +1,7 @@
 // The server's JSON API. Every call throws an Error carrying the server's message on a 4xx/5xx.
 
-async function call(method, url, body) {
-  const opts = { method, headers: {} };
+async function call(method, url, body, extra = {}) {
+  const opts = { method, headers: {}, ...extra };
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -22,7 +22,7 @@ export const api = {
   images: () => call("GET", "/api/images"),
   imageUrl: (name) => `/api/images/${enc(name)}/file`,
   annotations: (name) => call("GET", `/api/annotations/${enc(name)}`),
-  save: (name, shapes) => call("PUT", `/api/annotations/${enc(name)}`, { shapes }),
+  save: (name, shapes, extra) => call("PUT", `/api/annotations/${enc(name)}`, { shapes }, extra),
   labels: () => call("GET", "/api/labels"),
   setLabels: (labels) => call("PUT", "/api/labels", { labels }),
   predict: (image, box) => call("POST", "/api/predict", { image, box }),

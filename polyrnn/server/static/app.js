@@ -367,7 +367,8 @@ document.querySelectorAll("[data-export]").forEach((b) => {
   };
 });
 window.addEventListener("resize", fit);
-window.addEventListener("beforeunload", () => { if (saveTimer) { clearTimeout(saveTimer); navigator.sendBeacon && fetch(`/api/annotations/${encodeURIComponent(S.name)}`, { method: "PUT", keepalive: true, headers: { "Content-Type": "application/json" }, body: JSON.stringify({ shapes: S.shapes }) }); } });
+// a save still pending when the page goes away is sent with keepalive, so it outlives the page
+window.addEventListener("beforeunload", () => { if (saveTimer) { clearTimeout(saveTimer); api.save(S.name, clone(S.shapes), { keepalive: true }); } });
 
 // --- start --------------------------------------------------------------------------------------
 (async () => {
