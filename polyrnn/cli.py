@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from polyrnn.config import REJOIN
 from polyrnn.data import FORMATS, DataError, load_dataset
 
 
@@ -197,7 +198,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CLIError("--start mask needs a mask model (--mask-weights)")
     options = EvalOptions(thresholds=_int_list(args.thresholds, "--thresholds"), noc=_int_list(args.noc, "--noc"),
                           baselines=baselines, max_corrections=args.max_corrections, start=start,
-                          eos_threshold=args.eos_threshold)  # fmt: skip
+                          eos_threshold=args.eos_threshold, rejoin=args.rejoin if args.rejoin >= 0 else None,
+                          mask_flip=args.mask_flip)  # fmt: skip
     ds = _load(args)
     instances = ds.instances[: args.limit] if args.limit else ds.instances
     if not instances:
@@ -362,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noc", default="85,90", help="IoU levels (percent) for NoC")
     p.add_argument("--max-corrections", type=int, default=20)
     p.add_argument("--eos-threshold", type=float, default=0.5, help="stop when p(end) >= this")
+    p.add_argument("--rejoin", type=int, default=REJOIN, metavar="CELLS",
+                   help=f"after a correction, keep the old polygon once the re-prediction comes within CELLS "
+                        f"of it (default {REJOIN}, as the editor; -1: re-predict everything, the paper)")  # fmt: skip
+    p.add_argument("--mask-flip", action="store_true", help="average the mask with its mirrored crop's")
     p.add_argument(
         "--limit", type=int, default=0, metavar="N", help="only the first N instances (quick looks)"
     )

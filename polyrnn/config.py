@@ -7,6 +7,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+# After a correction the decoder re-predicts until it comes within this many grid cells (chessboard) of the
+# old polygon's rest, which is kept (None: re-predict everything, the paper). Chosen on held-out training
+# images with benchmarks/tune_decoding.py (clicks-to-quality curve and NoC), used by the editor and evaluate.
+REJOIN: int | None = 1
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -97,6 +102,10 @@ class TrainConfig:
     target_radius: float = 2.0  # smoothed targets: cells within this distance
     target_sigma: float = 1.0
     freeze_backbone: bool = True  # backbone without gradients (True) or fine-tuned (False)
+    backbone_lr: float = 0.0  # fine-tuned backbone's learning rate (0 = lr)
+    init_weights: str = (
+        ""  # start from this checkpoint's model weights (same architecture), e.g. a frozen run
+    )
     tbptt: int = 0  # truncated back-propagation through time every N steps (0 = full)
     val_every: int = 1  # validate every N epochs
     seed: int = 0

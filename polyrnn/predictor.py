@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from polyrnn.config import REJOIN
 from polyrnn.data.crop import CropBox
 from polyrnn.modeling.decoder import State
 from polyrnn.modeling.mask_net import MaskNet, mask_polygon
@@ -63,11 +64,13 @@ class PolygonPredictor:
         eos_threshold: stop when p(end) >= this (see :meth:`PolygonRNN.decode`).
         beam_width: 1 for greedy decoding, > 1 for beam search in :meth:`predict`.
         cache_size: boxes whose encoder results are kept.
+        rejoin: after a correction the decoder re-predicts until it comes within this many grid cells
+            (chessboard) of the old polygon's rest, which is kept; None re-predicts everything (the paper).
     """
 
     def __init__(self, model: PolygonRNN, *, mask_model: MaskNet | None = None, context: float = 0.15,
                  eos_threshold: float = 0.5, beam_width: int = 1, cache_size: int = 16,
-                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+                 rejoin: int | None = REJOIN, device: str | torch.device = "cpu") -> None:  # fmt: skip
         self.model = model.eval().to(device)
         self.mask_model = mask_model.eval().to(device) if mask_model is not None else None
         self.device = torch.device(device)
@@ -75,6 +78,7 @@ class PolygonPredictor:
         self.eos_threshold = eos_threshold
         self.beam_width = beam_width
         self.cache_size = cache_size
+        self.rejoin = rejoin
         self._lock = threading.RLock()
         self._image: np.ndarray | None = None
         self._cache: OrderedDict[tuple[float, ...], _BoxCache] = OrderedDict()
@@ -248,13 +252,17 @@ class PolygonPredictor:
             keep = [entry.tokens[k] for k in kept]
             prefix = [*keep, cell]
             reuse = entry.states if len(keep) == index and len(entry.states) >= index else None
-            dec = self.model.decode(
-                entry.static, prefix, eos_threshold=self.eos_threshold, prefix_states=reuse
-            )
-            entry.points = [entry.points[k] for k in kept] + [(float(xy[0]), float(xy[1]))]
-            entry.points += self._centres(entry, dec.tokens[len(prefix) :])
+            rest = list(range(index + 1, len(entry.tokens)))  # the old vertices after the corrected one
+            dec = self.model.decode(entry.static, prefix, eos_threshold=self.eos_threshold, prefix_states=reuse,
+                                    max_len=len(prefix) + self.model.max_len,  # room after a long outline
+                                    follow=[entry.tokens[k] for k in rest], rejoin=self.rejoin)  # fmt: skip
+            new = dec.tokens[len(prefix) : len(dec.tokens) - len(dec.followed)]
+            old = [rest[j] for j in dec.followed]  # rejoined: the old vertices kept, with their points
+            points, probs = entry.points, entry.probs
+            entry.points = [points[k] for k in kept] + [(float(xy[0]), float(xy[1]))]
+            entry.points += self._centres(entry, new) + [points[k] for k in old]
+            entry.probs = [*(probs[k] for k in kept), 1.0, *dec.probs[: len(new)], *(probs[k] for k in old)]
             entry.tokens = dec.tokens
-            entry.probs = [*(entry.probs[k] for k in kept), 1.0, *dec.probs]
             entry.states = dec.states
             self._last_box = box
             return self._result(entry, box, fixed=len(prefix))

@@ -319,9 +319,17 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) ->
     model = build_from_config(replace(cfg.model, pretrained=cfg.model.pretrained and state is None)).to(
         device
     )
+    if cfg.init_weights and state is None:
+        init = read_checkpoint(cfg.init_weights)
+        load_weights(model, init["model"], f"init_weights {cfg.init_weights}")
+        log(f"initialised from {cfg.init_weights} (epoch {init.get('epoch', '?')})")
     model.encoder.freeze_backbone(cfg.freeze_backbone)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    backbone = {id(p) for p in model.encoder.backbone.parameters()}
+    head = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone]
+    groups: list[dict[str, Any]] = [{"params": head}]
+    if not cfg.freeze_backbone:
+        groups.append({"params": list(model.encoder.backbone.parameters()), "lr": cfg.backbone_lr or cfg.lr})
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(cfg.lr_step, 1),
                                                 gamma=cfg.lr_gamma if cfg.lr_step > 0 else 1.0)  # fmt: skip
     loss_fn: Loss = (

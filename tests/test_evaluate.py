@@ -152,3 +152,24 @@ def test_evaluate_bad_arguments_are_clear_errors(tmp_path, tiny_weights, capsys)
     assert main(["evaluate", "--dataset", ds, "--weights", str(w), "--mask-weights", str(w), "--out",
                  str(tmp_path / "o")]) == 2  # fmt: skip
     assert "not a mask model" in capsys.readouterr().err
+
+
+def test_outline_runs_rebuild_the_exact_outline_from_its_tokens():
+    from polyrnn.evaluation.evaluate import outline_runs
+    from polyrnn.geometry import rasterize
+
+    t = np.linspace(0, 2 * np.pi, 80, endpoint=False)
+    blob = np.column_stack(
+        [100 + 60 * np.cos(t) + 8 * np.cos(5 * t), 80 - 50 * np.sin(t)]
+    )  # counter-clockwise
+    crop = CropBox.around(_instance(blob).box)
+    tokens = [int(v) for v in polygon_to_tokens(blob, crop)[:-1]]
+    runs = outline_runs(blob, tokens, crop)
+    assert set(runs) == set(tokens)
+    rebuilt = np.concatenate([runs[v] for v in tokens])
+    assert len(rebuilt) == len(blob)  # every exact vertex, each once
+    a, b = rasterize([blob], 160, 200), rasterize([rebuilt], 160, 200)
+    assert (a == b).all()
+    grid = crop.cells_to_image(crop.tokens_to_cells(np.array(tokens)))
+    assert (rasterize([grid], 160, 200) != a).any()  # the cell centres are not the outline
+    assert outline_runs(blob, tokens[::-1], crop) == {}  # tokens that do not follow it: nothing

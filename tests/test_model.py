@@ -352,3 +352,59 @@ def test_shipped_weights_load_by_default_and_are_checked(tmp_path, monkeypatch):
         build.default_weights("lite")
     with pytest.raises(CheckpointError, match="no trained weights"):
         build.default_weights("vgg16")
+
+
+def test_decoder_rejoins_the_old_outline_and_keeps_its_rest():
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    _, static, _ = model.encode(torch.rand(1, 3, 224, 224) * 255)
+    prefix = [5 * D + 5]
+    free = model.decode(static, prefix, eos_threshold=2.0, max_len=12)
+    assert (
+        model.decode(static, prefix, eos_threshold=2.0, max_len=12, follow=free.tokens[1:]).tokens
+        == free.tokens
+    )
+    # an old outline next to the decoder's own second vertex: it is met there and kept from there on
+    nxt = free.tokens[1]
+    r, c = divmod(nxt, D)
+    near = (r + (1 if r < D - 1 else -1)) * D + c  # one cell away
+    old = [20 * D + 20, near, 22 * D + 3, 24 * D + 9]
+    dec = model.decode(static, prefix, eos_threshold=2.0, max_len=12, follow=old, rejoin=1)
+    assert dec.tokens == [*prefix, near, 22 * D + 3, 24 * D + 9] and dec.followed == [1, 2, 3] and dec.ended
+    assert len(dec.probs) == 3
+    # too far for rejoin=0: decoded as before until it meets nothing
+    assert (
+        model.decode(static, prefix, eos_threshold=2.0, max_len=12, follow=old, rejoin=0).tokens[:2]
+        == free.tokens[:2]
+    )
+
+
+def test_predictor_correction_rejoins_the_mask_outline_with_its_exact_points():
+    from polyrnn.modeling.mask_net import MaskNet
+
+    class SquareMask(MaskNet):
+        def predict_masks(self, images, *, flip=False):
+            m = torch.zeros(images.shape[0], 56, 56)
+            m[:, 10:46, 12:44] = 1.0
+            return m
+
+    tiny_mask = build_model("tiny-mask")
+    mask_model = SquareMask(encoder=tiny_mask.encoder, head=tiny_mask.head)
+    torch.manual_seed(0)
+    img = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
+    box = (20, 10, 140, 110)
+    # rejoin everywhere (28 cells): the first re-predicted vertex lands on the old outline
+    pred = PolygonPredictor(build_model("tiny"), mask_model=mask_model, eos_threshold=2.0, rejoin=D)
+    pred.set_image(img)
+    before = pred.predict(box).vertices.copy()
+    q = pred.correct(1, (100.0, 30.0))
+    assert tuple(q.vertices[1]) == (100.0, 30.0) and np.allclose(q.vertices[0], before[0])
+    n_old = len(q.vertices) - 2
+    assert 1 <= n_old <= 2  # the rest is old vertices 2.. (from where it met them), at their exact points
+    assert all(any(np.allclose(v, b) for b in before[2:]) for v in q.vertices[2:])
+    # off: everything after the corrected vertex comes from the decoder (cell centres)
+    off = PolygonPredictor(build_model("tiny"), mask_model=mask_model, eos_threshold=2.0, rejoin=None)
+    off.set_image(img)
+    off.predict(box)
+    r = off.correct(1, (100.0, 30.0))
+    assert not any(np.allclose(v, b) for v in r.vertices[2:] for b in before[2:])

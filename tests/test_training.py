@@ -121,3 +121,25 @@ def test_train_samples_are_seeded_and_augmented(labelme_dir):
     assert (batch["tokens"][torch.arange(3), batch["lengths"] - 1] == 28 * 28).all()
     s = ds.sample(1)
     assert s["vertices"].sum() == len(s["tokens"]) - 1 and s["boundary"].sum() >= s["vertices"].sum()
+
+
+def test_init_weights_starts_from_a_checkpoint_and_fine_tunes_the_backbone(labelme_dir, tmp_path):
+    frozen = run_training(_cfg(labelme_dir, tmp_path, "name=frozen", "epochs=1"), log=lambda *_: None)
+    src = read_checkpoint(frozen / "weights" / "last.pt")["model"]
+    lines = []
+    ft = run_training(
+        _cfg(labelme_dir, tmp_path, "name=ft", "epochs=1", "freeze_backbone=false", "backbone_lr=1e-5",
+             f"init_weights={frozen / 'weights' / 'last.pt'}"),
+        log=lines.append,
+    )  # fmt: skip
+    assert any("initialised from" in str(x) for x in lines)
+    ckpt = read_checkpoint(ft / "weights" / "last.pt")
+    groups = ckpt["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-3), pytest.approx(1e-5)]  # head, backbone
+    moved = [k for k in src if k.startswith("encoder.backbone") and src[k].is_floating_point()
+             and not torch.equal(src[k], ckpt["model"][k])]  # fmt: skip
+    assert moved  # the backbone was trained, starting from the frozen run's weights
+    # a mismatching checkpoint is refused with its name
+    with pytest.raises(Exception, match="init_weights"):
+        run_training(_cfg(labelme_dir, tmp_path, "name=bad", "epochs=1", "model.feat_channels=8",
+                          f"init_weights={frozen / 'weights' / 'last.pt'}"), log=lambda *_: None)  # fmt: skip

@@ -115,16 +115,19 @@ class ModelSession:
 
     With ``initial`` tokens (e.g. the mask model's polygon on the grid) the automatic polygon is those
     tokens: a prefix of them (nothing corrected yet) completes to them, any other prefix is continued by
-    the recurrent decoder."""
+    the recurrent decoder. With ``rejoin`` = r cells, a prefix that replaces vertex k of the last polygon
+    is continued only until the decoder comes within r cells of that polygon's rest, which is kept
+    (:class:`~polyrnn.modeling.polygon_rnn.DecodeCursor`); None re-predicts everything."""
 
     def __init__(self, model, image_crop, *, eos_threshold: float = 0.5,  # type: ignore[no-untyped-def]
-                 initial: list[int] | None = None) -> None:  # fmt: skip
+                 initial: list[int] | None = None, rejoin: int | None = None) -> None:  # fmt: skip
         import torch
 
         x = torch.as_tensor(image_crop).permute(2, 0, 1).unsqueeze(0).float()
         self.model = model
         _, self.static, self.vertex_logits = model.encode(x)
         self.eos_threshold = eos_threshold
+        self.rejoin = rejoin
         self.initial = list(initial) if initial is not None and len(initial) >= 3 else None
         self._last: list[int] = []
         self._states: list = []  # type: ignore[type-arg]
@@ -144,9 +147,13 @@ class ModelSession:
             self._cursor, self._states = None, []
             self._last = list(self.initial)
             return self._last
-        reuse = self._states if len(prefix) >= 2 and self._last[: len(prefix) - 1] == prefix[:-1] else None
+        if self.rejoin is not None and self._cursor is not None:  # the whole old polygon, as if eager
+            self._cursor.ensure(10**9)
+        shared = len(prefix) >= 2 and self._last[: len(prefix) - 1] == prefix[:-1]
+        reuse = self._states if shared else None
+        follow = self._last[len(prefix) :] if shared or len(prefix) == 1 else []
         self._cursor = DecodeCursor(self.model, self.static, list(prefix), eos_threshold=self.eos_threshold,
-                                    prefix_states=reuse)  # fmt: skip
+                                    prefix_states=reuse, follow=follow, rejoin=self.rejoin)  # fmt: skip
         self._last, self._states = self._cursor.tokens, self._cursor.states
         return self._last
 

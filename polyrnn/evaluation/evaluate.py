@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from polyrnn.config import REJOIN
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
 from polyrnn.evaluation.annotator import ModelSession, threshold_protocol, worst_vertex_protocol
 from polyrnn.evaluation.baselines import box_polygon, grabcut_mask
 from polyrnn.evaluation.metrics import summarize
-from polyrnn.geometry import mask_iou, rasterize
+from polyrnn.geometry import mask_iou, rasterize, signed_area
 from polyrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.modeling.polygon_rnn import PolygonRNN
@@ -60,6 +61,11 @@ class EvalOptions:
     start: str = (
         "rnn"  # automatic polygon: "rnn" (first-vertex head + decoder) | "mask" (mask model's polygon)
     )
+    mask_tolerance: float = 0.75  # mask polygon simplification, mask pixels (see mask_polygon)
+    mask_flip: bool = False  # mask test-time flip averaging
+    rejoin: int | None = (
+        REJOIN  # after a correction, rejoin the old polygon within this many cells (None: off)
+    )
 
 
 @dataclass
@@ -87,6 +93,30 @@ def _crop_tensor(crop: CropBox, image: np.ndarray) -> tuple[np.ndarray, torch.Te
     return pixels, torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float()
 
 
+def outline_runs(polygon: np.ndarray, tokens: list[int], crop: CropBox) -> dict[int, np.ndarray]:
+    """For grid ``tokens`` quantised from an exact image ``polygon`` (N, 2) (by ``polygon_to_tokens``),
+    token -> the exact outline from that token's vertex up to (not including) the next token's: (K, 2)
+    image pixels. A polygon that keeps consecutive tokens of it keeps that exact outline (as the editor
+    keeps the points it was given). Empty when the tokens do not follow the outline in one turn."""
+    p = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+    if signed_area(crop.image_to_grid(p)) < 0:  # tokens are oriented positively
+        p = p[::-1]
+    cells = crop.cells_to_tokens(crop.image_to_cells(p))
+    where: list[int] = []
+    for t in tokens:
+        hits = np.flatnonzero(cells == t)
+        if not len(hits):
+            return {}
+        where.append(int(hits[0]))
+    n = len(p)
+    start = where[0]
+    rel = [(w - start) % n for w in where]
+    if rel != sorted(rel) or len(set(rel)) != len(rel):
+        return {}
+    ends = rel[1:] + [n]
+    return {t: p[[(start + k) % n for k in range(a, b)]] for t, a, b in zip(tokens, rel, ends, strict=True)}
+
+
 def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, options: EvalOptions, *,
                       mask_model: MaskNet | None = None) -> InstanceResult:  # fmt: skip
     """Measure one instance: automatic IoU, the threshold protocol per T, the clicks-to-quality curve,
@@ -111,8 +141,8 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
     mask_poly: np.ndarray | None = None
     if mask_model is not None:
         t0 = time.perf_counter()
-        prob = mask_model.predict_masks(x)[0].numpy()
-        mask_poly = mask_polygon(prob, crop)
+        prob = mask_model.predict_masks(x, flip=options.mask_flip)[0].numpy()
+        mask_poly = mask_polygon(prob, crop, tolerance=options.mask_tolerance)
         res.ms["mask"] = (time.perf_counter() - t0) * 1000
         if "mask" in options.baselines:
             res.baselines["mask"] = iou_of([mask_poly] if mask_poly is not None else [])
@@ -121,14 +151,32 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
     initial: list[int] | None = None
     if options.start == "mask" and mask_poly is not None:
         initial = [int(t) for t in polygon_to_tokens(mask_poly, crop, max_len=model.max_len)[:-1]]
-    session = ModelSession(model, pixels, eos_threshold=options.eos_threshold, initial=initial)
+    session = ModelSession(model, pixels, eos_threshold=options.eos_threshold, initial=initial,
+                           rejoin=options.rejoin)  # fmt: skip
     auto_tokens = session.complete([session.first()])
     res.ms["model"] = (time.perf_counter() - t0) * 1000 + (res.ms.get("mask", 0.0) if initial else 0.0)
+
+    runs = outline_runs(mask_poly, initial, crop) if initial is not None and mask_poly is not None else {}
+    ring = initial or []
+    successor = dict(zip(ring, ring[1:] + ring[:1], strict=True))
 
     def score(tokens: list[int]) -> float:
         if initial is not None and tokens == session.initial:  # the automatic polygon, not quantised
             return res.automatic
-        return grid_iou(tokens)
+        if not runs:
+            return grid_iou(tokens)
+        # vertices kept from the automatic polygon keep their exact place, and the exact outline to the
+        # next one where that is kept too (as in the editor); model and annotator vertices: cell centres
+        centres = crop.cells_to_image(crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))
+        pts: list[np.ndarray] = []
+        for j, t in enumerate(tokens):
+            if t not in runs:
+                pts.append(centres[j : j + 1])
+            elif successor[t] == tokens[(j + 1) % len(tokens)]:
+                pts.append(runs[t])
+            else:
+                pts.append(runs[t][:1])
+        return iou_of([np.concatenate(pts)])
 
     if initial is not None and mask_poly is not None:
         res.automatic = iou_of([mask_poly])
@@ -389,6 +437,12 @@ def build_meta(*, weights: str | Path, mask_weights: str | Path | None, dataset:
 
     start = ("the mask model's polygon (the recurrent decoder re-predicts after each correction)"
              if options.start == "mask" else "first-vertex head + greedy recurrent decoding")  # fmt: skip
+    start += (
+        f"; after a correction the re-prediction rejoins the old polygon once within {options.rejoin} "
+        "cell(s) of it"
+        if options.rejoin is not None
+        else "; everything after a correction re-predicted"
+    )
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(command),

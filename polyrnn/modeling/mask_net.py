@@ -62,9 +62,13 @@ class MaskNet(nn.Module):
         return {"mask_logits": self.head(feats)}
 
     @torch.no_grad()
-    def predict_masks(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 224, 224) -> (B, M, M) probabilities."""
-        return torch.sigmoid(self(images)["mask_logits"])
+    def predict_masks(self, images: torch.Tensor, *, flip: bool = False) -> torch.Tensor:
+        """(B, 3, 224, 224) -> (B, M, M) probabilities; ``flip``: averaged with the prediction for the
+        mirrored crop (test-time augmentation, twice the encoder time)."""
+        prob = torch.sigmoid(self(images)["mask_logits"])
+        if flip:
+            prob = (prob + torch.sigmoid(self(images.flip(-1))["mask_logits"]).flip(-1)) / 2
+        return prob
 
 
 def mask_polygon(prob: np.ndarray, crop: CropBox, *, threshold: float = 0.5,

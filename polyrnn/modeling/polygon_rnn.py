@@ -6,6 +6,7 @@ under ``torch.no_grad``. The interactive wrapper is :class:`polyrnn.predictor.Po
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -26,13 +27,15 @@ class Decoded:
         probs: probability of each vertex when it was chosen (the first from the vertex head).
         ended: True when the decoder chose the end token (False: hit the length cap).
         states: decoder state after step k (which consumed vertex k and predicted vertex k+1), for
-            k = 0..len-1; a correction of vertex j resumes from ``states[:j]``.
+            k = 0..len-1; a correction of vertex j resumes from ``states[:j]``. Shorter than ``tokens``
+            when the polygon rejoined an old outline (``followed``): a resume past them replays the prefix.
     """
 
     tokens: list[int]
     probs: list[float]
     ended: bool
     states: list[State] = field(default_factory=list, repr=False)
+    followed: list[int] = field(default_factory=list)  # see DecodeCursor.followed
 
 
 class PolygonRNN(nn.Module):
@@ -116,7 +119,8 @@ class PolygonRNN(nn.Module):
 
     @torch.no_grad()
     def decode(self, static: torch.Tensor, prefix: list[int], *, max_len: int | None = None,
-               eos_threshold: float = 0.5, prefix_states: list[State] | None = None) -> Decoded:  # fmt: skip
+               eos_threshold: float = 0.5, prefix_states: list[State] | None = None,
+               follow: Sequence[int] = (), rejoin: int | None = None) -> Decoded:  # fmt: skip
         """Greedy decoding of one polygon continuing from ``prefix`` (the annotator-in-the-loop step).
 
         Args:
@@ -127,15 +131,17 @@ class PolygonRNN(nn.Module):
                 end target is not, so comparing p(end) with one cell (plain argmax) stops too early;
                 p(end) against all cells together is the matching decision.
             prefix_states: ``states`` of an earlier decode sharing ``prefix[:-1]``: resume from them.
+            follow, rejoin: see :class:`DecodeCursor` (rejoin the previous polygon's rest).
 
         Returns:
             :class:`Decoded` with ``states`` for every step (for the next correction).
         """
         cur = DecodeCursor(self, static, prefix, max_len=max_len, eos_threshold=eos_threshold,
-                           prefix_states=prefix_states)  # fmt: skip
+                           prefix_states=prefix_states, follow=follow, rejoin=rejoin)  # fmt: skip
         while cur.advance():
             pass
-        return Decoded(tokens=cur.tokens, probs=cur.probs, ended=cur.ended, states=cur.states)
+        return Decoded(tokens=cur.tokens, probs=cur.probs, ended=cur.ended, states=cur.states,
+                       followed=cur.followed)  # fmt: skip
 
     @torch.no_grad()
     def beam_decode(self, static: torch.Tensor, prefix: list[int], *, width: int = 3,
@@ -183,25 +189,49 @@ class DecodeCursor:
     """Greedy decoding one vertex at a time, so a caller that needs only the next few vertices (the
     simulated annotator walking a polygon) pays only for those. :meth:`PolygonRNN.decode` runs one to the end.
 
+    Rejoining: with ``follow`` (the rest of the polygon being corrected: its tokens after the corrected
+    vertex) and ``rejoin`` = r cells, the first decoded vertex within chessboard distance r of a vertex
+    ``follow[m]`` not yet in the polygon is snapped onto it and ``follow[m + 1:]`` completes the polygon:
+    the decoder re-predicts only until it meets the old outline again (the old outline of a good automatic
+    polygon is kept). ``rejoin=None`` re-predicts everything (the paper's behaviour).
+
     Attributes:
         tokens: the prefix and the vertices decoded so far.
-        probs: probability of each decoded vertex.
-        states: decoder state after each step (see :class:`Decoded`).
-        done: no more vertices will come; ``ended``: because the end token was chosen (not the cap).
+        probs: probability of each decoded vertex (1.0 for vertices taken from ``follow``).
+        states: decoder state after each step (see :class:`Decoded`); none for vertices taken from ``follow``.
+        followed: for the last ``len(followed)`` tokens, their index in ``follow`` (empty: no rejoin).
+        done: no more vertices will come; ``ended``: because the end token was chosen or the polygon
+            rejoined (not the cap).
     """
 
     def __init__(self, model: PolygonRNN, static: torch.Tensor, prefix: list[int], *, max_len: int | None = None,
-                 eos_threshold: float = 0.5, prefix_states: list[State] | None = None) -> None:  # fmt: skip
+                 eos_threshold: float = 0.5, prefix_states: list[State] | None = None,
+                 follow: Sequence[int] = (), rejoin: int | None = None) -> None:  # fmt: skip
         self.model, self.static = model, static
         self.cap = max_len or model.max_len
         self.eos_threshold = eos_threshold
         self.tokens = list(prefix)
         self.probs: list[float] = []
+        self.follow = [int(t) for t in follow] if rejoin is not None else []
+        self.rejoin = rejoin
+        self.followed: list[int] = []
         with torch.no_grad():
             self._logits, self.states = model._run_prefix(static, self.tokens, prefix_states)
         self._first = torch.tensor([self.tokens[0]], device=static.device)
         self.ended = False
         self.done = len(self.tokens) >= self.cap
+
+    def _meets(self, token: int) -> int | None:
+        """Index in ``follow`` of the old vertex ``token`` rejoins (nearest, then earliest), or None."""
+        d, r = self.model.grid_size, self.rejoin
+        assert r is not None
+        used = set(self.tokens)
+        best: tuple[int, int] | None = None
+        for m, t in enumerate(self.follow):
+            dist = max(abs(t % d - token % d), abs(t // d - token // d))
+            if dist <= r and t not in used and (best is None or dist < best[0]):
+                best = (dist, m)
+        return None if best is None else best[1]
 
     @torch.no_grad()
     def advance(self) -> bool:
@@ -214,6 +244,14 @@ class DecodeCursor:
         if (len(self.tokens) >= 3 and float(p[-1]) >= self.eos_threshold) or float(p[nxt]) <= 0.0:
             self.ended = self.done = True  # the end token, or every cell visited
             return False
+        meet = self._meets(nxt) if self.follow else None
+        if meet is not None:  # back on the old outline: keep its rest
+            decoded = set(self.tokens)  # old vertices in cells the new part took are dropped
+            self.followed = [j for j in range(meet, len(self.follow)) if self.follow[j] not in decoded]
+            self.tokens += [self.follow[j] for j in self.followed]
+            self.probs += [float(p[nxt])] + [1.0] * (len(self.followed) - 1)
+            self.ended = self.done = True
+            return True
         self.tokens.append(nxt)
         self.probs.append(float(p[nxt]))
         prev, prev2 = torch.tensor([nxt], device=dev), torch.tensor([self.tokens[-2]], device=dev)

@@ -1,0 +1,75 @@
+"""Choose decoding rules on training data only: the images a recipe's ``data.val_split`` holds out of the
+training sets (never coco-mini/val2017).
+
+    python benchmarks/tune_decoding.py --recipe lite-mask --tolerance 0.75,1.5 --rejoin 0,1
+
+prints, for each setting, the automatic mean IoU and the simulated annotator (T = 1 by default):
+corrections per ground-truth vertex and IoU, on the held-out training instances (box side >= 32 px).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from polyrnn.build import build_model, default_weights, load_mask_model, polygon_model
+from polyrnn.config import load_train_config
+from polyrnn.evaluation.evaluate import EvalOptions, evaluate_dataset
+from polyrnn.training import load_instances
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--recipe", default="lite-mask", help="recipe whose val_split defines the held-out images"
+    )
+    ap.add_argument("--weights", default=None, help="polygon model (default: the shipped lite)")
+    ap.add_argument("--mask-weights", default=None, help="mask model (default: the shipped lite-mask)")
+    ap.add_argument("--min-size", type=float, default=32.0)
+    ap.add_argument("--thresholds", default="1")
+    ap.add_argument("--tolerance", default="0.75", help="mask polygon simplification (mask pixels), list")
+    ap.add_argument("--rejoin", default="-1", help="rejoin distance in grid cells (-1 = off), list")
+    ap.add_argument("--flip", default="0", help="mask test-time flip averaging 0/1, list")
+    ap.add_argument("--curve", type=int, default=-1, help="clicks-to-quality corrections (-1 = skip)")
+    ap.add_argument("--limit", type=int, default=0)
+    args = ap.parse_args()
+
+    cfg = load_train_config(args.recipe, [])
+    _, held = load_instances(cfg)
+    held = [i for i in held if max(i.box[2], i.box[3]) >= args.min_size]  # as --min-size: the longer side
+    if args.limit:
+        held = held[: args.limit]
+    model = polygon_model(build_model("lite", args.weights or default_weights("lite")))
+    mask_model = load_mask_model(args.mask_weights or default_weights("lite-mask"))
+    print(f"{len(held)} held-out training instances (recipe {args.recipe}, val_split {cfg.data.val_split})")
+    thresholds = tuple(int(t) for t in args.thresholds.split(","))
+    grid = itertools.product([float(v) for v in args.tolerance.split(",")],
+                             [int(v) for v in args.rejoin.split(",")],
+                             [bool(int(v)) for v in args.flip.split(",")])  # fmt: skip
+    base = EvalOptions(thresholds=thresholds, baselines=("box",), max_corrections=args.curve, start="mask")
+    for tol, rejoin, flip in grid:
+        options = replace(base, mask_tolerance=tol, rejoin=rejoin if rejoin >= 0 else None, mask_flip=flip)
+        t0 = time.perf_counter()
+        res = evaluate_dataset(model, held, options, mask_model=mask_model)
+        auto = 100 * np.mean([r.automatic for r in res])
+        box = 100 * np.mean([r.baselines["box"] for r in res])
+        gtv = np.sum([r.gt_vertices for r in res])
+        line = f"tolerance {tol:g} rejoin {rejoin} flip {int(flip)}: automatic {auto:.2f} (box {box:.2f})"
+        for t in thresholds:
+            clicks = np.sum([r.annotator[t][1] for r in res])
+            line += f" | T={t}: {clicks / gtv:.3f} corr/GT vertex, IoU {100 * np.mean([r.annotator[t][0] for r in res]):.2f}"
+        if args.curve >= 0:
+            curve = 100 * np.mean([r.curve for r in res], axis=0)
+            line += " | curve " + "/".join(f"{v:.1f}" for v in curve[: min(len(curve), 6)])
+            for level in (85, 90):
+                noc = [next((k for k, v in enumerate(r.curve) if v >= level / 100), args.curve) for r in res]
+                line += f" NoC@{level} {np.mean(noc):.2f}"
+        print(f"{line} [{time.perf_counter() - t0:.0f} s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
