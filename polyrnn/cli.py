@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from polyrnn.config import REJOIN
+from polyrnn.config import MASK_FLIP, REJOIN
 from polyrnn.data import FORMATS, DataError, load_dataset
 
 
@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rejoin", type=int, default=REJOIN, metavar="CELLS",
                    help=f"after a correction, keep the old polygon once the re-prediction comes within CELLS "
                         f"of it (default {REJOIN}, as the editor; -1: re-predict everything, the paper)")  # fmt: skip
-    p.add_argument("--mask-flip", action="store_true", help="average the mask with its mirrored crop's")
+    p.add_argument("--mask-flip", action=argparse.BooleanOptionalAction, default=MASK_FLIP,
+                   help="average the mask with its mirrored crop's (default: on, as the editor)")  # fmt: skip
     p.add_argument(
         "--limit", type=int, default=0, metavar="N", help="only the first N instances (quick looks)"
     )

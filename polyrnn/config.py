@@ -11,6 +11,8 @@ from typing import Any
 # old polygon's rest, which is kept (None: re-predict everything, the paper). Chosen on held-out training
 # images with benchmarks/tune_decoding.py (clicks-to-quality curve and NoC), used by the editor and evaluate.
 REJOIN: int | None = 1
+# The mask model's automatic polygon averages the mask of the crop and of its mirror image (chosen the same way).
+MASK_FLIP = True
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from polyrnn.config import REJOIN
+from polyrnn.config import MASK_FLIP, REJOIN
 from polyrnn.data.crop import CropBox
 from polyrnn.modeling.decoder import State
 from polyrnn.modeling.mask_net import MaskNet, mask_polygon
@@ -66,11 +66,13 @@ class PolygonPredictor:
         cache_size: boxes whose encoder results are kept.
         rejoin: after a correction the decoder re-predicts until it comes within this many grid cells
             (chessboard) of the old polygon's rest, which is kept; None re-predicts everything (the paper).
+        mask_flip: the mask model averages the crop's mask with its mirror image's.
     """
 
     def __init__(self, model: PolygonRNN, *, mask_model: MaskNet | None = None, context: float = 0.15,
                  eos_threshold: float = 0.5, beam_width: int = 1, cache_size: int = 16,
-                 rejoin: int | None = REJOIN, device: str | torch.device = "cpu") -> None:  # fmt: skip
+                 rejoin: int | None = REJOIN, mask_flip: bool = MASK_FLIP,
+                 device: str | torch.device = "cpu") -> None:  # fmt: skip
         self.model = model.eval().to(device)
         self.mask_model = mask_model.eval().to(device) if mask_model is not None else None
         self.device = torch.device(device)
@@ -79,6 +81,7 @@ class PolygonPredictor:
         self.beam_width = beam_width
         self.cache_size = cache_size
         self.rejoin = rejoin
+        self.mask_flip = mask_flip
         self._lock = threading.RLock()
         self._image: np.ndarray | None = None
         self._cache: OrderedDict[tuple[float, ...], _BoxCache] = OrderedDict()
@@ -186,7 +189,7 @@ class PolygonPredictor:
             entry = self._encode(box)
             if self.mask_model is not None and first_vertex is None:
                 assert entry.pixels is not None
-                prob = self.mask_model.predict_masks(entry.pixels)[0].cpu().numpy()
+                prob = self.mask_model.predict_masks(entry.pixels, flip=self.mask_flip)[0].cpu().numpy()
                 poly = mask_polygon(prob, entry.crop)
                 if poly is not None and len(poly) >= 3:
                     cells = entry.crop.image_to_cells(poly)

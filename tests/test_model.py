@@ -297,7 +297,7 @@ def test_predictor_with_mask_model_starts_from_its_outline_and_corrects_with_the
     from polyrnn.modeling.mask_net import MaskNet
 
     class SquareMask(MaskNet):
-        def predict_masks(self, images):
+        def predict_masks(self, images, *, flip=False):
             m = torch.zeros(images.shape[0], 56, 56)
             m[:, 10:46, 12:44] = 1.0
             return m

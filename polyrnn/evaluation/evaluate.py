@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from polyrnn.config import REJOIN
+from polyrnn.config import MASK_FLIP, REJOIN
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
@@ -62,7 +62,7 @@ class EvalOptions:
         "rnn"  # automatic polygon: "rnn" (first-vertex head + decoder) | "mask" (mask model's polygon)
     )
     mask_tolerance: float = 0.75  # mask polygon simplification, mask pixels (see mask_polygon)
-    mask_flip: bool = False  # mask test-time flip averaging
+    mask_flip: bool = MASK_FLIP  # mask test-time flip averaging
     rejoin: int | None = (
         REJOIN  # after a correction, rejoin the old polygon within this many cells (None: off)
     )
