@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from polyrnn.build import build_model, default_weights, load_mask_model, polygon_model
+from polyrnn.build import default_weights, load_mask_model, load_polygon_model
 from polyrnn.config import load_train_config
 from polyrnn.evaluation.evaluate import EvalOptions, evaluate_dataset
 from polyrnn.training import load_instances
@@ -44,7 +44,7 @@ def main() -> None:
     held = [i for i in held if max(i.box[2], i.box[3]) >= args.min_size]  # as --min-size: the longer side
     if args.limit:
         held = held[: args.limit]
-    model = polygon_model(build_model("lite", args.weights or default_weights("lite")))
+    model, _ = load_polygon_model(args.weights, "lite")
     mask_model = load_mask_model(args.mask_weights or default_weights("lite-mask"))
     print(f"{len(held)} held-out training instances (recipe {args.recipe}, val_split {cfg.data.val_split})")
     thresholds = tuple(int(t) for t in args.thresholds.split(","))

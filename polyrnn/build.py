@@ -261,6 +261,14 @@ def polygon_model(model: Model, where: str = "weights") -> PolygonRNN:
     return model
 
 
+def load_polygon_model(weights: str | Path | None = None, variant: str = "lite") -> tuple[PolygonRNN, Path]:
+    """The polygon model stored in ``weights`` (any architecture), or ``variant``'s shipped weights when
+    None; with the file it came from. :class:`CheckpointError` when the file holds a mask model."""
+    path = Path(weights) if weights is not None else default_weights(variant)
+    model = build_model(variant if weights is None else checkpoint_config(path), path)
+    return polygon_model(model, str(path)), path
+
+
 def load_mask_model(weights: str | Path) -> MaskNet:
     """The mask model stored in ``weights`` (any architecture); :class:`CheckpointError` when the file
     holds a polygon model."""

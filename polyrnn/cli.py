@@ -158,14 +158,7 @@ def _next_run_dir(parent: Path, name: str = "exp") -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from polyrnn.build import (
-        CheckpointError,
-        build_model,
-        checkpoint_config,
-        default_weights,
-        load_mask_model,
-        polygon_model,
-    )
+    from polyrnn.build import CheckpointError, default_weights, load_mask_model, load_polygon_model
     from polyrnn.evaluation.evaluate import (
         BASELINES,
         EvalOptions,
@@ -180,9 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if bad:
         raise CLIError(f"--baselines: unknown {bad} (choose from {', '.join(BASELINES)})")
     try:
-        weights = Path(args.weights) if args.weights else default_weights("lite")
-        model = polygon_model(build_model("lite" if args.weights is None else checkpoint_config(weights), weights),
-                              str(weights))  # fmt: skip
+        model, weights = load_polygon_model(args.weights, "lite")
         mask_weights: Path | None = Path(args.mask_weights) if args.mask_weights else None
         if mask_weights is None and (args.start == "mask" or "mask" in baselines or args.start == "auto"):
             try:

@@ -105,9 +105,7 @@ class TrainConfig:
     target_sigma: float = 1.0
     freeze_backbone: bool = True  # backbone without gradients (True) or fine-tuned (False)
     backbone_lr: float = 0.0  # fine-tuned backbone's learning rate (0 = lr)
-    init_weights: str = (
-        ""  # start from this checkpoint's model weights (same architecture), e.g. a frozen run
-    )
+    init_weights: str = ""  # start from this checkpoint's weights (same architecture)
     tbptt: int = 0  # truncated back-propagation through time every N steps (0 = full)
     val_every: int = 1  # validate every N epochs
     seed: int = 0

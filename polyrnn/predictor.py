@@ -92,19 +92,9 @@ class PolygonPredictor:
                      mask_weights: str | Path | None = None, **kw: object) -> PolygonPredictor:  # fmt: skip
         """A predictor for a checkpoint file, or the variant's shipped default model when ``weights`` is
         None (with the shipped mask model as its automatic polygon, where one ships)."""
-        from polyrnn.build import (
-            CheckpointError,
-            build_model,
-            checkpoint_config,
-            default_weights,
-            load_mask_model,
-            polygon_model,
-        )
+        from polyrnn.build import CheckpointError, default_weights, load_mask_model, load_polygon_model
 
-        path = weights if weights is not None else default_weights(variant)
-        model = polygon_model(
-            build_model(variant if weights is None else checkpoint_config(path), path), str(path)
-        )
+        model, _ = load_polygon_model(weights, variant)
         mask_model = None
         if mask_weights is None and weights is None:
             try:

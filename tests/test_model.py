@@ -44,6 +44,20 @@ def square_tokens(x0=5, y0=6, s=12):
     return [r * D + c for c, r in cells] + [D * D]
 
 
+def square_mask_model():
+    """A mask model whose mask is always the same square: mask pixels [12, 44) x [10, 46) of 56."""
+    from polyrnn.modeling.mask_net import MaskNet
+
+    class SquareMask(MaskNet):
+        def predict_masks(self, images, *, flip=False):
+            m = torch.zeros(images.shape[0], 56, 56)
+            m[:, 10:46, 12:44] = 1.0
+            return m
+
+    tiny_mask = build_model("tiny-mask")
+    return SquareMask(encoder=tiny_mask.encoder, head=tiny_mask.head)
+
+
 @pytest.mark.parametrize("variant", ["tiny", "lite"])
 def test_shapes_and_every_parameter_gets_a_gradient(variant):
     torch.manual_seed(0)
@@ -294,16 +308,7 @@ def test_mask_model_learns_a_fixed_target():
 
 
 def test_predictor_with_mask_model_starts_from_its_outline_and_corrects_with_the_decoder():
-    from polyrnn.modeling.mask_net import MaskNet
-
-    class SquareMask(MaskNet):
-        def predict_masks(self, images, *, flip=False):
-            m = torch.zeros(images.shape[0], 56, 56)
-            m[:, 10:46, 12:44] = 1.0
-            return m
-
-    tiny_mask = build_model("tiny-mask")
-    mask_model = SquareMask(encoder=tiny_mask.encoder, head=tiny_mask.head)
+    mask_model = square_mask_model()
     torch.manual_seed(0)
     pred = PolygonPredictor(build_model("tiny"), mask_model=mask_model, eos_threshold=2.0)
     img = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
@@ -380,16 +385,7 @@ def test_decoder_rejoins_the_old_outline_and_keeps_its_rest():
 
 
 def test_predictor_correction_rejoins_the_mask_outline_with_its_exact_points():
-    from polyrnn.modeling.mask_net import MaskNet
-
-    class SquareMask(MaskNet):
-        def predict_masks(self, images, *, flip=False):
-            m = torch.zeros(images.shape[0], 56, 56)
-            m[:, 10:46, 12:44] = 1.0
-            return m
-
-    tiny_mask = build_model("tiny-mask")
-    mask_model = SquareMask(encoder=tiny_mask.encoder, head=tiny_mask.head)
+    mask_model = square_mask_model()
     torch.manual_seed(0)
     img = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
     box = (20, 10, 140, 110)

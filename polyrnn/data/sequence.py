@@ -13,6 +13,11 @@ from polyrnn.data.crop import CropBox
 from polyrnn.geometry import orient, signed_area
 
 
+def chessboard(a: int, b: int, d: int) -> int:
+    """Chessboard distance, in cells, between grid tokens ``a`` and ``b`` (``r * d + c``)."""
+    return int(max(abs(a % d - b % d), abs(a // d - b // d)))
+
+
 def _dedupe_cyclic(cells: np.ndarray) -> np.ndarray:
     """Drop consecutive repeats, including the last == first wrap-around."""
     if len(cells) == 0:

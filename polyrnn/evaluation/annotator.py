@@ -21,6 +21,10 @@ from typing import Any, Protocol
 import numpy as np
 from shapely.geometry import LineString, Point
 
+from polyrnn.data.sequence import chessboard
+
+__all__ = ["ModelSession", "Session", "chessboard", "threshold_protocol", "worst_vertex_protocol"]
+
 
 class Session(Protocol):
     """A model bound to one crop: where it starts, and how it completes a prefix of grid tokens."""
@@ -33,10 +37,6 @@ class Session(Protocol):
 def _cells(tokens: list[int], d: int) -> np.ndarray:
     t = np.asarray(tokens, dtype=np.int64)
     return np.stack([t % d, t // d], axis=1)
-
-
-def chessboard(a: int, b: int, d: int) -> int:
-    return int(max(abs(a % d - b % d), abs(a // d - b // d)))
 
 
 class _Eager:

@@ -63,9 +63,7 @@ class EvalOptions:
     )
     mask_tolerance: float = 0.75  # mask polygon simplification, mask pixels (see mask_polygon)
     mask_flip: bool = MASK_FLIP  # mask test-time flip averaging
-    rejoin: int | None = (
-        REJOIN  # after a correction, rejoin the old polygon within this many cells (None: off)
-    )
+    rejoin: int | None = REJOIN  # rejoin the old polygon within this many cells after a correction
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polyrnn.data.sequence import chessboard
 from polyrnn.modeling.decoder import PolygonDecoder, State, cell_mask_logits
 from polyrnn.modeling.encoder import Encoder
 from polyrnn.modeling.first_vertex import FirstVertex
@@ -223,14 +224,14 @@ class DecodeCursor:
 
     def _meets(self, token: int) -> int | None:
         """Index in ``follow`` of the old vertex ``token`` rejoins (nearest, then earliest), or None."""
-        d, r = self.model.grid_size, self.rejoin
-        assert r is not None
+        assert self.rejoin is not None
         used = set(self.tokens)
-        best: tuple[int, int] | None = None
-        for m, t in enumerate(self.follow):
-            dist = max(abs(t % d - token % d), abs(t // d - token // d))
-            if dist <= r and t not in used and (best is None or dist < best[0]):
-                best = (dist, m)
+        near = [
+            (chessboard(t, token, self.model.grid_size), m)
+            for m, t in enumerate(self.follow)
+            if t not in used
+        ]
+        best = min((c for c in near if c[0] <= self.rejoin), default=None)
         return None if best is None else best[1]
 
     @torch.no_grad()
