@@ -106,6 +106,8 @@ class TrainConfig:
     freeze_backbone: bool = True  # backbone without gradients (True) or fine-tuned (False)
     backbone_lr: float = 0.0  # fine-tuned backbone's learning rate (0 = lr)
     init_weights: str = ""  # start from this checkpoint's weights (same architecture)
+    init_encoder: str = ""  # start the encoder from this checkpoint's (e.g. a mask model's), same encoder
+    freeze_encoder: bool = False  # the whole encoder (backbone and skip fusion) without gradients
     tbptt: int = 0  # truncated back-propagation through time every N steps (0 = full)
     val_every: int = 1  # validate every N epochs
     seed: int = 0

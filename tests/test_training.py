@@ -143,3 +143,27 @@ def test_init_weights_starts_from_a_checkpoint_and_fine_tunes_the_backbone(label
     with pytest.raises(Exception, match="init_weights"):
         run_training(_cfg(labelme_dir, tmp_path, "name=bad", "epochs=1", "model.feat_channels=8",
                           f"init_weights={frozen / 'weights' / 'last.pt'}"), log=lambda *_: None)  # fmt: skip
+
+
+def test_init_encoder_takes_a_mask_models_encoder_and_freeze_encoder_keeps_it(labelme_dir, tmp_path):
+    mask_run = run_training(_cfg(labelme_dir, tmp_path, "name=mask", "epochs=1", "model.kind=mask",
+                                 "model.mask_size=56"), log=lambda *_: None)  # fmt: skip
+    mask_ckpt = mask_run / "weights" / "last.pt"
+    src = read_checkpoint(mask_ckpt)["model"]
+    lines = []
+    run = run_training(_cfg(labelme_dir, tmp_path, "name=poly", "epochs=1", f"init_encoder={mask_ckpt}",
+                            "freeze_encoder=true"), log=lines.append)  # fmt: skip
+    assert any("encoder initialised from" in str(x) for x in lines)
+    ckpt = read_checkpoint(run / "weights" / "last.pt")
+    enc = [k for k in src if k.startswith("encoder.")]
+    assert enc and all(torch.equal(src[k], ckpt["model"][k]) for k in enc)  # frozen whole, BN statistics too
+    assert set(enc) == {k for k in ckpt["model"] if k.startswith("encoder.")}
+    fresh_run = run_training(_cfg(labelme_dir, tmp_path, "name=fresh", "epochs=1", "freeze_encoder=true"),
+                             log=lambda *_: None)  # fmt: skip
+    fresh = read_checkpoint(fresh_run / "weights" / "last.pt")["model"]
+    assert any(not torch.equal(fresh[k], ckpt["model"][k]) for k in enc)  # the mask model's, not a fresh one
+    assert len(ckpt["optimizer"]["param_groups"]) == 1
+    # an encoder of another shape is refused with the option's name
+    with pytest.raises(Exception, match="init_encoder"):
+        run_training(_cfg(labelme_dir, tmp_path, "name=bad", "epochs=1", "model.feat_channels=8",
+                          f"init_encoder={mask_ckpt}"), log=lambda *_: None)  # fmt: skip

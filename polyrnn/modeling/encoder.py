@@ -69,18 +69,25 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
     backbone_frozen: bool = False
+    fusion_frozen: bool = False
 
-    def freeze_backbone(self, frozen: bool = True) -> None:
-        """Frozen: the backbone runs without gradients and keeps its batch-norm statistics (eval mode)."""
-        self.backbone_frozen = frozen
+    def freeze_backbone(self, frozen: bool = True, *, fusion: bool = False) -> None:
+        """Frozen: the backbone (and with ``fusion`` the skip fusion too, i.e. the whole encoder) runs
+        without gradients and keeps its batch-norm statistics (eval mode)."""
+        self.backbone_frozen = frozen or fusion
+        self.fusion_frozen = fusion
         for p in self.backbone.parameters():
-            p.requires_grad_(not frozen)
+            p.requires_grad_(not self.backbone_frozen)
+        for p in self.fusion.parameters():
+            p.requires_grad_(not fusion)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> Encoder:
         super().train(mode)
         if self.backbone_frozen:
             self.backbone.eval()
+        if self.fusion_frozen:
+            self.fusion.eval()
         return self
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -88,6 +95,9 @@ class Encoder(nn.Module):
         return (images - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.fusion_frozen:
+            with torch.no_grad():
+                return self.fusion(self.backbone(self.normalize(images)))
         if self.backbone_frozen:
             with torch.no_grad():
                 taps = self.backbone(self.normalize(images))
