@@ -278,6 +278,15 @@ def load_mask_model(weights: str | Path) -> MaskNet:
     return model
 
 
+def shares_encoder(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """True when the ``encoder`` of ``a`` and ``b`` hold the same weights (a polygon model trained on a mask
+    model's frozen encoder): one encoding then serves both."""
+    sa, sb = a.encoder.state_dict(), b.encoder.state_dict()  # type: ignore[operator]
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].float(), sb[k].float()) for k in sa
+    )
+
+
 def checkpoint_dict(model: torch.nn.Module, cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
     """A self-describing checkpoint holding the unwrapped model and its config."""
     from polyrnn import __version__

@@ -47,6 +47,7 @@ class _BoxCache:
     static: torch.Tensor
     vertex_logits: torch.Tensor
     pixels: torch.Tensor | None = None
+    features: torch.Tensor | None = None  # the encoder's, kept when the mask model shares it
     tokens: list[int] = field(default_factory=list)
     points: list[tuple[float, float]] = field(default_factory=list)  # image (x, y) of each token
     probs: list[float] = field(default_factory=list)
@@ -82,6 +83,9 @@ class PolygonPredictor:
         self.cache_size = cache_size
         self.rejoin = rejoin
         self.mask_flip = mask_flip
+        from polyrnn.build import shares_encoder
+
+        self._shared = mask_model is not None and shares_encoder(model, mask_model)
         self._lock = threading.RLock()
         self._image: np.ndarray | None = None
         self._cache: OrderedDict[tuple[float, ...], _BoxCache] = OrderedDict()
@@ -146,8 +150,9 @@ class PolygonPredictor:
         assert self._image is not None
         pixels = crop.crop_image(self._image)
         x = torch.from_numpy(pixels).to(self.device).permute(2, 0, 1).unsqueeze(0).float()
-        _, static, vertex = self.model.encode(x)
-        entry = _BoxCache(crop=crop, static=static, vertex_logits=vertex, pixels=x)
+        feats, static, vertex = self.model.encode(x)
+        entry = _BoxCache(crop=crop, static=static, vertex_logits=vertex, pixels=x,
+                          features=feats if self._shared else None)  # fmt: skip
         self._cache[key] = entry
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -179,7 +184,10 @@ class PolygonPredictor:
             entry = self._encode(box)
             if self.mask_model is not None and first_vertex is None:
                 assert entry.pixels is not None
-                prob = self.mask_model.predict_masks(entry.pixels, flip=self.mask_flip)[0].cpu().numpy()
+                masks = self.mask_model.predict_masks(
+                    entry.pixels, flip=self.mask_flip, features=entry.features
+                )
+                prob = masks[0].cpu().numpy()
                 poly = mask_polygon(prob, entry.crop)
                 if poly is not None and len(poly) >= 3:
                     cells = entry.crop.image_to_cells(poly)

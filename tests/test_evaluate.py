@@ -173,3 +173,31 @@ def test_outline_runs_rebuild_the_exact_outline_from_its_tokens():
     grid = crop.cells_to_image(crop.tokens_to_cells(np.array(tokens)))
     assert (rasterize([grid], 160, 200) != a).any()  # the cell centres are not the outline
     assert outline_runs(blob, tokens[::-1], crop) == {}  # tokens that do not follow it: nothing
+
+
+def test_a_shared_encoder_gives_the_same_evaluation_with_one_encoding():
+    import torch
+
+    from polyrnn.build import build_model
+    from polyrnn.evaluation.evaluate import EvalOptions, evaluate_instance
+
+    torch.manual_seed(0)
+    mask_model, model = build_model("tiny-mask").eval(), build_model("tiny").eval()
+    model.encoder.load_state_dict(mask_model.encoder.state_dict())
+    inst = _instance()
+    image = (np.random.default_rng(1).random((160, 200, 3)) * 255).astype(np.uint8)
+    x = torch.from_numpy(CropBox.around(inst.box).crop_image(image)).permute(2, 0, 1)[None].float()
+    with torch.no_grad():  # centre the random head so that about half the crop is foreground
+        mask_model.head.out.bias -= mask_model(x)["mask_logits"].median()
+    options = EvalOptions(baselines=("box", "mask"), max_corrections=2, start="mask", mask_flip=False)
+    calls = []
+    model.encoder.register_forward_hook(lambda *_: calls.append("polygon"))
+    mask_model.encoder.register_forward_hook(lambda *_: calls.append("mask"))
+    with torch.inference_mode():
+        apart = evaluate_instance(model, inst, image, options, mask_model=mask_model)
+        n_apart, calls[:] = list(calls), []
+        shared = evaluate_instance(model, inst, image, options, mask_model=mask_model, shared=True)
+    assert apart.baselines["mask"] > 0  # the mask gave a polygon, the automatic one
+    assert sorted(n_apart) == ["mask", "polygon"] and calls == ["polygon"]
+    assert (shared.automatic, shared.annotator, shared.curve, shared.baselines) == (
+        apart.automatic, apart.annotator, apart.curve, apart.baselines)  # fmt: skip

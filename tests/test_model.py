@@ -49,7 +49,7 @@ def square_mask_model():
     from polyrnn.modeling.mask_net import MaskNet
 
     class SquareMask(MaskNet):
-        def predict_masks(self, images, *, flip=False):
+        def predict_masks(self, images, *, flip=False, features=None):
             m = torch.zeros(images.shape[0], 56, 56)
             m[:, 10:46, 12:44] = 1.0
             return m
@@ -324,6 +324,32 @@ def test_predictor_with_mask_model_starts_from_its_outline_and_corrects_with_the
     assert np.allclose(q.vertices[:2], before[:2])  # kept exactly
     assert tuple(q.vertices[2]) == (90.0, 100.0)  # the annotator's point, not snapped
     assert len(q.vertices) > 3 and q.fixed == 3  # the decoder predicted the rest
+
+
+def test_a_mask_model_sharing_the_encoder_is_fed_the_polygon_models_encoding():
+    from polyrnn.build import shares_encoder
+    from polyrnn.modeling.mask_net import mask_polygon
+
+    torch.manual_seed(0)
+    mask_model, model = build_model("tiny-mask").eval(), build_model("tiny").eval()
+    assert not shares_encoder(model, mask_model)
+    model.encoder.load_state_dict(mask_model.encoder.state_dict())
+    assert shares_encoder(model, mask_model)
+    img = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
+    crop = CropBox.around((20, 10, 120, 100))
+    x = torch.from_numpy(crop.crop_image(img)).permute(2, 0, 1)[None].float()
+    with torch.no_grad():  # centre the random head so that about half the crop is foreground
+        mask_model.head.out.bias -= mask_model(x)["mask_logits"].median()
+        expected = mask_polygon(mask_model.predict_masks(x)[0].numpy(), crop)
+    assert expected is not None and len(expected) >= 3
+    calls = []
+    for m in (model, mask_model):
+        m.encoder.register_forward_hook(lambda *_: calls.append(1))
+    pred = PolygonPredictor(model, mask_model=mask_model, mask_flip=False)
+    pred.set_image(img)
+    p = pred.predict((20, 10, 140, 110))
+    assert len(calls) == 1  # one encoding for both models
+    assert np.allclose(p.vertices, expected)
 
 
 def test_shipped_weights_load_by_default_and_are_checked(tmp_path, monkeypatch):

@@ -120,12 +120,12 @@ class ModelSession:
     (:class:`~polyrnn.modeling.polygon_rnn.DecodeCursor`); None re-predicts everything."""
 
     def __init__(self, model, image_crop, *, eos_threshold: float = 0.5,  # type: ignore[no-untyped-def]
-                 initial: list[int] | None = None, rejoin: int | None = None) -> None:  # fmt: skip
+                 initial: list[int] | None = None, rejoin: int | None = None, features=None) -> None:  # fmt: skip
         import torch
 
         x = torch.as_tensor(image_crop).permute(2, 0, 1).unsqueeze(0).float()
         self.model = model
-        _, self.static, self.vertex_logits = model.encode(x)
+        _, self.static, self.vertex_logits = model.encode(x, features)  # features: the encoder's, if computed
         self.eos_threshold = eos_threshold
         self.rejoin = rejoin
         self.initial = list(initial) if initial is not None and len(initial) >= 3 else None

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from polyrnn.build import shares_encoder
 from polyrnn.config import MASK_FLIP, REJOIN
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
@@ -116,9 +117,10 @@ def outline_runs(polygon: np.ndarray, tokens: list[int], crop: CropBox) -> dict[
 
 
 def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, options: EvalOptions, *,
-                      mask_model: MaskNet | None = None) -> InstanceResult:  # fmt: skip
+                      mask_model: MaskNet | None = None, shared: bool = False) -> InstanceResult:  # fmt: skip
     """Measure one instance: automatic IoU, the threshold protocol per T, the clicks-to-quality curve,
-    the grid ceiling and the baselines, with timings."""
+    the grid ceiling and the baselines, with timings. ``shared``: the two models share their encoder
+    (:func:`polyrnn.build.shares_encoder`), which then runs once."""
     d = model.grid_size
     crop = CropBox.around(inst.box, context=options.context, crop_size=model.crop_size, grid_size=d)
     gt_mask, ignore = inst.mask(), inst.ignore_mask()
@@ -131,6 +133,7 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
         return iou_of([crop.cells_to_image(crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))])
 
     pixels, x = _crop_tensor(crop, image)
+    feats: torch.Tensor | None = None
     # the grid ceiling: the quantised ground truth itself (as polyrnn.data.ceiling, on this crop)
     res = InstanceResult(class_name=inst.class_name, automatic=math.nan, ceiling=grid_iou(gt_tokens),
                          gt_vertices=len(gt_tokens))  # fmt: skip
@@ -139,7 +142,8 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
     mask_poly: np.ndarray | None = None
     if mask_model is not None:
         t0 = time.perf_counter()
-        prob = mask_model.predict_masks(x, flip=options.mask_flip)[0].numpy()
+        feats = model.encoder(x) if shared else None
+        prob = mask_model.predict_masks(x, flip=options.mask_flip, features=feats)[0].numpy()
         mask_poly = mask_polygon(prob, crop, tolerance=options.mask_tolerance)
         res.ms["mask"] = (time.perf_counter() - t0) * 1000
         if "mask" in options.baselines:
@@ -150,7 +154,7 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
     if options.start == "mask" and mask_poly is not None:
         initial = [int(t) for t in polygon_to_tokens(mask_poly, crop, max_len=model.max_len)[:-1]]
     session = ModelSession(model, pixels, eos_threshold=options.eos_threshold, initial=initial,
-                           rejoin=options.rejoin)  # fmt: skip
+                           rejoin=options.rejoin, features=feats)  # fmt: skip
     auto_tokens = session.complete([session.first()])
     res.ms["model"] = (time.perf_counter() - t0) * 1000 + (res.ms.get("mask", 0.0) if initial else 0.0)
 
@@ -214,8 +218,10 @@ def evaluate_dataset(model: PolygonRNN, instances: Sequence[Instance], options: 
     """:func:`evaluate_instance` over ``instances`` (each image decoded once), with a progress bar (or a
     plain line every 50 instances when not on a terminal)."""
     model.eval()
+    shared = False
     if mask_model is not None:
         mask_model.eval()
+        shared = shares_encoder(model, mask_model)
     order = sorted(range(len(instances)), key=lambda i: (str(instances[i].image_path), i))
     results: list[InstanceResult | None] = [None] * len(instances)
     image_key, image = "", np.zeros((1, 1, 3), np.uint8)
@@ -225,7 +231,7 @@ def evaluate_dataset(model: PolygonRNN, instances: Sequence[Instance], options: 
             inst = instances[i]
             if str(inst.image_path) != image_key:
                 image_key, image = str(inst.image_path), load_image(inst.image_path)
-            results[i] = evaluate_instance(model, inst, image, options, mask_model=mask_model)
+            results[i] = evaluate_instance(model, inst, image, options, mask_model=mask_model, shared=shared)
             if log is not None and not sys.stderr.isatty() and (n + 1) % 50 == 0:
                 rate = (n + 1) / (time.perf_counter() - t0)
                 log(f"evaluate: {n + 1}/{len(order)} instances, {rate:.2f} inst/s")

@@ -62,10 +62,12 @@ class MaskNet(nn.Module):
         return {"mask_logits": self.head(feats)}
 
     @torch.no_grad()
-    def predict_masks(self, images: torch.Tensor, *, flip: bool = False) -> torch.Tensor:
+    def predict_masks(self, images: torch.Tensor, *, flip: bool = False,
+                      features: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """(B, 3, 224, 224) -> (B, M, M) probabilities; ``flip``: averaged with the prediction for the
-        mirrored crop (test-time augmentation, twice the encoder time)."""
-        prob = torch.sigmoid(self(images)["mask_logits"])
+        mirrored crop (test-time augmentation, twice the encoder time). ``features``: this encoder's
+        (B, C, D, D) features of ``images`` when already computed (a shared encoder)."""
+        prob = torch.sigmoid(self(images, features=features)["mask_logits"])
         if flip:
             prob = (prob + torch.sigmoid(self(images.flip(-1))["mask_logits"]).flip(-1)) / 2
         return prob

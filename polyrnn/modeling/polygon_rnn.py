@@ -73,9 +73,11 @@ class PolygonRNN(nn.Module):
 
     # --- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, 3, 224, 224) -> (features (B, C, D, D), static (B, G, D, D), vertex logits (B, D, D))."""
-        feats = self.encoder(images)
+    def encode(self, images: torch.Tensor, features: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(B, 3, 224, 224) -> (features (B, C, D, D), static (B, G, D, D), vertex logits (B, D, D)).
+        ``features``: the encoder's output when already computed (``images`` is then not read)."""
+        feats = self.encoder(images) if features is None else features
         _, vertex = self.first_vertex(feats)
         return feats, self.decoder.prepare(feats), vertex
 
