@@ -278,10 +278,10 @@ def load_mask_model(weights: str | Path) -> MaskNet:
     return model
 
 
-def shares_encoder(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+def shares_encoder(a: Model, b: Model) -> bool:
     """True when the ``encoder`` of ``a`` and ``b`` hold the same weights (a polygon model trained on a mask
     model's frozen encoder): one encoding then serves both."""
-    sa, sb = a.encoder.state_dict(), b.encoder.state_dict()  # type: ignore[operator]
+    sa, sb = a.encoder.state_dict(), b.encoder.state_dict()
     return sa.keys() == sb.keys() and all(
         sa[k].shape == sb[k].shape and torch.equal(sa[k].float(), sb[k].float()) for k in sa
     )
