@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from polyrnn.config import ModelConfig
-from polyrnn.io import sha256_file
+from polyrnn.io import atomic_write_text, sha256_file
 from polyrnn.modeling.decoder import PolygonDecoder
 from polyrnn.modeling.encoder import (
     IMAGENET_MEAN,
@@ -79,12 +79,7 @@ def default_weights(variant: str) -> Path:
         )
     if path not in _verified:
         sums = WEIGHTS_DIR / SHA256SUMS
-        expected = {}
-        if sums.is_file():
-            for line in sums.read_text().splitlines():
-                if line.strip():
-                    digest, name = line.split(maxsplit=1)
-                    expected[name.strip()] = digest
+        expected = _read_sums(sums)
         if path.name not in expected:
             raise CheckpointError(f"{path}: not listed in {sums}; the package is incomplete")
         if sha256_file(path) != expected[path.name]:
@@ -93,6 +88,12 @@ def default_weights(variant: str) -> Path:
             )
         _verified.add(path)
     return path
+
+
+def _read_sums(sums: Path) -> dict[str, str]:
+    """``SHA256SUMS`` (``<hex digest>  <file name>`` lines) as file name -> digest; empty when absent."""
+    lines = sums.read_text().splitlines() if sums.is_file() else []
+    return {name.strip(): digest for digest, name in (ln.split(maxsplit=1) for ln in lines if ln.strip())}
 
 
 def ship_weights(src: str | Path, variant: str, *, half: bool = True, folder: Path | None = None) -> Path:
@@ -111,15 +112,8 @@ def ship_weights(src: str | Path, variant: str, *, half: bool = True, folder: Pa
     out.update(model=state, source=Path(src).name)
     save_checkpoint(dst, out)
     sums = folder / SHA256SUMS
-    lines = [
-        ln
-        for ln in (sums.read_text().splitlines() if sums.is_file() else [])
-        if ln.strip() and not ln.endswith(f" {dst.name}")
-    ]
-    lines.append(f"{sha256_file(dst)}  {dst.name}")
-    from polyrnn.io import atomic_write_text
-
-    atomic_write_text(sums, "\n".join(sorted(lines, key=lambda ln: ln.split()[-1])) + "\n")
+    digests = {**_read_sums(sums), dst.name: sha256_file(dst)}
+    atomic_write_text(sums, "".join(f"{digests[name]}  {name}\n" for name in sorted(digests)))
     _verified.discard(dst)
     return dst
 

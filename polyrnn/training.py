@@ -319,20 +319,20 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) ->
     model = build_from_config(replace(cfg.model, pretrained=cfg.model.pretrained and state is None)).to(
         device
     )
-    if cfg.init_weights and state is None:
-        init = read_checkpoint(cfg.init_weights)
-        load_weights(model, init["model"], f"init_weights {cfg.init_weights}")
-        log(f"initialised from {cfg.init_weights} (epoch {init.get('epoch', '?')})")
-    if cfg.init_encoder and state is None:
-        init = read_checkpoint(cfg.init_encoder)
-        enc = {k[len("encoder.") :]: v for k, v in init["model"].items() if k.startswith("encoder.")}
-        load_weights(model.encoder, enc, f"init_encoder {cfg.init_encoder}")
-        log(f"encoder initialised from {cfg.init_encoder} (epoch {init.get('epoch', '?')})")
+    # start from another run's weights: the whole model (same architecture) or only its encoder
+    for key, target, prefix, what in (("init_weights", model, "", "initialised"),
+                                      ("init_encoder", model.encoder, "encoder.", "encoder initialised")):  # fmt: skip
+        src = getattr(cfg, key)
+        if src and state is None:
+            init = read_checkpoint(src)
+            part = {k[len(prefix) :]: v for k, v in init["model"].items() if k.startswith(prefix)}
+            load_weights(target, part, f"{key} {src}")
+            log(f"{what} from {src} (epoch {init.get('epoch', '?')})")
     model.encoder.freeze_backbone(cfg.freeze_backbone, fusion=cfg.freeze_encoder)
     backbone = {id(p) for p in model.encoder.backbone.parameters()}
     head = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone]
     groups: list[dict[str, Any]] = [{"params": head}]
-    if not (cfg.freeze_backbone or cfg.freeze_encoder):
+    if not model.encoder.backbone_frozen:
         groups.append({"params": list(model.encoder.backbone.parameters()), "lr": cfg.backbone_lr or cfg.lr})
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(cfg.lr_step, 1),
