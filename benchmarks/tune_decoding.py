@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--rejoin", default="-1", help="rejoin distance in grid cells (-1 = off), list")
     ap.add_argument("--flip", default="0", help="mask test-time flip averaging 0/1, list")
     ap.add_argument("--eos", default="0.5", help="decoder end threshold p(end) >= this, list")
+    ap.add_argument("--start", default="mask", help="automatic polygon: mask (the mask model's) | rnn, list")
     ap.add_argument("--curve", type=int, default=-1, help="clicks-to-quality corrections (-1 = skip)")
     ap.add_argument("--limit", type=int, default=0)
     args = ap.parse_args()
@@ -51,17 +52,18 @@ def main() -> None:
     grid = itertools.product([float(v) for v in args.tolerance.split(",")],
                              [int(v) for v in args.rejoin.split(",")],
                              [bool(int(v)) for v in args.flip.split(",")],
-                             [float(v) for v in args.eos.split(",")])  # fmt: skip
-    base = EvalOptions(thresholds=thresholds, baselines=("box",), max_corrections=args.curve, start="mask")
-    for tol, rejoin, flip, eos in grid:
+                             [float(v) for v in args.eos.split(",")],
+                             args.start.split(","))  # fmt: skip
+    base = EvalOptions(thresholds=thresholds, baselines=("box",), max_corrections=args.curve)
+    for tol, rejoin, flip, eos, start in grid:
         options = replace(base, mask_tolerance=tol, rejoin=rejoin if rejoin >= 0 else None, mask_flip=flip,
-                          eos_threshold=eos)  # fmt: skip
+                          eos_threshold=eos, start=start)  # fmt: skip
         t0 = time.perf_counter()
         res = evaluate_dataset(model, held, options, mask_model=mask_model)
         auto = 100 * np.mean([r.automatic for r in res])
         box = 100 * np.mean([r.baselines["box"] for r in res])
         gtv = np.sum([r.gt_vertices for r in res])
-        line = f"tolerance {tol:g} rejoin {rejoin} flip {int(flip)} eos {eos:g}: automatic {auto:.2f} (box {box:.2f})"
+        line = f"start {start} tolerance {tol:g} rejoin {rejoin} flip {int(flip)} eos {eos:g}: automatic {auto:.2f} (box {box:.2f})"
         for t in thresholds:
             clicks = np.sum([r.annotator[t][1] for r in res])
             line += f" | T={t}: {clicks / gtv:.3f} corr/GT vertex, IoU {100 * np.mean([r.annotator[t][0] for r in res]):.2f}"

@@ -141,15 +141,21 @@ def build_from_config(cfg: ModelConfig, *, vgg16_weights: str | Path | None = No
     """A freshly initialised model (pretrained backbone where the config says so): a
     :class:`PolygonRNN`, or a :class:`MaskNet` for ``kind="mask"``."""
     encoder = build_encoder(cfg, vgg16_weights=vgg16_weights)
+    ups = (cfg.mask_size // cfg.grid_size).bit_length() - 1
     if cfg.kind == "mask":
-        ups = (cfg.mask_size // cfg.grid_size).bit_length() - 1
         head = MaskHead(in_channels=cfg.feat_channels, ups=ups, hidden=max(cfg.feat_channels // 2, 16))
         return MaskNet(encoder=encoder, head=head, crop_size=cfg.crop_size, grid_size=cfg.grid_size)
+    prior = None
+    channels = cfg.feat_channels
+    if cfg.mask_prior:
+        prior = MaskHead(in_channels=cfg.feat_channels, ups=ups, hidden=max(cfg.feat_channels // 2, 16))
+        channels += (cfg.mask_size // cfg.grid_size) ** 2
     return PolygonRNN(
         encoder=encoder,
-        first_vertex=FirstVertex(in_channels=cfg.feat_channels, hidden=cfg.first_vertex_hidden),
+        first_vertex=FirstVertex(in_channels=channels, hidden=cfg.first_vertex_hidden),
+        mask_prior=prior,
         decoder=PolygonDecoder(
-            feat_channels=cfg.feat_channels,
+            feat_channels=channels,
             hidden=cfg.hidden,
             layers=cfg.layers,
             kernel=cfg.kernel,

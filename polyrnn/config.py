@@ -32,7 +32,11 @@ class ModelConfig:
     first_vertex_hidden: int = 32  # channels of the first-vertex heads
     max_len: int = 70  # vertex cap when decoding (the paper used about 70)
     kind: str = "polygon"  # "polygon" (Polygon-RNN) | "mask" (the mask baseline: encoder + mask head)
-    mask_size: int = 112  # mask head output side (kind "mask"): grid_size * 2**k
+    mask_size: int = 112  # mask head output side (kind "mask", or the mask prior): grid_size * 2**k
+    # polygon model: the first-vertex branch and the decoder also see a frozen mask head's prediction (its
+    # mask_size mask as (mask_size / grid_size)**2 sub-cell channels per grid cell), taken with init_encoder
+    # from a mask checkpoint
+    mask_prior: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -45,6 +49,7 @@ class ModelConfig:
             "kernel": self.kernel % 2 == 1,
             "max_len": self.max_len >= 3,
             "kind": self.kind in ("polygon", "mask"),
+            "mask_prior": not (self.mask_prior and self.kind == "mask"),
             "mask_size": self.mask_size >= self.grid_size
             and self.mask_size % self.grid_size == 0
             and (self.mask_size // self.grid_size) & (self.mask_size // self.grid_size - 1) == 0,

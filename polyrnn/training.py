@@ -146,7 +146,7 @@ def evaluate(model: Model, loader: DataLoader, instances: Sequence[Instance], lo
             continue
         top = out["vertex_logits"].flatten(1).argmax(1)
         hits += int(batch["vertices"].flatten(1).gather(1, top[:, None]).sum())
-        static = model.decoder.prepare(feats)
+        _, static, _ = model.encode(batch["images"], features=feats)
         for j in range(k):
             inst = instances[int(batch["index"][j])]
             crop = CropBox.around(
@@ -319,11 +319,18 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) ->
     model = build_from_config(replace(cfg.model, pretrained=cfg.model.pretrained and state is None)).to(
         device
     )
-    # start from another run's weights: the whole model (same architecture) or only its encoder
+    # start from another run's weights: the whole model (same architecture) or only its encoder (and, for a
+    # mask prior, the mask checkpoint's head)
+    prior = model.mask_prior if isinstance(model, PolygonRNN) else None
+    if prior is not None and not cfg.init_encoder and not cfg.init_weights and state is None:
+        raise TrainingError(
+            "model.mask_prior needs init_encoder: a mask model's checkpoint (its encoder and head)"
+        )
     for key, target, prefix, what in (("init_weights", model, "", "initialised"),
-                                      ("init_encoder", model.encoder, "encoder.", "encoder initialised")):  # fmt: skip
+                                      ("init_encoder", model.encoder, "encoder.", "encoder initialised"),
+                                      ("init_encoder", prior, "head.", "mask prior initialised")):  # fmt: skip
         src = getattr(cfg, key)
-        if src and state is None:
+        if src and state is None and target is not None:
             init = read_checkpoint(src)
             part = {k[len(prefix) :]: v for k, v in init["model"].items() if k.startswith(prefix)}
             load_weights(target, part, f"{key} {src}")

@@ -167,3 +167,39 @@ def test_init_encoder_takes_a_mask_models_encoder_and_freeze_encoder_keeps_it(la
     with pytest.raises(Exception, match="init_encoder"):
         run_training(_cfg(labelme_dir, tmp_path, "name=bad", "epochs=1", "model.feat_channels=8",
                           f"init_encoder={mask_ckpt}"), log=lambda *_: None)  # fmt: skip
+
+
+def test_mask_prior_is_the_mask_models_own_prediction_and_stays_frozen(labelme_dir, tmp_path):
+    mask_run = run_training(_cfg(labelme_dir, tmp_path, "name=mask", "epochs=1", "model.kind=mask",
+                                 "model.mask_size=56"), log=lambda *_: None)  # fmt: skip
+    mask_ckpt = mask_run / "weights" / "last.pt"
+    prior_cfg = ("model.mask_prior=true", "model.mask_size=56")
+    with pytest.raises(ValueError, match="mask_prior"):  # a prior is for polygon models
+        ModelConfig(kind="mask", mask_prior=True)
+    with pytest.raises(TrainingError, match="init_encoder"):  # the prior needs a mask checkpoint
+        run_training(_cfg(labelme_dir, tmp_path, "name=noinit", "epochs=1", *prior_cfg), log=lambda *_: None)
+    lines = []
+    run = run_training(_cfg(labelme_dir, tmp_path, "name=prior", "epochs=1", f"init_encoder={mask_ckpt}",
+                            "freeze_encoder=true", *prior_cfg), log=lines.append)  # fmt: skip
+    assert any("mask prior initialised from" in str(x) for x in lines)
+    src = read_checkpoint(mask_ckpt)["model"]
+    ckpt = read_checkpoint(run / "weights" / "last.pt")["model"]
+    head = [k for k in src if k.startswith("head.")]
+    assert head and all(torch.equal(src[k], ckpt["mask_prior." + k[5:]]) for k in head)  # BN statistics too
+
+    poly = build_model(ModelConfig.from_dict(read_checkpoint(run / "weights" / "last.pt")["model_config"]),
+                       run / "weights" / "last.pt")  # fmt: skip
+    mask = build_model(ModelConfig.from_dict(read_checkpoint(mask_ckpt)["model_config"]), mask_ckpt)
+    poly.eval()
+    mask.eval()
+    images = torch.rand(2, 3, 224, 224) * 255
+    feats = poly.encoder(images)
+    inputs = poly.with_prior(feats)  # (2, C + (56/28)**2, 28, 28): features, then the mask's 2x2 sub-cells
+    assert inputs.shape == (2, feats.shape[1] + 4, 28, 28)
+    prob = mask.predict_masks(images)  # (2, 56, 56)
+    assert torch.allclose(inputs[:, : feats.shape[1]], feats)
+    assert torch.allclose(inputs[:, feats.shape[1] :].permute(0, 2, 3, 1).reshape(2, 28, 28, 2, 2)
+                          .permute(0, 1, 3, 2, 4).reshape(2, 56, 56), prob, atol=1e-6)  # fmt: skip
+    poly.train()
+    assert not poly.mask_prior.training and poly.decoder.training
+    assert all(not p.requires_grad for p in poly.mask_prior.parameters())

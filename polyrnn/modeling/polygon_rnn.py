@@ -17,6 +17,7 @@ from polyrnn.data.sequence import chessboard
 from polyrnn.modeling.decoder import PolygonDecoder, State, cell_mask_logits
 from polyrnn.modeling.encoder import Encoder
 from polyrnn.modeling.first_vertex import FirstVertex
+from polyrnn.modeling.mask_net import MaskHead
 
 
 @dataclass
@@ -40,18 +41,43 @@ class Decoded:
 
 
 class PolygonRNN(nn.Module):
-    """The network. Images are (B, 3, 224, 224) float RGB in 0..255; the encoder normalises them."""
+    """The network. Images are (B, 3, 224, 224) float RGB in 0..255; the encoder normalises them.
+
+    With ``mask_prior`` (a mask model's head on the same encoder, frozen: never trained here, always in
+    eval mode) the first-vertex branch and the decoder see the encoder's (B, C, D, D) features plus the
+    prior's (B, M, M) mask probabilities folded into (B, (M/D)**2, D, D) sub-cell channels, so the
+    decoder can follow the mask's outline, also after a correction.
+    """
 
     def __init__(self, *, encoder: Encoder, first_vertex: FirstVertex, decoder: PolygonDecoder, max_len: int = 70,
-                 crop_size: int = 224) -> None:  # fmt: skip
+                 crop_size: int = 224, mask_prior: MaskHead | None = None) -> None:  # fmt: skip
         super().__init__()
         self.encoder = encoder
         self.first_vertex = first_vertex
         self.decoder = decoder
+        self.mask_prior = mask_prior
+        if mask_prior is not None:
+            mask_prior.requires_grad_(False)
+            mask_prior.eval()
         self.max_len = max_len
         self.crop_size = crop_size
         self.grid_size = decoder.grid_size
         self.eos = decoder.eos
+
+    def train(self, mode: bool = True) -> PolygonRNN:
+        super().train(mode)
+        if self.mask_prior is not None:
+            self.mask_prior.eval()
+        return self
+
+    def with_prior(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, D) encoder features -> what the first-vertex branch and the decoder read: the same, or
+        with a mask prior (B, C + (M/D)**2, D, D)."""
+        if self.mask_prior is None:
+            return features
+        with torch.no_grad():
+            prob = torch.sigmoid(self.mask_prior(features)).unsqueeze(1)  # (B, 1, M, M)
+        return torch.cat([features, F.pixel_unshuffle(prob, prob.shape[-1] // self.grid_size)], dim=1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor | None = None,
                 tbptt: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
@@ -60,13 +86,13 @@ class PolygonRNN(nn.Module):
         Args:
             images: (B, 3, 224, 224) crops (ignored when ``features`` is given).
             tokens: (B, T) padded target tokens (-1 after the end token).
-            features: optional precomputed (B, C, D, D) encoder features.
+            features: optional precomputed (B, C, D, D) encoder features (without the mask prior).
             tbptt: truncated back-propagation every ``tbptt`` decoder steps (0 = full).
 
         Returns:
             ``step_logits`` (B, T-1, D*D+1), ``boundary_logits`` and ``vertex_logits`` (B, D, D).
         """
-        feats = self.encoder(images) if features is None else features
+        feats = self.with_prior(self.encoder(images) if features is None else features)
         boundary, vertex = self.first_vertex(feats)
         step_logits = self.decoder(self.decoder.prepare(feats), tokens.clamp(min=-1), tbptt=tbptt)
         return {"step_logits": step_logits, "boundary_logits": boundary, "vertex_logits": vertex}
@@ -78,8 +104,9 @@ class PolygonRNN(nn.Module):
         """(B, 3, 224, 224) -> (features (B, C, D, D), static (B, G, D, D), vertex logits (B, D, D)).
         ``features``: the encoder's output when already computed (``images`` is then not read)."""
         feats = self.encoder(images) if features is None else features
-        _, vertex = self.first_vertex(feats)
-        return feats, self.decoder.prepare(feats), vertex
+        inputs = self.with_prior(feats)
+        _, vertex = self.first_vertex(inputs)
+        return feats, self.decoder.prepare(inputs), vertex
 
     @torch.no_grad()
     def first_vertices(self, vertex_logits: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
