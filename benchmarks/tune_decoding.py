@@ -15,11 +15,42 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import torch
+from shapely.geometry import LineString, Point
 
 from polyrnn.build import default_weights, load_mask_model, load_polygon_model
 from polyrnn.config import load_train_config
+from polyrnn.data.crop import CropBox
+from polyrnn.data.instance import Instance, load_image
+from polyrnn.data.sequence import polygon_to_tokens
 from polyrnn.evaluation.evaluate import EvalOptions, evaluate_dataset
+from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.training import load_instances
+
+
+def outline_gap(mask_model: MaskNet, instances: list[Instance], *, flip: bool, tolerance: float,
+                grid_size: int) -> tuple[int, int]:  # fmt: skip
+    """(ground-truth grid vertices farther than one cell, Euclidean, from the mask polygon's grid outline,
+    all ground-truth grid vertices): the corrections a perfect vertex placement along the mask's outline
+    would still need at T = 1, at most."""
+    d, far, n = grid_size, 0, 0
+    mask_model.eval()
+    with torch.inference_mode():
+        for inst in instances:
+            crop = CropBox.around(inst.box, context=0.15, crop_size=mask_model.crop_size, grid_size=d)
+            pixels = crop.crop_image(load_image(inst.image_path))
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float()
+            gt = polygon_to_tokens(inst.largest_polygon(), crop)[:-1]
+            poly = mask_polygon(mask_model.predict_masks(x, flip=flip)[0].numpy(), crop, tolerance=tolerance)
+            n += len(gt)
+            if poly is None:
+                far += len(gt)
+                continue
+            tokens = polygon_to_tokens(poly, crop)[:-1]
+            xy = np.stack([tokens % d, tokens // d], axis=1).astype(np.float64)
+            ring = LineString(np.concatenate([xy, xy[:1]]))
+            far += sum(Point(t % d, t // d).distance(ring) > 1.0 for t in gt)
+    return far, n
 
 
 def main() -> None:
@@ -38,6 +69,8 @@ def main() -> None:
     ap.add_argument("--start", default="mask", help="automatic polygon: mask (the mask model's) | rnn, list")
     ap.add_argument("--curve", type=int, default=-1, help="clicks-to-quality corrections (-1 = skip)")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--outline-gap", action="store_true",
+                    help="only count the ground-truth vertices more than one cell off the mask's outline")  # fmt: skip
     args = ap.parse_args()
 
     cfg = load_train_config(args.recipe, [])
@@ -48,6 +81,13 @@ def main() -> None:
     model, _ = load_polygon_model(args.weights, "lite")
     mask_model = load_mask_model(args.mask_weights or default_weights("lite-mask"))
     print(f"{len(held)} held-out training instances (recipe {args.recipe}, val_split {cfg.data.val_split})")
+    if args.outline_gap:
+        far, n = outline_gap(mask_model, held, flip=bool(int(args.flip.split(",")[0])),
+                             tolerance=float(args.tolerance.split(",")[0]), grid_size=model.grid_size)  # fmt: skip
+        print(
+            f"ground-truth vertices more than 1 cell off the mask's outline: {far}/{n} = {far / max(n, 1):.3f}"
+        )
+        return
     thresholds = tuple(int(t) for t in args.thresholds.split(","))
     grid = itertools.product([float(v) for v in args.tolerance.split(",")],
                              [int(v) for v in args.rejoin.split(",")],
