@@ -23,7 +23,7 @@ from polyrnn.config import load_train_config
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
-from polyrnn.evaluation.evaluate import EvalOptions, evaluate_dataset
+from polyrnn.evaluation.evaluate import EvalOptions, crop_tensor, evaluate_dataset
 from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.training import load_instances
 
@@ -38,8 +38,7 @@ def outline_gap(mask_model: MaskNet, instances: list[Instance], *, flip: bool, t
     with torch.inference_mode():
         for inst in instances:
             crop = CropBox.around(inst.box, context=0.15, crop_size=mask_model.crop_size, grid_size=d)
-            pixels = crop.crop_image(load_image(inst.image_path))
-            x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float()
+            _, x = crop_tensor(crop, load_image(inst.image_path))
             gt = polygon_to_tokens(inst.largest_polygon(), crop)[:-1]
             poly = mask_polygon(mask_model.predict_masks(x, flip=flip)[0].numpy(), crop, tolerance=tolerance)
             n += len(gt)

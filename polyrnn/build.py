@@ -137,19 +137,22 @@ def build_encoder(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) 
                    out_channels=cfg.feat_channels, grid_size=cfg.grid_size, mean=mean, std=std)  # fmt: skip
 
 
+def build_mask_head(cfg: ModelConfig) -> MaskHead:
+    """The mask head of ``cfg`` (a mask model's, or a polygon model's mask prior): features -> mask_size."""
+    ups = (cfg.mask_size // cfg.grid_size).bit_length() - 1
+    return MaskHead(in_channels=cfg.feat_channels, ups=ups, hidden=max(cfg.feat_channels // 2, 16))
+
+
 def build_from_config(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) -> Model:
     """A freshly initialised model (pretrained backbone where the config says so): a
     :class:`PolygonRNN`, or a :class:`MaskNet` for ``kind="mask"``."""
     encoder = build_encoder(cfg, vgg16_weights=vgg16_weights)
-    ups = (cfg.mask_size // cfg.grid_size).bit_length() - 1
     if cfg.kind == "mask":
-        head = MaskHead(in_channels=cfg.feat_channels, ups=ups, hidden=max(cfg.feat_channels // 2, 16))
-        return MaskNet(encoder=encoder, head=head, crop_size=cfg.crop_size, grid_size=cfg.grid_size)
-    prior = None
-    channels = cfg.feat_channels
-    if cfg.mask_prior:
-        prior = MaskHead(in_channels=cfg.feat_channels, ups=ups, hidden=max(cfg.feat_channels // 2, 16))
-        channels += (cfg.mask_size // cfg.grid_size) ** 2
+        return MaskNet(
+            encoder=encoder, head=build_mask_head(cfg), crop_size=cfg.crop_size, grid_size=cfg.grid_size
+        )
+    prior = build_mask_head(cfg) if cfg.mask_prior else None
+    channels = cfg.feat_channels + (cfg.mask_size // cfg.grid_size) ** 2 * cfg.mask_prior
     return PolygonRNN(
         encoder=encoder,
         first_vertex=FirstVertex(in_channels=channels, hidden=cfg.first_vertex_hidden),

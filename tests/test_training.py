@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import write_image
 
-from polyrnn.build import build_model, read_checkpoint
+from polyrnn.build import build_model, load_mask_model, load_polygon_model, read_checkpoint
 from polyrnn.cli import main
 from polyrnn.config import ModelConfig, load_train_config
 from polyrnn.data import load_dataset
@@ -145,10 +145,15 @@ def test_init_weights_starts_from_a_checkpoint_and_fine_tunes_the_backbone(label
                           f"init_weights={frozen / 'weights' / 'last.pt'}"), log=lambda *_: None)  # fmt: skip
 
 
+def _mask_checkpoint(labelme_dir, tmp_path):
+    """A tiny mask model's checkpoint (56x56 masks), trained for one epoch."""
+    run = run_training(_cfg(labelme_dir, tmp_path, "name=mask", "epochs=1", "model.kind=mask", "model.mask_size=56"),
+                       log=lambda *_: None)  # fmt: skip
+    return run / "weights" / "last.pt"
+
+
 def test_init_encoder_takes_a_mask_models_encoder_and_freeze_encoder_keeps_it(labelme_dir, tmp_path):
-    mask_run = run_training(_cfg(labelme_dir, tmp_path, "name=mask", "epochs=1", "model.kind=mask",
-                                 "model.mask_size=56"), log=lambda *_: None)  # fmt: skip
-    mask_ckpt = mask_run / "weights" / "last.pt"
+    mask_ckpt = _mask_checkpoint(labelme_dir, tmp_path)
     src = read_checkpoint(mask_ckpt)["model"]
     lines = []
     run = run_training(_cfg(labelme_dir, tmp_path, "name=poly", "epochs=1", f"init_encoder={mask_ckpt}",
@@ -170,9 +175,7 @@ def test_init_encoder_takes_a_mask_models_encoder_and_freeze_encoder_keeps_it(la
 
 
 def test_mask_prior_is_the_mask_models_own_prediction_and_stays_frozen(labelme_dir, tmp_path):
-    mask_run = run_training(_cfg(labelme_dir, tmp_path, "name=mask", "epochs=1", "model.kind=mask",
-                                 "model.mask_size=56"), log=lambda *_: None)  # fmt: skip
-    mask_ckpt = mask_run / "weights" / "last.pt"
+    mask_ckpt = _mask_checkpoint(labelme_dir, tmp_path)
     prior_cfg = ("model.mask_prior=true", "model.mask_size=56")
     with pytest.raises(ValueError, match="mask_prior"):  # a prior is for polygon models
         ModelConfig(kind="mask", mask_prior=True)
@@ -187,9 +190,8 @@ def test_mask_prior_is_the_mask_models_own_prediction_and_stays_frozen(labelme_d
     head = [k for k in src if k.startswith("head.")]
     assert head and all(torch.equal(src[k], ckpt["mask_prior." + k[5:]]) for k in head)  # BN statistics too
 
-    poly = build_model(ModelConfig.from_dict(read_checkpoint(run / "weights" / "last.pt")["model_config"]),
-                       run / "weights" / "last.pt")  # fmt: skip
-    mask = build_model(ModelConfig.from_dict(read_checkpoint(mask_ckpt)["model_config"]), mask_ckpt)
+    poly, _ = load_polygon_model(run / "weights" / "last.pt")
+    mask = load_mask_model(mask_ckpt)
     poly.eval()
     mask.eval()
     images = torch.rand(2, 3, 224, 224) * 255

@@ -87,7 +87,8 @@ def _progress(items: Sequence[Any], desc: str) -> Any:
     return tqdm(items, desc=desc, unit="inst", disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
-def _crop_tensor(crop: CropBox, image: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+def crop_tensor(crop: CropBox, image: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """The crop's (224, 224, 3) uint8 pixels of ``image`` and the same as a (1, 3, 224, 224) float tensor."""
     pixels = crop.crop_image(image)
     return pixels, torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float()
 
@@ -132,7 +133,7 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
     def grid_iou(tokens: list[int]) -> float:
         return iou_of([crop.cells_to_image(crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))])
 
-    pixels, x = _crop_tensor(crop, image)
+    pixels, x = crop_tensor(crop, image)
     feats: torch.Tensor | None = None
     # the grid ceiling: the quantised ground truth itself (as polyrnn.data.ceiling, on this crop)
     res = InstanceResult(class_name=inst.class_name, automatic=math.nan, ceiling=grid_iou(gt_tokens),
