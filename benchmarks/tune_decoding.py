@@ -13,13 +13,14 @@ import argparse
 import itertools
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from shapely.geometry import LineString, Point
 
-from polyrnn.build import default_weights, load_mask_model, load_polygon_model
-from polyrnn.config import load_train_config
+from polyrnn.build import default_weights, load_mask_model, load_polygon_model, read_checkpoint
+from polyrnn.config import TrainConfig, load_train_config
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
@@ -52,6 +53,20 @@ def outline_gap(mask_model: MaskNet, instances: list[Instance], *, flip: bool, t
     return far, n
 
 
+def saw_held_out(weights: Path, cfg: TrainConfig) -> str:
+    """Why the polygon model in ``weights`` may have trained on ``cfg``'s held-out images ("" when its own
+    training config held out the same split: same sets, split, seed and size filter; a run it was
+    initialised from is not checked)."""
+    train = read_checkpoint(weights).get("train_config")
+    if not train:
+        return "its checkpoint does not record how it was trained"
+    d = train.get("data", {})
+    same = (tuple(d.get("train", ())) == cfg.data.train and not d.get("val")
+            and d.get("val_split") == cfg.data.val_split and d.get("min_size") == cfg.data.min_size
+            and train.get("seed") == cfg.seed)  # fmt: skip
+    return "" if same else f"it was trained on {list(d.get('train', []))} without this held-out split"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -77,7 +92,10 @@ def main() -> None:
     held = [i for i in held if max(i.box[2], i.box[3]) >= args.min_size]  # as --min-size: the longer side
     if args.limit:
         held = held[: args.limit]
-    model, _ = load_polygon_model(args.weights, "lite")
+    model, weights = load_polygon_model(args.weights, "lite")
+    why = saw_held_out(weights, cfg)
+    if why:
+        print(f"warning: {weights.name} may have trained on these images ({why}): its figures flatter it")
     mask_model = load_mask_model(args.mask_weights or default_weights("lite-mask"))
     print(f"{len(held)} held-out training instances (recipe {args.recipe}, val_split {cfg.data.val_split})")
     if args.outline_gap:

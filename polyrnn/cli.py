@@ -211,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"baseline {name}: mean IoU {100 * b['mean_iou']:.1f}")
     for row in report["annotator"]:
         print(f"T={row['threshold']}: {row['mean_clicks']:.2f} corrections ({row['clicks_per_gt_vertex']:.2f} per GT "
-              f"vertex), mean IoU {100 * row['mean_iou']:.1f}")  # fmt: skip
+              f"vertex, {row['clicks_per_human_vertex']:.2f} per human vertex), mean IoU {100 * row['mean_iou']:.1f}")  # fmt: skip
     print("NoC: " + ", ".join(f"@{k} {v:.2f}" for k, v in report["noc"].items()))
     print("report: " + ", ".join(str(p) for p in paths))
     return 0

@@ -114,6 +114,8 @@ class TrainConfig:
     init_encoder: str = ""  # start the encoder from this checkpoint's (e.g. a mask model's), same encoder
     freeze_encoder: bool = False  # the whole encoder (backbone and skip fusion) without gradients
     tbptt: int = 0  # truncated back-propagation through time every N steps (0 = full)
+    rollout: int = -1  # train on own vertices within this many cells of the target (annotator's T; -1 = off)
+    rollout_fraction: float = 0.5  # of the polygons in a batch, when rollout >= 0
     val_every: int = 1  # validate every N epochs
     seed: int = 0
     workers: int = 0  # data-loading processes

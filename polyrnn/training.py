@@ -66,15 +66,18 @@ def _progress(iterable: Any, **kw: Any) -> Any:
 
 
 def _forward(model: Model, batch: dict[str, torch.Tensor], tbptt: int = 0,
-             features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+             features: torch.Tensor | None = None, rollout: int = -1, rollout_fraction: float = 1.0
+             ) -> dict[str, torch.Tensor]:  # fmt: skip
     if isinstance(model, MaskNet):
         return model(batch["images"], features=features)
-    return model(batch["images"], batch["tokens"], features=features, tbptt=tbptt)
+    return model(batch["images"], batch["tokens"], features=features, tbptt=tbptt, rollout=rollout,
+                 rollout_fraction=rollout_fraction)  # fmt: skip
 
 
 def train_one_epoch(model: Model, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: Loss,
-                    *, epoch: int, device: torch.device, clip_grad: float, tbptt: int = 0) -> dict[str, float]:  # fmt: skip
-    """One pass over ``loader``; returns mean losses (``loss`` and its parts), instances and seconds.
+                    *, epoch: int, device: torch.device, clip_grad: float, tbptt: int = 0, rollout: int = -1,
+                    rollout_fraction: float = 1.0) -> dict[str, float]:  # fmt: skip
+    """One pass over ``loader`` (``rollout``: see :meth:`PolygonDecoder.forward`); returns mean losses (``loss`` and its parts), instances and seconds.
     Raises :class:`TrainingError` on a non-finite loss."""
     model.train()
     sums: dict[str, float] = {}
@@ -83,7 +86,9 @@ def train_one_epoch(model: Model, loader: DataLoader, optimizer: torch.optim.Opt
     bar = _progress(loader, desc=f"epoch {epoch}", unit="batch")
     for b, batch in enumerate(bar):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        losses = loss_fn(_forward(model, batch, tbptt), batch)
+        losses = loss_fn(
+            _forward(model, batch, tbptt, rollout=rollout, rollout_fraction=rollout_fraction), batch
+        )
         loss = losses["loss"]
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k} {v.item()}" for k, v in losses.items() if k != "loss")
@@ -367,7 +372,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) ->
         sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(model, train_loader, optimizer, loss_fn, epoch=epoch, device=device,
-                             clip_grad=cfg.clip_grad, tbptt=cfg.tbptt)  # fmt: skip
+                             clip_grad=cfg.clip_grad, tbptt=cfg.tbptt, rollout=cfg.rollout,
+                             rollout_fraction=cfg.rollout_fraction)  # fmt: skip
         scheduler.step()
         row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"], "lr": lr, "seconds": tr["seconds"],
                                **{f"train_{k}_loss": v for k, v in tr.items() if f"train_{k}_loss" in CSV_FIELDS},

@@ -82,7 +82,7 @@ def _coco(tmp_path):
     img = (rng.random((160, 200, 3)) * 255).astype(np.uint8)
     (tmp_path / "images").mkdir()
     Image.fromarray(img).save(tmp_path / "images" / "a.png")
-    rect = [20, 30, 120, 30, 120, 90, 20, 90]
+    rect = [20, 30, 120, 30, 120, 90, 20, 90, 20, 30]  # closed by repeating its first vertex
     tri = [100, 100, 180, 100, 100, 150]
     anns = [
         {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect], "bbox": [20, 30, 100, 60], "iscrowd": 0},
@@ -126,8 +126,12 @@ def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start
     assert set(r["baselines"]) == {"box", "grabcut", "mask"}
     assert all(0.0 <= b["mean_iou"] <= 1.0 and b["ms_per_instance"] >= 0 for b in r["baselines"].values())
     assert [a["threshold"] for a in r["annotator"]] == [1, 2, 3, 4]
+    # vertices: the rectangle's 4 (its repeated closing vertex not counted) and the triangle's 3, both
+    # on the grid and as drawn
+    assert r["gt_vertices_mean"] == r["human_vertices_mean"] == 3.5
     for a in r["annotator"]:
         assert set(a) >= {"threshold", "mean_clicks", "mean_iou"} and a["mean_clicks"] >= 0
+        assert a["clicks_per_human_vertex"] == pytest.approx(2 * a["mean_clicks"] / 7)
     assert set(r["noc"]) == {"85", "90"} and all(0 <= v <= 3 for v in r["noc"].values())
     assert len(r["curve"]["mean_iou"]) == 4
     assert r["curve"]["mean_iou"][0] == pytest.approx(r["automatic"]["mean_iou"])
@@ -136,7 +140,7 @@ def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start
     assert r["meta"]["settings"]["start"] == start and "chessboard" in r["meta"]["settings"]["matching"]
     assert r["timing_ms_per_instance"]["model"] > 0
     md = (out / "report.md").read_text()
-    assert "## Automatic mode" in md and "| T (cells) |" in md and "NoC" in md
+    assert "## Automatic mode" in md and "| T (cells) |" in md and "NoC" in md and "/ human vertex" in md
     assert f"{100 * r['automatic']['mean_iou']:.1f}" in md
     assert Image.open(out / "iou_vs_corrections.png").size[0] > 100
     assert len((out / "instances.jsonl").read_text().splitlines()) == 2

@@ -135,6 +135,33 @@ def test_static_part_is_computed_once():
     assert len(calls) == 1
 
 
+def test_rollout_feeds_the_decoders_own_vertices_where_the_annotator_would_accept_them():
+    torch.manual_seed(0)
+    d = 6
+    dec = PolygonDecoder(feat_channels=4, hidden=2, grid_size=d)
+    static = dec.prepare(torch.randn(2, 4, d, d))
+    tokens = torch.tensor([[7, 9, 21, 19, 36, -1], [1, 4, 28, 25, 12, 36]])
+    forced = dec(static, tokens)
+    # T = 0 accepts only a guess equal to the target: the same inputs as teacher forcing
+    torch.testing.assert_close(dec(static, tokens, rollout=0), forced)
+    torch.testing.assert_close(dec(static, tokens, rollout=d, rollout_fraction=0.0), forced)
+    # T = d accepts every guess: the decoder runs greedily on its own unvisited cells
+    own = dec(static, tokens, rollout=d)
+    for b in range(2):
+        n = int((tokens[b] >= 0).sum())  # tokens incl. the end token
+        seq, state = [int(tokens[b, 0])], dec.init_state(1, static[b : b + 1])
+        for k in range(1, n):
+            prev2 = torch.tensor([seq[-2] if len(seq) >= 2 else -1])
+            logits, state = dec.step(
+                static[b : b + 1], torch.tensor([seq[-1]]), prev2, tokens[b : b + 1, 0], state
+            )
+            torch.testing.assert_close(own[b, k - 1], logits[0])
+            masked = logits[0, :-1].clone()
+            masked[seq] = float("-inf")
+            seq.append(int(masked.argmax()))
+    assert not torch.allclose(own, forced)
+
+
 def _overfit(steps=150):
     torch.manual_seed(0)
     model = build_model("tiny")

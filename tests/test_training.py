@@ -71,6 +71,15 @@ def test_resume_continues_exactly(labelme_dir, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
 
 
+def test_rollout_training_reads_its_own_vertices(labelme_dir, tmp_path):
+    forced = run_training(_cfg(labelme_dir, tmp_path, "name=f", "epochs=1"), log=lambda *_: None)
+    own = run_training(_cfg(labelme_dir, tmp_path, "name=r", "epochs=1", "rollout=28", "rollout_fraction=1"),
+                       log=lambda *_: None)  # fmt: skip
+    assert "rollout: 28" in (own / "config.yaml").read_text()
+    a, b = (read_checkpoint(r / "weights" / "last.pt")["model"] for r in (forced, own))
+    assert not torch.equal(a["decoder.vertex_conv.weight"], b["decoder.vertex_conv.weight"])
+
+
 def test_existing_run_needs_resume(labelme_dir, tmp_path):
     run_training(_cfg(labelme_dir, tmp_path, "name=x", "epochs=1"), log=lambda *_: None)
     with pytest.raises(TrainingError, match="--resume"):

@@ -106,29 +106,51 @@ class PolygonDecoder(nn.Module):
             new_state.append(s)
         return self.head(h), new_state
 
-    def forward(self, static: torch.Tensor, tokens: torch.Tensor, tbptt: int = 0) -> torch.Tensor:
-        """Teacher forcing.
+    def forward(self, static: torch.Tensor, tokens: torch.Tensor, tbptt: int = 0, rollout: int = -1,
+                rollout_fraction: float = 1.0) -> torch.Tensor:  # fmt: skip
+        """Teacher forcing, or (``rollout`` >= 0) the simulated annotator's rollout.
 
         Args:
             static: (B, G*hidden, D, D) from :meth:`prepare`.
             tokens: (B, T) target tokens, y(1) first; padding after the end token is ignored by the loss.
             tbptt: when > 0, gradients through the recurrent state are cut every ``tbptt`` steps
                 (truncated back-propagation through time, for long polygons).
+            rollout: when >= 0, for a random ``rollout_fraction`` of the polygons the next step reads the
+                decoder's own greedy vertex (unvisited cells only) wherever it lies within ``rollout``
+                cells (chessboard) of the target, and the target elsewhere: the inputs the annotator-in-the-
+                loop protocol at T = ``rollout`` gives it (Polygon-RNN++'s remedy for exposure bias). The
+                targets stay ``tokens``.
+            rollout_fraction: see ``rollout``.
 
         Returns:
-            (B, T-1, D*D + 1) logits; step k predicts tokens[:, k] from tokens[:, :k].
+            (B, T-1, D*D + 1) logits; step k predicts tokens[:, k] from the k inputs before it.
         """
         b, t = tokens.shape
+        d = self.grid_size
         state = self.init_state(b, static)
         none = tokens.new_full((b,), -1)
         first = tokens[:, 0]
+        prev, prev2 = first, none
+        if rollout >= 0:
+            own = torch.rand(b, device=tokens.device) < rollout_fraction  # (B,) polygons rolled out
+            used = torch.zeros(b, self.eos, dtype=torch.bool, device=tokens.device)
+            rows = torch.arange(b, device=tokens.device)
+            used[rows, first.clamp(0, self.eos - 1)] = (first >= 0) & (first < self.eos)
         out = []
         for k in range(1, t):
             if tbptt > 0 and k > 1 and (k - 1) % tbptt == 0:
                 state = [(h.detach(), c.detach()) for h, c in state]
-            prev2 = tokens[:, k - 2] if k >= 2 else none
-            logits, state = self.step(static, tokens[:, k - 1], prev2, first, state)
+            logits, state = self.step(static, prev, prev2, first, state)
             out.append(logits)
+            nxt = tokens[:, k]
+            if rollout >= 0:
+                with torch.no_grad():
+                    guess = logits[:, :-1].masked_fill(used, float("-inf")).argmax(1)
+                    cell = (nxt >= 0) & (nxt < self.eos)
+                    far = torch.maximum((guess % d - nxt % d).abs(), (guess // d - nxt // d).abs())
+                    nxt = torch.where(own & cell & (far <= rollout), guess, nxt)
+                    used[rows, nxt.clamp(0, self.eos - 1)] |= cell
+            prev2, prev = prev, nxt
         return torch.stack(out, dim=1)
 
 

@@ -80,21 +80,24 @@ class PolygonRNN(nn.Module):
         return torch.cat([features, F.pixel_unshuffle(prob, prob.shape[-1] // self.grid_size)], dim=1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor | None = None,
-                tbptt: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
-        """Teacher-forced pass.
+                tbptt: int = 0, rollout: int = -1, rollout_fraction: float = 1.0) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Teacher-forced pass (or the annotator's rollout: see :meth:`PolygonDecoder.forward`).
 
         Args:
             images: (B, 3, 224, 224) crops (ignored when ``features`` is given).
             tokens: (B, T) padded target tokens (-1 after the end token).
             features: optional precomputed (B, C, D, D) encoder features (without the mask prior).
             tbptt: truncated back-propagation every ``tbptt`` decoder steps (0 = full).
+            rollout, rollout_fraction: train on the decoder's own vertices within ``rollout`` cells of the
+                target (-1 = teacher forcing).
 
         Returns:
             ``step_logits`` (B, T-1, D*D+1), ``boundary_logits`` and ``vertex_logits`` (B, D, D).
         """
         feats = self.with_prior(self.encoder(images) if features is None else features)
         boundary, vertex = self.first_vertex(feats)
-        step_logits = self.decoder(self.decoder.prepare(feats), tokens.clamp(min=-1), tbptt=tbptt)
+        step_logits = self.decoder(self.decoder.prepare(feats), tokens.clamp(min=-1), tbptt=tbptt,
+                                   rollout=rollout, rollout_fraction=rollout_fraction)  # fmt: skip
         return {"step_logits": step_logits, "boundary_logits": boundary, "vertex_logits": vertex}
 
     # --- inference ---------------------------------------------------------------------------------
