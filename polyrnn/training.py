@@ -77,8 +77,8 @@ def _forward(model: Model, batch: dict[str, torch.Tensor], tbptt: int = 0,
 def train_one_epoch(model: Model, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: Loss,
                     *, epoch: int, device: torch.device, clip_grad: float, tbptt: int = 0, rollout: int = -1,
                     rollout_fraction: float = 1.0) -> dict[str, float]:  # fmt: skip
-    """One pass over ``loader`` (``rollout``: see :meth:`PolygonDecoder.forward`); returns mean losses (``loss`` and its parts), instances and seconds.
-    Raises :class:`TrainingError` on a non-finite loss."""
+    """One pass over ``loader`` (``rollout``: see :meth:`PolygonDecoder.forward`); returns mean losses
+    (``loss`` and its parts), instances and seconds. Raises :class:`TrainingError` on a non-finite loss."""
     model.train()
     sums: dict[str, float] = {}
     n = 0

@@ -94,9 +94,9 @@ def crop_tensor(crop: CropBox, image: np.ndarray) -> tuple[np.ndarray, torch.Ten
     return pixels, torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float()
 
 
-def human_vertices(inst: Instance) -> int:
-    """Vertices of the human-drawn polygon (its largest part; a repeated closing vertex not counted)."""
-    p = np.asarray(inst.largest_polygon(), dtype=np.float64).reshape(-1, 2)
+def human_vertices(polygon: np.ndarray) -> int:
+    """Vertices of a human-drawn (N, 2) polygon, a repeated closing vertex not counted."""
+    p = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
     return len(p) - int(len(p) > 1 and bool(np.array_equal(p[0], p[-1])))
 
 
@@ -132,7 +132,8 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
     d = model.grid_size
     crop = CropBox.around(inst.box, context=options.context, crop_size=model.crop_size, grid_size=d)
     gt_mask, ignore = inst.mask(), inst.ignore_mask()
-    gt_tokens = [int(t) for t in polygon_to_tokens(inst.largest_polygon(), crop, max_len=model.max_len)[:-1]]
+    gt_poly = inst.largest_polygon()
+    gt_tokens = [int(t) for t in polygon_to_tokens(gt_poly, crop, max_len=model.max_len)[:-1]]
 
     def iou_of(polys: list[np.ndarray]) -> float:
         return mask_iou(rasterize(polys, inst.height, inst.width), gt_mask, ignore)
@@ -144,7 +145,7 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
     feats: torch.Tensor | None = None
     # the grid ceiling: the quantised ground truth itself (as polyrnn.data.ceiling, on this crop)
     res = InstanceResult(class_name=inst.class_name, automatic=math.nan, ceiling=grid_iou(gt_tokens),
-                         gt_vertices=len(gt_tokens), human_vertices=human_vertices(inst))  # fmt: skip
+                         gt_vertices=len(gt_tokens), human_vertices=human_vertices(gt_poly))  # fmt: skip
 
     # the mask model: its polygon is a baseline and, with start "mask", the automatic polygon
     mask_poly: np.ndarray | None = None
