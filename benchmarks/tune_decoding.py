@@ -38,7 +38,9 @@ def outline_gap(mask_model: MaskNet, instances: list[Instance], *, flip: bool, t
     mask_model.eval()
     with torch.inference_mode():
         for inst in instances:
-            crop = CropBox.around(inst.box, context=0.15, crop_size=mask_model.crop_size, grid_size=d)
+            crop = CropBox.around(
+                inst.box, context=EvalOptions.context, crop_size=mask_model.crop_size, grid_size=d
+            )
             _, x = crop_tensor(crop, load_image(inst.image_path))
             gt = polygon_to_tokens(inst.largest_polygon(), crop)[:-1]
             poly = mask_polygon(mask_model.predict_masks(x, flip=flip)[0].numpy(), crop, tolerance=tolerance)
