@@ -42,8 +42,12 @@ def main() -> None:
     while not server.started:
         time.sleep(0.05)
 
-    boxes = {"astronaut.png": (150, 20, 370, 250), "chelsea.png": (60, 10, 330, 290),
-             "coffee.png": (140, 20, 480, 280), "motorcycle_left.png": (20, 60, 620, 420)}  # fmt: skip
+    boxes = {
+        "astronaut.png": (150, 20, 370, 250),
+        "chelsea.png": (60, 10, 330, 290),
+        "coffee.png": (140, 20, 480, 280),
+        "motorcycle_left.png": (20, 60, 620, 420),
+    }
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -96,8 +100,10 @@ def main() -> None:
     def q(a: list[float], f: float) -> float:
         return sorted(a)[min(len(a) - 1, int(f * len(a)))]
 
-    print(f"corrections: {len(corr)}; round trip in the browser median {statistics.median(corr):.1f} ms, "
-          f"p90 {q(corr, 0.9):.1f} ms, max {max(corr):.1f} ms (server part median {statistics.median(srv):.1f} ms)")  # fmt: skip
+    print(
+        f"corrections: {len(corr)}; round trip in the browser median {statistics.median(corr):.1f} ms, "
+        f"p90 {q(corr, 0.9):.1f} ms, max {max(corr):.1f} ms (server part median {statistics.median(srv):.1f} ms)"
+    )
     print(f"box -> polygon: {len(pred)}; median {statistics.median(pred):.1f} ms, max {max(pred):.1f} ms")
 
 

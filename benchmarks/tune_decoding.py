@@ -29,8 +29,9 @@ from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.training import load_instances
 
 
-def outline_gap(mask_model: MaskNet, instances: list[Instance], *, flip: bool, tolerance: float,
-                grid_size: int) -> tuple[int, int]:  # fmt: skip
+def outline_gap(
+    mask_model: MaskNet, instances: list[Instance], *, flip: bool, tolerance: float, grid_size: int
+) -> tuple[int, int]:
     """(ground-truth grid vertices farther than one cell, Euclidean, from the mask polygon's grid outline,
     all ground-truth grid vertices): the corrections a perfect vertex placement along the mask's outline
     would still need at T = 1, at most."""
@@ -63,9 +64,13 @@ def saw_held_out(weights: Path, cfg: TrainConfig) -> str:
     if not train:
         return "its checkpoint does not record how it was trained"
     d = train.get("data", {})
-    same = (tuple(d.get("train", ())) == cfg.data.train and not d.get("val")
-            and d.get("val_split") == cfg.data.val_split and d.get("min_size") == cfg.data.min_size
-            and train.get("seed") == cfg.seed)  # fmt: skip
+    same = (
+        tuple(d.get("train", ())) == cfg.data.train
+        and not d.get("val")
+        and d.get("val_split") == cfg.data.val_split
+        and d.get("min_size") == cfg.data.min_size
+        and train.get("seed") == cfg.seed
+    )
     return "" if same else f"it was trained on {list(d.get('train', []))} without this held-out split"
 
 
@@ -85,8 +90,11 @@ def main() -> None:
     ap.add_argument("--start", default="mask", help="automatic polygon: mask (the mask model's) | rnn, list")
     ap.add_argument("--curve", type=int, default=-1, help="clicks-to-quality corrections (-1 = skip)")
     ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--outline-gap", action="store_true",
-                    help="only count the ground-truth vertices more than one cell off the mask's outline")  # fmt: skip
+    ap.add_argument(
+        "--outline-gap",
+        action="store_true",
+        help="only count the ground-truth vertices more than one cell off the mask's outline",
+    )
     args = ap.parse_args()
 
     cfg = load_train_config(args.recipe, [])
@@ -101,22 +109,35 @@ def main() -> None:
     mask_model = load_mask_model(args.mask_weights or default_weights("lite-mask"))
     print(f"{len(held)} held-out training instances (recipe {args.recipe}, val_split {cfg.data.val_split})")
     if args.outline_gap:
-        far, n = outline_gap(mask_model, held, flip=bool(int(args.flip.split(",")[0])),
-                             tolerance=float(args.tolerance.split(",")[0]), grid_size=model.grid_size)  # fmt: skip
+        far, n = outline_gap(
+            mask_model,
+            held,
+            flip=bool(int(args.flip.split(",")[0])),
+            tolerance=float(args.tolerance.split(",")[0]),
+            grid_size=model.grid_size,
+        )
         print(
             f"ground-truth vertices more than 1 cell off the mask's outline: {far}/{n} = {far / max(n, 1):.3f}"
         )
         return
     thresholds = tuple(int(t) for t in args.thresholds.split(","))
-    grid = itertools.product([float(v) for v in args.tolerance.split(",")],
-                             [int(v) for v in args.rejoin.split(",")],
-                             [bool(int(v)) for v in args.flip.split(",")],
-                             [float(v) for v in args.eos.split(",")],
-                             args.start.split(","))  # fmt: skip
+    grid = itertools.product(
+        [float(v) for v in args.tolerance.split(",")],
+        [int(v) for v in args.rejoin.split(",")],
+        [bool(int(v)) for v in args.flip.split(",")],
+        [float(v) for v in args.eos.split(",")],
+        args.start.split(","),
+    )
     base = EvalOptions(thresholds=thresholds, baselines=("box",), max_corrections=args.curve)
     for tol, rejoin, flip, eos, start in grid:
-        options = replace(base, mask_tolerance=tol, rejoin=rejoin if rejoin >= 0 else None, mask_flip=flip,
-                          eos_threshold=eos, start=start)  # fmt: skip
+        options = replace(
+            base,
+            mask_tolerance=tol,
+            rejoin=rejoin if rejoin >= 0 else None,
+            mask_flip=flip,
+            eos_threshold=eos,
+            start=start,
+        )
         t0 = time.perf_counter()
         res = evaluate_dataset(model, held, options, mask_model=mask_model)
         auto = 100 * np.mean([r.automatic for r in res])

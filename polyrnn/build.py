@@ -6,6 +6,7 @@ checkpoints add optimiser state etc.); they are loaded strictly with ``weights_o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ VARIANTS: dict[str, ModelConfig] = {
         hidden=8,
         first_vertex_hidden=8,
         max_len=40,
-    ),  # fmt: skip
+    ),
     # the CPU default: EfficientNet-Lite0 (ImageNet) with the paper's decoder
     "lite": ModelConfig(encoder="efficientnet_lite0", tap_channels=64, feat_channels=128),
     # the paper: VGG-16 taps, 128-channel fused features, fully connected output
@@ -47,7 +48,7 @@ VARIANTS: dict[str, ModelConfig] = {
     "lite-mask": ModelConfig(encoder="efficientnet_lite0", tap_channels=64, feat_channels=128, kind="mask"),
     "tiny-mask": ModelConfig(
         encoder="tiny", pretrained=False, tap_channels=8, feat_channels=16, kind="mask", mask_size=56
-    ),  # fmt: skip
+    ),
 }
 
 # Lite0 expects inputs scaled as (x - 127) / 128: mean 127/255, std 128/255 in the Encoder's 0..1 terms.
@@ -55,6 +56,41 @@ LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 
 CHECKPOINT_FORMAT = "polyrnn"
+
+
+@dataclass(frozen=True)
+class WeightRecord:
+    """Weights that ship inside the package, described as data (torchvision's habit).
+
+    Attributes:
+        variant: the architecture (a key of :data:`VARIANTS`).
+        file: the file under ``polyrnn/weights/`` (its sha256 is in ``SHA256SUMS``).
+        automatic: the shipped mask model whose polygon is the automatic start when these polygon weights
+            are used (None: the polygon model's own decoder starts). Chosen by measurement on held-out
+            training images (``docs/evaluation.md``).
+        command: how the weights were made.
+    """
+
+    variant: str
+    file: str
+    automatic: str | None
+    command: str
+
+
+SHIPPED: dict[str, WeightRecord] = {
+    "lite": WeightRecord(
+        variant="lite",
+        file="lite.pt",
+        automatic="lite-mask",
+        command="polyrnn train --config lite (last epoch, 30), then build.ship_weights(..., 'lite')",
+    ),
+    "lite-mask": WeightRecord(
+        variant="lite-mask",
+        file="lite-mask.pt",
+        automatic=None,
+        command="polyrnn train --config lite-mask-ft (best epoch, 11), then build.ship_weights(..., 'lite-mask')",
+    ),
+}
 
 
 class CheckpointError(ValueError):
@@ -72,7 +108,7 @@ def default_weights(variant: str) -> Path:
     """The weights shipped inside the package for a variant, their sha256 checked against
     ``weights/SHA256SUMS`` (once per process); :class:`CheckpointError` when there are none or they
     do not match."""
-    path = WEIGHTS_DIR / f"{variant}.pt"
+    path = WEIGHTS_DIR / (SHIPPED[variant].file if variant in SHIPPED else f"{variant}.pt")
     if not path.is_file():
         raise CheckpointError(
             f"no trained weights ship for variant '{variant}' ({path}); pass --weights / weights=PATH"
@@ -133,12 +169,19 @@ def build_encoder(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) 
         if vgg16_weights is not None:
             vgg.load_torchvision(vgg16_weights)
         backbone, mean, std = vgg, IMAGENET_MEAN, IMAGENET_STD
-    return Encoder(backbone=backbone, tap_channels=list(backbone.channels), fused_tap=cfg.tap_channels,
-                   out_channels=cfg.feat_channels, grid_size=cfg.grid_size, mean=mean, std=std)  # fmt: skip
+    return Encoder(
+        backbone=backbone,
+        tap_channels=list(backbone.channels),
+        fused_tap=cfg.tap_channels,
+        out_channels=cfg.feat_channels,
+        grid_size=cfg.grid_size,
+        mean=mean,
+        std=std,
+    )
 
 
 def build_mask_head(cfg: ModelConfig) -> MaskHead:
-    """The mask head of ``cfg`` (a mask model's, or a polygon model's mask prior): features -> mask_size."""
+    """The mask head of a mask model's ``cfg``: features -> (mask_size, mask_size) logits."""
     ups = (cfg.mask_size // cfg.grid_size).bit_length() - 1
     return MaskHead(in_channels=cfg.feat_channels, ups=ups, hidden=max(cfg.feat_channels // 2, 16))
 
@@ -151,14 +194,11 @@ def build_from_config(cfg: ModelConfig, *, vgg16_weights: str | Path | None = No
         return MaskNet(
             encoder=encoder, head=build_mask_head(cfg), crop_size=cfg.crop_size, grid_size=cfg.grid_size
         )
-    prior = build_mask_head(cfg) if cfg.mask_prior else None
-    channels = cfg.feat_channels + (cfg.mask_size // cfg.grid_size) ** 2 * cfg.mask_prior
     return PolygonRNN(
         encoder=encoder,
-        first_vertex=FirstVertex(in_channels=channels, hidden=cfg.first_vertex_hidden),
-        mask_prior=prior,
+        first_vertex=FirstVertex(in_channels=cfg.feat_channels, hidden=cfg.first_vertex_hidden),
         decoder=PolygonDecoder(
-            feat_channels=channels,
+            feat_channels=cfg.feat_channels,
             hidden=cfg.hidden,
             layers=cfg.layers,
             kernel=cfg.kernel,
@@ -166,7 +206,7 @@ def build_from_config(cfg: ModelConfig, *, vgg16_weights: str | Path | None = No
             cell=cfg.cell,
             peephole=cfg.peephole,
             head=cfg.head,
-        ),  # fmt: skip
+        ),
         max_len=cfg.max_len,
         crop_size=cfg.crop_size,
     )
@@ -272,6 +312,43 @@ def load_polygon_model(weights: str | Path | None = None, variant: str = "lite")
     return polygon_model(model, str(path)), path
 
 
+@dataclass
+class Models:
+    """A polygon model and the mask model paired with it (None: none), with the files they came from."""
+
+    polygon: PolygonRNN
+    polygon_path: Path
+    mask: MaskNet | None = None
+    mask_path: Path | None = None
+
+
+NO_MASK = "none"
+
+
+def load_models(
+    weights: str | Path | None = None, mask_weights: str | Path | None = None, *, variant: str = "lite"
+) -> Models:
+    """The one pairing rule every entry point uses (CLI ``predict``, ``evaluate``, ``serve``, the Python API).
+
+    - ``weights`` None: the shipped polygon weights of ``variant``, paired with the mask model its
+      :class:`WeightRecord` names (``automatic``).
+    - ``weights`` a file: that polygon model alone: your own checkpoint is what you get.
+    - ``mask_weights`` a file: that mask model gives the automatic polygon, whatever ``weights`` is;
+      ``"none"`` pairs no mask model, also with the shipped weights.
+
+    Raises :class:`CheckpointError` naming the file that cannot be used.
+    """
+    polygon, path = load_polygon_model(weights, variant)
+    mask_path: Path | None = None
+    if mask_weights is not None and str(mask_weights) != NO_MASK:
+        mask_path = Path(mask_weights)
+    elif mask_weights is None and weights is None and variant in SHIPPED:
+        paired = SHIPPED[variant].automatic
+        mask_path = default_weights(paired) if paired else None
+    mask = load_mask_model(mask_path) if mask_path is not None else None
+    return Models(polygon=polygon, polygon_path=path, mask=mask, mask_path=mask_path)
+
+
 def load_mask_model(weights: str | Path) -> MaskNet:
     """The mask model stored in ``weights`` (any architecture); :class:`CheckpointError` when the file
     holds a polygon model."""
@@ -281,21 +358,17 @@ def load_mask_model(weights: str | Path) -> MaskNet:
     return model
 
 
-def shares_encoder(a: Model, b: Model) -> bool:
-    """True when the ``encoder`` of ``a`` and ``b`` hold the same weights (a polygon model trained on a mask
-    model's frozen encoder): one encoding then serves both."""
-    sa, sb = a.encoder.state_dict(), b.encoder.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].shape == sb[k].shape and torch.equal(sa[k].float(), sb[k].float()) for k in sa
-    )
-
-
 def checkpoint_dict(model: torch.nn.Module, cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
     """A self-describing checkpoint holding the unwrapped model and its config."""
     from polyrnn import __version__
 
-    return {"format": CHECKPOINT_FORMAT, "version": __version__, "model_config": cfg.to_dict(),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}  # fmt: skip
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": __version__,
+        "model_config": cfg.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
 
 
 def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:

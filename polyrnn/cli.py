@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from polyrnn.config import MASK_FLIP, REJOIN
 from polyrnn.data import FORMATS, DataError, load_dataset
+from polyrnn.runtime import THREADS_ENV, set_threads
+
+if TYPE_CHECKING:
+    from polyrnn.evaluation.evaluate import EvalOptions
 
 
 class CLIError(Exception):
@@ -21,8 +28,13 @@ def _add_dataset_args(p: argparse.ArgumentParser, *, min_size_default: float = 0
         "dataset", help="dataset path: COCO JSON or folder, YOLO root, LabelMe / Cityscapes / mask folder"
     )
     p.add_argument("--format", choices=FORMATS, default=None, help="dataset format (detected when omitted)")
-    p.add_argument("--min-size", type=float, default=min_size_default, metavar="PX",
-                   help="keep instances whose box's longer side is at least PX pixels")  # fmt: skip
+    p.add_argument(
+        "--min-size",
+        type=float,
+        default=min_size_default,
+        metavar="PX",
+        help="keep instances whose box's longer side is at least PX pixels",
+    )
     p.add_argument("--classes", default=None, help="comma-separated class names to keep")
     p.add_argument("--include-crowd", action="store_true", help="keep crowd regions (skipped by default)")
 
@@ -64,11 +76,23 @@ def cmd_data_ceiling(args: argparse.Namespace) -> int:
         str(d): ceiling(ds.instances, grid_size=d, context=args.context, max_len=args.max_len) for d in sizes
     }
     if args.json:
-        print(json.dumps({"dataset": args.dataset, "instances": len(ds), "context": args.context,
-                          "max_len": args.max_len, "mean_iou": rows}, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "dataset": args.dataset,
+                    "instances": len(ds),
+                    "context": args.context,
+                    "max_len": args.max_len,
+                    "mean_iou": rows,
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"quantisation ceiling on {args.dataset}: {len(ds)} instances, largest part, "
-              f"{args.context:.0%} context, max {args.max_len} vertices")  # fmt: skip
+        print(
+            f"quantisation ceiling on {args.dataset}: {len(ds)} instances, largest part, "
+            f"{args.context:.0%} context, max {args.max_len} vertices"
+        )
         for d, v in rows.items():
             print(f"  D = {d:>4}: mean IoU {100 * v:.2f} %")
     return 0
@@ -85,14 +109,49 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
     return vals  # type: ignore[return-value]
 
 
+def _image_size(path: str) -> tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding it: the cheap check before a
+    model loads."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{path}: no such image file")
+    try:
+        with Image.open(p) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise CLIError(f"{path}: not a readable image ({e})") from e
+
+
+def _check_weights(*paths: str | None) -> None:
+    for path in paths:
+        if path is not None and path != "none" and not Path(path).is_file():
+            raise CLIError(f"{path}: no such weights file")
+
+
+def _check_box_in_image(box: tuple[float, float, float, float], size: tuple[int, int]) -> None:
+    x1, y1, x2, y2 = box
+    w, h = size
+    if not all(math.isfinite(v) for v in box) or x2 <= x1 or y2 <= y1:
+        raise CLIError(f"--box {x1:g},{y1:g},{x2:g},{y2:g}: needs x2 > x1 and y2 > y1")
+    if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
+        raise CLIError(f"--box {x1:g},{y1:g},{x2:g},{y2:g} lies outside the {w}x{h} image")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    # cheap checks first: the model loads in seconds, a typo should not wait for it
+    box = _parse_box(args.box)
+    _check_box_in_image(box, _image_size(args.image))
+    _check_weights(args.weights, args.mask_weights)
     from polyrnn.build import CheckpointError
     from polyrnn.data import load_image
     from polyrnn.predictor import PolygonPredictor
 
-    box = _parse_box(args.box)
     try:
-        pred = PolygonPredictor.from_weights(args.weights, variant=args.variant, beam_width=args.beam)
+        pred = PolygonPredictor.from_weights(
+            args.weights, variant=args.variant, mask_weights=args.mask_weights
+        )
     except CheckpointError as e:
         raise CLIError(str(e)) from e
     pred.set_image(load_image(args.image))
@@ -100,23 +159,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
         p = pred.predict(box)
     except ValueError as e:
         raise CLIError(str(e)) from e
+    polygon = [[round(float(x), 2), round(float(y), 2)] for x, y in p.vertices]
     if args.json:
-        print(json.dumps({"image": str(args.image), "box": list(box),
-                          "polygon": [[round(float(x), 2), round(float(y), 2)] for x, y in p.vertices],
-                          "probs": [round(float(v), 4) for v in p.probs]}))  # fmt: skip
-    else:
-        print(f"{len(p.vertices)} vertices (x, y image pixels; probability):")
-        for (x, y), pr in zip(p.vertices, p.probs, strict=True):
-            print(f"  {x:8.2f} {y:8.2f}  {pr:.3f}")
+        out: dict[str, object] = {
+            "image": str(args.image),
+            "box": list(box),
+            "source": p.source,
+            "polygon": polygon,
+        }
+        if p.source == "rnn":  # the mask's outline has no per-vertex probability
+            out["probs"] = [round(float(v), 4) for v in p.probs]
+        print(json.dumps(out))
+        return 0
+    origin = "the mask model's outline" if p.source == "mask" else "recurrent decoder; probability per vertex"
+    print(f"{len(p.vertices)} vertices (x, y image pixels; {origin}):")
+    for k, (x, y) in enumerate(p.vertices):
+        print(f"  {x:8.2f} {y:8.2f}" + (f"  {p.probs[k]:.3f}" if p.source == "rnn" else ""))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from polyrnn.bench import format_bench, run_bench
 
-    r = run_bench(
-        args.variant, repeats=args.repeats, steps=args.steps, threads=args.threads, weights=args.weights
-    )
+    _check_weights(args.weights, args.mask_weights)
+    from polyrnn.build import CheckpointError
+
+    try:
+        r = run_bench(
+            args.variant,
+            repeats=args.repeats,
+            steps=args.steps,
+            weights=args.weights,
+            mask_weights=args.mask_weights,
+            train=not args.no_train,
+        )
+    except CheckpointError as e:
+        raise CLIError(str(e)) from e
     print(json.dumps(r, indent=2) if args.json else format_bench(r))
     return 0
 
@@ -126,8 +204,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from polyrnn.training import TrainingError, run_training
 
     overrides = list(args.overrides)
-    for key, value in (("out", args.out), ("name", args.name), ("device", args.device), ("workers", args.workers),
-                       ("epochs", args.epochs)):  # fmt: skip
+    for key, value in (
+        ("out", args.out),
+        ("name", args.name),
+        ("device", args.device),
+        ("workers", args.workers),
+        ("epochs", args.epochs),
+    ):
         if value is not None:
             overrides.append(f"{key}={value}")
     try:
@@ -157,63 +240,87 @@ def _next_run_dir(parent: Path, name: str = "exp") -> Path:
     return parent / (name if k == 1 else f"{name}{k}")
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from polyrnn.build import CheckpointError, default_weights, load_mask_model, load_polygon_model
-    from polyrnn.evaluation.evaluate import (
-        BASELINES,
-        EvalOptions,
-        build_meta,
-        evaluate_dataset,
-        summarize_results,
-        write_report,
-    )
+def _eval_options(args: argparse.Namespace, start: str) -> EvalOptions:
+    from polyrnn.evaluation.evaluate import BASELINES, EvalOptions
 
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     bad = [b for b in baselines if b not in BASELINES]
     if bad:
         raise CLIError(f"--baselines: unknown {bad} (choose from {', '.join(BASELINES)})")
-    try:
-        model, weights = load_polygon_model(args.weights, "lite")
-        mask_weights: Path | None = Path(args.mask_weights) if args.mask_weights else None
-        if mask_weights is None and (args.start == "mask" or "mask" in baselines or args.start == "auto"):
-            try:
-                mask_weights = default_weights("lite-mask")
-            except CheckpointError:
-                if args.start == "mask" or "mask" in baselines:
-                    raise
-        mask_model = load_mask_model(mask_weights).eval() if mask_weights is not None else None
-    except CheckpointError as e:
-        raise CLIError(str(e)) from e
-    start = args.start if args.start != "auto" else ("mask" if mask_model is not None else "rnn")
-    if start == "mask" and mask_model is None:
-        raise CLIError("--start mask needs a mask model (--mask-weights)")
-    options = EvalOptions(thresholds=_int_list(args.thresholds, "--thresholds"), noc=_int_list(args.noc, "--noc"),
-                          baselines=baselines, max_corrections=args.max_corrections, start=start,
-                          eos_threshold=args.eos_threshold, rejoin=args.rejoin if args.rejoin >= 0 else None,
-                          mask_flip=args.mask_flip)  # fmt: skip
+    return EvalOptions(
+        thresholds=_int_list(args.thresholds, "--thresholds"),
+        noc=_int_list(args.noc, "--noc"),
+        baselines=baselines,
+        max_corrections=args.max_corrections,
+        start=start,
+        eos_threshold=args.eos_threshold,
+        rejoin=args.rejoin if args.rejoin >= 0 else None,
+        mask_flip=args.mask_flip,
+    )
+
+
+def _print_eval_summary(report: dict[str, Any], paths: list[Path]) -> None:
+    a = report["automatic"]
+    print(
+        f"automatic: mean IoU {100 * a['mean_iou']:.1f}, class-mean {100 * a['class_mean_iou']:.1f} "
+        f"(grid ceiling {100 * report['ceiling']['mean_iou']:.1f})"
+    )
+    for name, b in report["baselines"].items():
+        print(f"baseline {name}: mean IoU {100 * b['mean_iou']:.1f}")
+    for row in report["annotator"]:
+        print(
+            f"T={row['threshold']}: {row['mean_clicks']:.2f} corrections ({row['clicks_per_gt_vertex']:.2f} per "
+            f"GT vertex, {row['clicks_per_human_vertex']:.2f} per human vertex), mean IoU {100 * row['mean_iou']:.1f}"
+        )
+    print("NoC: " + ", ".join(f"@{k} {v:.2f}" for k, v in report["noc"].items()))
+    print("report: " + ", ".join(str(p) for p in paths))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from polyrnn.build import CheckpointError, load_models
+    from polyrnn.evaluation.evaluate import build_meta, evaluate_dataset, summarize_results, write_report
+
+    _eval_options(args, "rnn")  # option errors before anything loads
+    _check_weights(args.weights, args.mask_weights)
     ds = _load(args)
     instances = ds.instances[: args.limit] if args.limit else ds.instances
     if not instances:
         raise CLIError(f"{args.dataset}: no instances to evaluate (after --min-size / --classes)")
+    try:
+        models = load_models(args.weights, args.mask_weights)
+    except CheckpointError as e:
+        raise CLIError(str(e)) from e
+    if args.start == "mask" and models.mask is None:
+        raise CLIError("--start mask needs a mask model (--mask-weights)")
+    start = args.start if args.start != "auto" else ("mask" if models.mask is not None else "rnn")
+    options = _eval_options(args, start)
+    if "mask" in options.baselines and models.mask is None:
+        print(
+            "no mask model paired: the mask baseline is left out (--mask-weights adds one)", file=sys.stderr
+        )
+        options = replace(options, baselines=tuple(b for b in options.baselines if b != "mask"))
     out = Path(args.out) if args.out else _next_run_dir(Path("runs/evaluate"))
     print(f"evaluating {len(instances)} instances of {args.dataset} -> {out}", file=sys.stderr)
-    results = evaluate_dataset(model, instances, options, mask_model=mask_model,
-                               log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
-    report = {"meta": build_meta(weights=weights, mask_weights=mask_weights, dataset=str(args.dataset),
-                                 fmt=ds.format, min_size=args.min_size, limit=args.limit or 0,
-                                 instances=len(instances), options=options, command=["polyrnn", *sys.argv[1:]]),
-              **summarize_results(results, options)}  # fmt: skip
-    paths = write_report(report, out, results)
-    a = report["automatic"]
-    print(f"automatic: mean IoU {100 * a['mean_iou']:.1f}, class-mean {100 * a['class_mean_iou']:.1f} "
-          f"(grid ceiling {100 * report['ceiling']['mean_iou']:.1f})")  # fmt: skip
-    for name, b in report["baselines"].items():
-        print(f"baseline {name}: mean IoU {100 * b['mean_iou']:.1f}")
-    for row in report["annotator"]:
-        print(f"T={row['threshold']}: {row['mean_clicks']:.2f} corrections ({row['clicks_per_gt_vertex']:.2f} per GT "
-              f"vertex, {row['clicks_per_human_vertex']:.2f} per human vertex), mean IoU {100 * row['mean_iou']:.1f}")  # fmt: skip
-    print("NoC: " + ", ".join(f"@{k} {v:.2f}" for k, v in report["noc"].items()))
-    print("report: " + ", ".join(str(p) for p in paths))
+    results = evaluate_dataset(
+        models.polygon,
+        instances,
+        options,
+        mask_model=models.mask,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    meta = build_meta(
+        weights=models.polygon_path,
+        mask_weights=models.mask_path,
+        dataset=str(args.dataset),
+        fmt=ds.format,
+        min_size=args.min_size,
+        limit=args.limit or 0,
+        instances=len(instances),
+        options=options,
+        command=["polyrnn", *sys.argv[1:]],
+    )
+    report = {"meta": meta, **summarize_results(results, options)}
+    _print_eval_summary(report, write_report(report, out, results))
     return 0
 
 
@@ -272,22 +379,38 @@ def build_parser() -> argparse.ArgumentParser:
         prog="polyrnn",
         description="Polygon-RNN: trace an object's outline as a polygon from a box, and correct it vertex by vertex.",
     )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"CPU threads for torch (default 1, or ${THREADS_ENV}; 0 = all cores)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    data = sub.add_parser("data", help="inspect datasets: stats, show, ceiling")
+    data = sub.add_parser(parents=[common], name="data", help="inspect datasets: stats, show, ceiling")
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    p = dsub.add_parser("stats", help="images, instances, classes, vertex counts, what was skipped and why")
+    p = dsub.add_parser(
+        parents=[common],
+        name="stats",
+        help="images, instances, classes, vertex counts, what was skipped and why",
+    )
     _add_dataset_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data_stats)
-    p = dsub.add_parser("show", help="draw instance I's crop with its ground truth and grid polygon")
+    p = dsub.add_parser(
+        parents=[common], name="show", help="draw instance I's crop with its ground truth and grid polygon"
+    )
     _add_dataset_args(p)
     p.add_argument("--index", type=int, required=True, metavar="I")
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.add_argument("--context", type=float, default=0.15)
     p.add_argument("--grid-size", type=int, default=28)
     p.set_defaults(func=cmd_data_show)
-    p = dsub.add_parser("ceiling", help="IoU of the quantised ground truth: the grid's accuracy limit")
+    p = dsub.add_parser(
+        parents=[common], name="ceiling", help="IoU of the quantised ground truth: the grid's accuracy limit"
+    )
     _add_dataset_args(p, min_size_default=32.0)
     p.add_argument("--grid-sizes", default="28,56,112", help="comma-separated D values")
     p.add_argument("--context", type=float, default=0.15)
@@ -301,25 +424,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     data.set_defaults(func=data_help)
 
-    p = sub.add_parser("predict", help="trace one object in an image from its box")
+    p = sub.add_parser(parents=[common], name="predict", help="trace one object in an image from its box")
     p.add_argument("image", help="image file")
     p.add_argument("--box", required=True, help="x1,y1,x2,y2 in image pixels")
     p.add_argument("--weights", default=None, help="polyrnn checkpoint (default: the shipped model)")
     p.add_argument("--variant", default="lite", choices=["tiny", "lite", "vgg16"])
-    p.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    p.add_argument(
+        "--mask-weights",
+        default=None,
+        help="mask model for the automatic polygon (default: the one paired with the weights; none: no mask)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("bench", help="measure model speed on this machine")
+    p = sub.add_parser(parents=[common], name="bench", help="measure model speed on this machine")
     p.add_argument("--variant", default="lite", choices=["tiny", "lite", "vgg16"])
     p.add_argument("--weights", default=None)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--steps", type=int, default=20, help="vertices per automatic polygon")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument(
+        "--mask-weights", default=None, help="mask model (default: the one paired with the weights)"
+    )
+    p.add_argument("--no-train", action="store_true", help="skip the training-throughput measurement")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("train", help="train a model from a YAML recipe")
+    p = sub.add_parser(parents=[common], name="train", help="train a model from a YAML recipe")
     p.add_argument(
         "--config", required=True, help="YAML recipe: a path or a packaged name (tiny, lite, vgg16)"
     )
@@ -334,7 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in OUT/NAME from weights/last.pt")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="IoU, simulated annotator, NoC and baselines on a dataset -> report")
+    p = sub.add_parser(
+        parents=[common],
+        name="evaluate",
+        help="IoU, simulated annotator, NoC and baselines on a dataset -> report",
+    )
     p.add_argument("--dataset", required=True, help="dataset path (any supported format)")
     p.add_argument("--format", choices=FORMATS, default=None, help="dataset format (detected when omitted)")
     p.add_argument(
@@ -345,29 +479,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights", default=None, help="polygon model checkpoint (default: the shipped lite model)"
     )
-    p.add_argument("--mask-weights", default=None,
-                   help="mask model checkpoint (default: the shipped lite-mask model, when present)")  # fmt: skip
-    p.add_argument("--start", choices=["auto", "rnn", "mask"], default="auto",
-                   help="automatic polygon: the mask model's (auto when one is loaded) or the decoder's")  # fmt: skip
+    p.add_argument(
+        "--mask-weights",
+        default=None,
+        help="mask model checkpoint (default: the shipped lite-mask model, when present)",
+    )
+    p.add_argument(
+        "--start",
+        choices=["auto", "rnn", "mask"],
+        default="auto",
+        help="automatic polygon: the mask model's (auto when one is loaded) or the decoder's",
+    )
     p.add_argument("--out", default=None, help="report folder (default runs/evaluate/expN)")
     p.add_argument("--baselines", default="box,grabcut,mask", help="comma-separated: box, grabcut, mask")
     p.add_argument("--thresholds", default="1,2,3,4", help="simulated annotator thresholds T (grid cells)")
     p.add_argument("--noc", default="85,90", help="IoU levels (percent) for NoC")
     p.add_argument("--max-corrections", type=int, default=20)
     p.add_argument("--eos-threshold", type=float, default=0.5, help="stop when p(end) >= this")
-    p.add_argument("--rejoin", type=int, default=REJOIN, metavar="CELLS",
-                   help=f"after a correction, keep the old polygon once the re-prediction comes within CELLS "
-                        f"of it (default {REJOIN}, as the editor; -1: re-predict everything, the paper)")  # fmt: skip
-    p.add_argument("--mask-flip", action=argparse.BooleanOptionalAction, default=MASK_FLIP,
-                   help="average the mask with its mirrored crop's (default: on, as the editor)")  # fmt: skip
+    p.add_argument(
+        "--rejoin",
+        type=int,
+        default=REJOIN,
+        metavar="CELLS",
+        help=f"after a correction, keep the old polygon once the re-prediction comes within CELLS "
+        f"of it (default {REJOIN}, as the editor; -1: re-predict everything, the paper)",
+    )
+    p.add_argument(
+        "--mask-flip",
+        action=argparse.BooleanOptionalAction,
+        default=MASK_FLIP,
+        help="average the mask with its mirrored crop's (default: on, as the editor)",
+    )
     p.add_argument(
         "--limit", type=int, default=0, metavar="N", help="only the first N instances (quick looks)"
     )
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("serve", help="the annotation tool in the browser")
-    p.add_argument("image_dir", nargs="?", default=None,
-                   help="folder of images to annotate (default: a few demo photographs)")  # fmt: skip
+    p = sub.add_parser(parents=[common], name="serve", help="the annotation tool in the browser")
+    p.add_argument(
+        "image_dir",
+        nargs="?",
+        default=None,
+        help="folder of images to annotate (default: a few demo photographs)",
+    )
     p.add_argument("--weights", default=None, help="polygon model checkpoint (default: the shipped model)")
     p.add_argument(
         "--mask-weights", default=None, help="mask model for the automatic polygon (default: shipped)"
@@ -380,7 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="convert a folder of LabelMe annotations to COCO, YOLO or LabelMe")
+    p = sub.add_parser(
+        parents=[common],
+        name="export",
+        help="convert a folder of LabelMe annotations to COCO, YOLO or LabelMe",
+    )
     p.add_argument("folder", help="folder of LabelMe JSON files (what polyrnn serve saves)")
     p.add_argument("--to", required=True, choices=["coco", "yolo", "labelme"])
     p.add_argument("out", help="output folder")
@@ -395,8 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        set_threads(getattr(args, "threads", None))
         return int(args.func(args))
-    except (DataError, CLIError, FileNotFoundError) as e:
+    except (DataError, CLIError, FileNotFoundError, ValueError) as e:
         print(f"polyrnn: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like

@@ -32,11 +32,7 @@ class ModelConfig:
     first_vertex_hidden: int = 32  # channels of the first-vertex heads
     max_len: int = 70  # vertex cap when decoding (the paper used about 70)
     kind: str = "polygon"  # "polygon" (Polygon-RNN) | "mask" (the mask baseline: encoder + mask head)
-    mask_size: int = 112  # mask head output side (kind "mask", or the mask prior): grid_size * 2**k
-    # polygon model: the first-vertex branch and the decoder also see a frozen mask head's prediction (its
-    # mask_size mask as (mask_size / grid_size)**2 sub-cell channels per grid cell), taken with init_encoder
-    # from a mask checkpoint
-    mask_prior: bool = False
+    mask_size: int = 112  # mask head output side (kind "mask"): grid_size * 2**k
 
     def __post_init__(self) -> None:
         checks = {
@@ -49,7 +45,6 @@ class ModelConfig:
             "kernel": self.kernel % 2 == 1,
             "max_len": self.max_len >= 3,
             "kind": self.kind in ("polygon", "mask"),
-            "mask_prior": not (self.mask_prior and self.kind == "mask"),
             "mask_size": self.mask_size >= self.grid_size
             and self.mask_size % self.grid_size == 0
             and (self.mask_size // self.grid_size) & (self.mask_size // self.grid_size - 1) == 0,
@@ -111,11 +106,7 @@ class TrainConfig:
     freeze_backbone: bool = True  # backbone without gradients (True) or fine-tuned (False)
     backbone_lr: float = 0.0  # fine-tuned backbone's learning rate (0 = lr)
     init_weights: str = ""  # start from this checkpoint's weights (same architecture)
-    init_encoder: str = ""  # start the encoder from this checkpoint's (e.g. a mask model's), same encoder
-    freeze_encoder: bool = False  # the whole encoder (backbone and skip fusion) without gradients
     tbptt: int = 0  # truncated back-propagation through time every N steps (0 = full)
-    rollout: int = -1  # train on own vertices within this many cells of the target (annotator's T; -1 = off)
-    rollout_fraction: float = 0.5  # of the polygons in a batch, when rollout >= 0
     val_every: int = 1  # validate every N epochs
     seed: int = 0
     workers: int = 0  # data-loading processes

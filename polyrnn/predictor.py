@@ -29,9 +29,11 @@ class Prediction:
     Attributes:
         vertices: (N, 2) float polygon in image pixels (x, y): decoder vertices are grid cell centres,
             the annotator's vertices lie where they were put, the mask model's where it traced them.
-        probs: (N,) probability of each vertex when the model chose it; 1.0 for annotator vertices.
+        probs: (N,) probability of each vertex when the decoder chose it; 1.0 for annotator vertices and
+            for vertices traced from the mask model's mask (which has no per-vertex probability).
         tokens: (N,) grid tokens ``r * D + c``.
         box: the (x1, y1, x2, y2) box it was predicted for.
+        source: "mask" (the mask model's outline) or "rnn" (the recurrent decoder wrote vertices).
     """
 
     vertices: np.ndarray
@@ -39,6 +41,7 @@ class Prediction:
     tokens: np.ndarray
     box: tuple[float, float, float, float]
     fixed: int = 0  # vertices 0..fixed-1 were set by the annotator or kept from before a correction
+    source: str = "rnn"
 
 
 @dataclass
@@ -47,7 +50,6 @@ class _BoxCache:
     static: torch.Tensor
     vertex_logits: torch.Tensor
     pixels: torch.Tensor | None = None
-    features: torch.Tensor | None = None  # the encoder's, kept when the mask model shares it
     tokens: list[int] = field(default_factory=list)
     points: list[tuple[float, float]] = field(default_factory=list)  # image (x, y) of each token
     probs: list[float] = field(default_factory=list)
@@ -63,51 +65,52 @@ class PolygonPredictor:
             and the recurrent decoder re-predicts everything after each corrected vertex.
         context: crop context ratio (the paper's 15 % at test time).
         eos_threshold: stop when p(end) >= this (see :meth:`PolygonRNN.decode`).
-        beam_width: 1 for greedy decoding, > 1 for beam search in :meth:`predict`.
         cache_size: boxes whose encoder results are kept.
         rejoin: after a correction the decoder re-predicts until it comes within this many grid cells
             (chessboard) of the old polygon's rest, which is kept; None re-predicts everything (the paper).
         mask_flip: the mask model averages the crop's mask with its mirror image's.
     """
 
-    def __init__(self, model: PolygonRNN, *, mask_model: MaskNet | None = None, context: float = 0.15,
-                 eos_threshold: float = 0.5, beam_width: int = 1, cache_size: int = 16,
-                 rejoin: int | None = REJOIN, mask_flip: bool = MASK_FLIP,
-                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: PolygonRNN,
+        *,
+        mask_model: MaskNet | None = None,
+        context: float = 0.15,
+        eos_threshold: float = 0.5,
+        cache_size: int = 16,
+        rejoin: int | None = REJOIN,
+        mask_flip: bool = MASK_FLIP,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.model = model.eval().to(device)
         self.mask_model = mask_model.eval().to(device) if mask_model is not None else None
         self.device = torch.device(device)
         self.context = context
         self.eos_threshold = eos_threshold
-        self.beam_width = beam_width
         self.cache_size = cache_size
         self.rejoin = rejoin
         self.mask_flip = mask_flip
-        from polyrnn.build import shares_encoder
-
-        self._shared = mask_model is not None and shares_encoder(model, mask_model)
         self._lock = threading.RLock()
         self._image: np.ndarray | None = None
         self._cache: OrderedDict[tuple[float, ...], _BoxCache] = OrderedDict()
         self._last_box: tuple[float, float, float, float] | None = None
 
     @classmethod
-    def from_weights(cls, weights: str | Path | None = None, variant: str = "lite", *,
-                     mask_weights: str | Path | None = None, **kw: object) -> PolygonPredictor:  # fmt: skip
-        """A predictor for a checkpoint file, or the variant's shipped default model when ``weights`` is
-        None (with the shipped mask model as its automatic polygon, where one ships)."""
-        from polyrnn.build import CheckpointError, default_weights, load_mask_model, load_polygon_model
+    def from_weights(
+        cls,
+        weights: str | Path | None = None,
+        variant: str = "lite",
+        *,
+        mask_weights: str | Path | None = None,
+        **kw: object,
+    ) -> PolygonPredictor:
+        """A predictor for a checkpoint file, or the variant's shipped model when ``weights`` is None, paired
+        with a mask model by :func:`polyrnn.build.load_models` (the rule every entry point uses)."""
+        from polyrnn.build import load_models
 
-        model, _ = load_polygon_model(weights, variant)
-        mask_model = None
-        if mask_weights is None and weights is None:
-            try:
-                mask_weights = default_weights(f"{variant}-mask")
-            except CheckpointError:
-                mask_weights = None
-        if mask_weights is not None:
-            mask_model = load_mask_model(mask_weights)
-        return cls(model, mask_model=mask_model, **kw)  # type: ignore[arg-type]
+        models = load_models(weights, mask_weights, variant=variant)
+        return cls(models.polygon, mask_model=models.mask, **kw)  # type: ignore[arg-type]
 
     # --- image and box -----------------------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> None:
@@ -145,14 +148,17 @@ class PolygonPredictor:
             self._cache.move_to_end(key)
             return self._cache[key]
         x1, y1, x2, y2 = box
-        crop = CropBox.around((x1, y1, x2 - x1, y2 - y1), context=self.context, crop_size=self.model.crop_size,
-                              grid_size=self.model.grid_size)  # fmt: skip
+        crop = CropBox.around(
+            (x1, y1, x2 - x1, y2 - y1),
+            context=self.context,
+            crop_size=self.model.crop_size,
+            grid_size=self.model.grid_size,
+        )
         assert self._image is not None
         pixels = crop.crop_image(self._image)
         x = torch.from_numpy(pixels).to(self.device).permute(2, 0, 1).unsqueeze(0).float()
-        feats, static, vertex = self.model.encode(x)
-        entry = _BoxCache(crop=crop, static=static, vertex_logits=vertex, pixels=x,
-                          features=feats if self._shared else None)  # fmt: skip
+        _, static, vertex = self.model.encode(x)
+        entry = _BoxCache(crop=crop, static=static, vertex_logits=vertex, pixels=x)
         self._cache[key] = entry
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -162,65 +168,64 @@ class PolygonPredictor:
         xy = entry.crop.cells_to_image(entry.crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))
         return [(float(x), float(y)) for x, y in xy.reshape(-1, 2)]
 
-    def _result(self, entry: _BoxCache, box: tuple[float, float, float, float], fixed: int) -> Prediction:
+    def _result(
+        self, entry: _BoxCache, box: tuple[float, float, float, float], fixed: int, source: str = "rnn"
+    ) -> Prediction:
         return Prediction(
             vertices=np.array(entry.points, dtype=np.float64).reshape(-1, 2),
             probs=np.array(entry.probs, dtype=np.float64),
             tokens=np.array(entry.tokens, dtype=np.int64),
             box=box,
             fixed=fixed,
+            source=source,
         )
 
     # --- predict and correct -----------------------------------------------------------------------
-    def predict(self, box: tuple[float, float, float, float], *, first_vertex: tuple[float, float] | None = None) -> Prediction:  # fmt: skip
-        """The model's polygon for a box.
+    def predict(self, box: tuple[float, float, float, float]) -> Prediction:
+        """The automatic polygon for a box: the mask model's outline when there is a mask model, else the
+        first-vertex head and greedy decoding.
 
         Args:
             box: (x1, y1, x2, y2) in image pixels.
-            first_vertex: optional (x, y) image point to start from instead of the first-vertex head.
         """
         with self._lock:
             box = self._check_box(box)
             entry = self._encode(box)
-            if self.mask_model is not None and first_vertex is None:
-                assert entry.pixels is not None
-                masks = self.mask_model.predict_masks(
-                    entry.pixels, flip=self.mask_flip, features=entry.features
-                )
-                prob = masks[0].cpu().numpy()
-                poly = mask_polygon(prob, entry.crop)
-                if poly is not None and len(poly) >= 3:
-                    cells = entry.crop.image_to_cells(poly)
-                    entry.tokens = [int(t) for t in entry.crop.cells_to_tokens(cells)]
-                    entry.points = [(float(x), float(y)) for x, y in poly]
-                    entry.probs = [1.0] * len(entry.tokens)  # the mask's outline: no per-vertex probability
-                    entry.states = []
-                    self._last_box = box
-                    return self._result(entry, box, fixed=0)
-            if first_vertex is not None:
-                start = int(
-                    entry.crop.cells_to_tokens(entry.crop.image_to_cells(np.array([first_vertex])))[0]
-                )
-                p0 = 1.0
-            else:
-                idx, pr = self.model.first_vertices(entry.vertex_logits, 1)
-                start, p0 = int(idx[0, 0]), float(pr[0, 0])
-            if self.beam_width > 1:
-                dec = self.model.beam_decode(entry.static, [start], width=self.beam_width)
-                # keep states for corrections: replay the chosen polygon once
-                states = self.model.decode(entry.static, dec.tokens, max_len=len(dec.tokens)).states
-            else:
-                dec = self.model.decode(entry.static, [start], eos_threshold=self.eos_threshold)
-                states = dec.states
-            entry.tokens, entry.probs, entry.states = list(dec.tokens), [p0, *dec.probs], states
-            entry.points = self._centres(entry, entry.tokens)
-            if first_vertex is not None:
-                entry.points[0] = (float(first_vertex[0]), float(first_vertex[1]))
             self._last_box = box
-            return self._result(entry, box, fixed=1 if first_vertex is not None else 0)
+            if self.mask_model is not None and self._mask_start(entry):
+                return self._result(entry, box, fixed=0, source="mask")
+            idx, pr = self.model.first_vertices(entry.vertex_logits, 1)
+            dec = self.model.decode(entry.static, [int(idx[0, 0])], eos_threshold=self.eos_threshold)
+            entry.tokens, entry.probs, entry.states = (
+                list(dec.tokens),
+                [float(pr[0, 0]), *dec.probs],
+                dec.states,
+            )
+            entry.points = self._centres(entry, entry.tokens)
+            return self._result(entry, box, fixed=0)
 
-    def correct(self, index: int, xy: tuple[float, float], *, box: tuple[float, float, float, float] | None = None,
-                vertices: np.ndarray | None = None) -> Prediction:  # fmt: skip
+    def _mask_start(self, entry: _BoxCache) -> bool:
+        """Set ``entry``'s polygon to the mask model's outline; False when the mask is empty."""
+        assert self.mask_model is not None and entry.pixels is not None
+        prob = self.mask_model.predict_masks(entry.pixels, flip=self.mask_flip)[0].cpu().numpy()
+        poly = mask_polygon(prob, entry.crop)
+        if poly is None or len(poly) < 3:
+            return False
+        cells = entry.crop.image_to_cells(poly)
+        entry.tokens = [int(t) for t in entry.crop.cells_to_tokens(cells)]
+        entry.points = [(float(x), float(y)) for x, y in poly]
+        entry.probs = [1.0] * len(entry.tokens)  # the mask's outline: no per-vertex probability
+        entry.states = []
+        return True
+
+    def correct(
+        self,
+        index: int,
+        xy: tuple[float, float],
+        *,
+        box: tuple[float, float, float, float] | None = None,
+        vertices: np.ndarray | None = None,
+    ) -> Prediction:
         """Move vertex ``index`` of the current polygon to ``xy`` (image pixels) and re-predict every vertex
         after it; vertices before it are kept.
 
@@ -254,9 +259,15 @@ class PolygonPredictor:
             prefix = [*keep, cell]
             reuse = entry.states if len(keep) == index and len(entry.states) >= index else None
             rest = list(range(index + 1, len(entry.tokens)))  # the old vertices after the corrected one
-            dec = self.model.decode(entry.static, prefix, eos_threshold=self.eos_threshold, prefix_states=reuse,
-                                    max_len=len(prefix) + self.model.max_len,  # room after a long outline
-                                    follow=[entry.tokens[k] for k in rest], rejoin=self.rejoin)  # fmt: skip
+            dec = self.model.decode(
+                entry.static,
+                prefix,
+                eos_threshold=self.eos_threshold,
+                prefix_states=reuse,
+                max_len=len(prefix) + self.model.max_len,  # room after a long outline
+                follow=[entry.tokens[k] for k in rest],
+                rejoin=self.rejoin,
+            )
             new = dec.tokens[len(prefix) : len(dec.tokens) - len(dec.followed)]
             old = [rest[j] for j in dec.followed]  # rejoined: the old vertices kept, with their points
             points, probs = entry.points, entry.probs

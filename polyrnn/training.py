@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -49,12 +47,24 @@ from polyrnn.io import atomic_write_text
 from polyrnn.modeling.losses import PolygonLoss
 from polyrnn.modeling.mask_net import MaskLoss, MaskNet, mask_polygon
 from polyrnn.modeling.polygon_rnn import PolygonRNN
+from polyrnn.provenance import git_sha, versions
 
 Loss = PolygonLoss | MaskLoss
 
-CSV_FIELDS = ["epoch", "train_loss", "train_polygon_loss", "train_first_vertex_loss", "train_mask_loss",
-              "train_dice_loss", "val_loss", "val_miou", "val_first_vertex_acc", "lr", "seconds",
-              "instances_per_s"]  # fmt: skip
+CSV_FIELDS = [
+    "epoch",
+    "train_loss",
+    "train_polygon_loss",
+    "train_first_vertex_loss",
+    "train_mask_loss",
+    "train_dice_loss",
+    "val_loss",
+    "val_miou",
+    "val_first_vertex_acc",
+    "lr",
+    "seconds",
+    "instances_per_s",
+]
 
 
 class TrainingError(RuntimeError):
@@ -65,20 +75,27 @@ def _progress(iterable: Any, **kw: Any) -> Any:
     return tqdm(iterable, disable=not sys.stderr.isatty(), dynamic_ncols=True, **kw)
 
 
-def _forward(model: Model, batch: dict[str, torch.Tensor], tbptt: int = 0,
-             features: torch.Tensor | None = None, rollout: int = -1, rollout_fraction: float = 1.0
-             ) -> dict[str, torch.Tensor]:  # fmt: skip
+def _forward(
+    model: Model, batch: dict[str, torch.Tensor], tbptt: int = 0, features: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     if isinstance(model, MaskNet):
         return model(batch["images"], features=features)
-    return model(batch["images"], batch["tokens"], features=features, tbptt=tbptt, rollout=rollout,
-                 rollout_fraction=rollout_fraction)  # fmt: skip
+    return model(batch["images"], batch["tokens"], features=features, tbptt=tbptt)
 
 
-def train_one_epoch(model: Model, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: Loss,
-                    *, epoch: int, device: torch.device, clip_grad: float, tbptt: int = 0, rollout: int = -1,
-                    rollout_fraction: float = 1.0) -> dict[str, float]:  # fmt: skip
-    """One pass over ``loader`` (``rollout``: see :meth:`PolygonDecoder.forward`); returns mean losses
-    (``loss`` and its parts), instances and seconds. Raises :class:`TrainingError` on a non-finite loss."""
+def train_one_epoch(
+    model: Model,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Loss,
+    *,
+    epoch: int,
+    device: torch.device,
+    clip_grad: float,
+    tbptt: int = 0,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns mean losses (``loss`` and its parts), instances and seconds.
+    Raises :class:`TrainingError` on a non-finite loss."""
     model.train()
     sums: dict[str, float] = {}
     n = 0
@@ -86,9 +103,7 @@ def train_one_epoch(model: Model, loader: DataLoader, optimizer: torch.optim.Opt
     bar = _progress(loader, desc=f"epoch {epoch}", unit="batch")
     for b, batch in enumerate(bar):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        losses = loss_fn(
-            _forward(model, batch, tbptt, rollout=rollout, rollout_fraction=rollout_fraction), batch
-        )
+        losses = loss_fn(_forward(model, batch, tbptt), batch)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k} {v.item()}" for k, v in losses.items() if k != "loss")
@@ -109,14 +124,23 @@ def train_one_epoch(model: Model, loader: DataLoader, optimizer: torch.optim.Opt
         bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", inst_s=f"{rate:.1f}")
         if bar.disable and (b + 1) % 50 == 0:  # no progress bar (not a terminal): a plain line now and then
             eta = (len(loader) - b - 1) * (time.perf_counter() - t0) / (b + 1)
-            print(f"epoch {epoch}: batch {b + 1}/{len(loader)} loss {sums['loss'] / n:.4f} "
-                  f"{rate:.1f} inst/s, ETA {eta:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"epoch {epoch}: batch {b + 1}/{len(loader)} loss {sums['loss'] / n:.4f} "
+                f"{rate:.1f} inst/s, ETA {eta:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     secs = time.perf_counter() - t0
     return {**{k: v / max(n, 1) for k, v in sums.items()}, "instances": float(n), "seconds": secs}
 
 
-def predict_polygon(model: PolygonRNN, static: torch.Tensor, vertex_logits: torch.Tensor, crop: CropBox,
-                    eos_threshold: float = 0.5) -> np.ndarray:  # fmt: skip
+def predict_polygon(
+    model: PolygonRNN,
+    static: torch.Tensor,
+    vertex_logits: torch.Tensor,
+    crop: CropBox,
+    eos_threshold: float = 0.5,
+) -> np.ndarray:
     """The automatic polygon (first-vertex argmax, greedy decoding) in image pixels, (N, 2)."""
     idx, _ = model.first_vertices(vertex_logits)
     dec = model.decode(static, [int(idx[0, 0])], eos_threshold=eos_threshold)
@@ -124,8 +148,15 @@ def predict_polygon(model: PolygonRNN, static: torch.Tensor, vertex_logits: torc
 
 
 @torch.no_grad()
-def evaluate(model: Model, loader: DataLoader, instances: Sequence[Instance], loss_fn: Loss, *,
-             device: torch.device, context: float = 0.15) -> dict[str, float]:  # fmt: skip
+def evaluate(
+    model: Model,
+    loader: DataLoader,
+    instances: Sequence[Instance],
+    loss_fn: Loss,
+    *,
+    device: torch.device,
+    context: float = 0.15,
+) -> dict[str, float]:
     """Validation loss (teacher-forced, canonical start), first-vertex accuracy (argmax on a ground-truth
     vertex cell) and mean IoU of the greedy automatic polygons at full image resolution (mask model:
     its mask's polygon)."""
@@ -143,8 +174,9 @@ def evaluate(model: Model, loader: DataLoader, instances: Sequence[Instance], lo
             probs = torch.sigmoid(out["mask_logits"]).cpu().numpy()
             for j in range(k):
                 inst = instances[int(batch["index"][j])]
-                crop = CropBox.around(inst.box, context=context, crop_size=model.crop_size,
-                                      grid_size=model.grid_size)  # fmt: skip
+                crop = CropBox.around(
+                    inst.box, context=context, crop_size=model.crop_size, grid_size=model.grid_size
+                )
                 poly = mask_polygon(probs[j], crop)
                 pred = rasterize([poly] if poly is not None else [], inst.height, inst.width)
                 ious.append(mask_iou(pred, inst.mask(), inst.ignore_mask()))
@@ -161,23 +193,11 @@ def evaluate(model: Model, loader: DataLoader, instances: Sequence[Instance], lo
             pred = rasterize([poly], inst.height, inst.width)
             ious.append(mask_iou(pred, inst.mask(), inst.ignore_mask()))
     fv_acc = math.nan if isinstance(model, MaskNet) else hits / max(n, 1)
-    return {"val_loss": total / max(n, 1), "val_miou": float(np.mean(ious)) if ious else float("nan"),
-            "val_first_vertex_acc": fv_acc}  # fmt: skip
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    from polyrnn import __version__
-
-    return {"polyrnn": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
-            "python": platform.python_version()}  # fmt: skip
+    return {
+        "val_loss": total / max(n, 1),
+        "val_miou": float(np.mean(ious)) if ious else float("nan"),
+        "val_first_vertex_acc": fv_acc,
+    }
 
 
 def _plot(csv_path: Path, png_path: Path) -> None:
@@ -241,12 +261,21 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
         return [dict(r) for r in csv.DictReader(f)]
 
 
-def _loaders(cfg: TrainConfig, train_insts: list[Instance], val_insts: list[Instance]
-             ) -> tuple[PolygonDataset, LengthGroupedBatchSampler, DataLoader, DataLoader | None]:  # fmt: skip
+def _loaders(
+    cfg: TrainConfig, train_insts: list[Instance], val_insts: list[Instance]
+) -> tuple[PolygonDataset, LengthGroupedBatchSampler, DataLoader, DataLoader | None]:
     m = cfg.model
     mask_size = m.mask_size if m.kind == "mask" else 0
-    train_ds = PolygonDataset(train_insts, train=True, augment=cfg.augment, grid_size=m.grid_size,
-                              crop_size=m.crop_size, max_len=m.max_len, seed=cfg.seed, mask_size=mask_size)  # fmt: skip
+    train_ds = PolygonDataset(
+        train_insts,
+        train=True,
+        augment=cfg.augment,
+        grid_size=m.grid_size,
+        crop_size=m.crop_size,
+        max_len=m.max_len,
+        seed=cfg.seed,
+        mask_size=mask_size,
+    )
     lengths = target_lengths(train_insts, grid_size=m.grid_size, max_len=m.max_len)
     sampler = LengthGroupedBatchSampler(train_insts, lengths, batch_size=cfg.batch_size, seed=cfg.seed)
     kw: dict[str, Any] = {"num_workers": cfg.workers, "collate_fn": collate, "worker_init_fn": worker_init}
@@ -255,20 +284,29 @@ def _loaders(cfg: TrainConfig, train_insts: list[Instance], val_insts: list[Inst
     train_loader = DataLoader(train_ds, batch_sampler=sampler, **kw)
     val_loader = None
     if val_insts:
-        val_ds = PolygonDataset(val_insts, train=False, grid_size=m.grid_size, crop_size=m.crop_size,
-                                max_len=m.max_len, mask_size=mask_size)  # fmt: skip
+        val_ds = PolygonDataset(
+            val_insts,
+            train=False,
+            grid_size=m.grid_size,
+            crop_size=m.crop_size,
+            max_len=m.max_len,
+            mask_size=mask_size,
+        )
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, **kw)
     return train_ds, sampler, train_loader, val_loader
 
 
-def split_by_image(instances: Sequence[Instance], fraction: float, *, seed: int = 0
-                   ) -> tuple[list[Instance], list[Instance]]:  # fmt: skip
+def split_by_image(
+    instances: Sequence[Instance], fraction: float, *, seed: int = 0
+) -> tuple[list[Instance], list[Instance]]:
     """(kept, held out): a seeded ``fraction`` of the images, with all their instances, held out."""
     images = sorted({str(i.image_path) for i in instances})
     rng = np.random.default_rng([seed, 11])
     held = {images[int(j)] for j in rng.permutation(len(images))[: int(round(len(images) * fraction))]}
-    return ([i for i in instances if str(i.image_path) not in held],
-            [i for i in instances if str(i.image_path) in held])  # fmt: skip
+    return (
+        [i for i in instances if str(i.image_path) not in held],
+        [i for i in instances if str(i.image_path) in held],
+    )
 
 
 def load_instances(cfg: TrainConfig) -> tuple[list[Instance], list[Instance]]:
@@ -295,22 +333,70 @@ def load_instances(cfg: TrainConfig) -> tuple[list[Instance], list[Instance]]:
     return train, val
 
 
+def _resume_state(cfg: TrainConfig, run: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The config to train with and, with ``resume``, the last checkpoint of ``run`` (its saved config
+    with this call's epochs, device and workers)."""
+    last = run / "weights" / "last.pt"
+    if not resume:
+        if last.is_file():
+            raise TrainingError(
+                f"{run} already holds a run: pass --resume to continue it or choose another --name"
+            )
+        return cfg, None
+    if not last.is_file():
+        raise TrainingError(f"--resume: {last} does not exist")
+    state = read_checkpoint(last)
+    saved = train_config_from_dict(state["train_config"])
+    return replace(saved, epochs=cfg.epochs, device=cfg.device, workers=cfg.workers), state
+
+
+def _optimizer(model: Model, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam over the trainable parameters (a fine-tuned backbone at ``backbone_lr``) and the step schedule."""
+    backbone = {id(p) for p in model.encoder.backbone.parameters()}
+    head = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone]
+    groups: list[dict[str, Any]] = [{"params": head}]
+    if not model.encoder.backbone_frozen:
+        groups.append({"params": list(model.encoder.backbone.parameters()), "lr": cfg.backbone_lr or cfg.lr})
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=max(cfg.lr_step, 1), gamma=cfg.lr_gamma if cfg.lr_step > 0 else 1.0
+    )
+    return optimizer, scheduler
+
+
+def _loss(cfg: TrainConfig) -> Loss:
+    if cfg.model.kind == "mask":
+        return MaskLoss()
+    return PolygonLoss(
+        grid_size=cfg.model.grid_size,
+        radius=cfg.target_radius,
+        sigma=cfg.target_sigma,
+        first_vertex_weight=cfg.first_vertex_weight,
+    )
+
+
+def _epoch_row(epoch: int, lr: float, tr: dict[str, float]) -> dict[str, Any]:
+    """A ``results.csv`` row from :func:`train_one_epoch`'s figures (validation columns empty)."""
+    row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"], "lr": lr, "seconds": tr["seconds"]}
+    row.update({f"train_{k}_loss": v for k, v in tr.items() if f"train_{k}_loss" in CSV_FIELDS})
+    row["instances_per_s"] = tr["instances"] / max(tr["seconds"], 1e-9)
+    row.update(val_loss=math.nan, val_miou=math.nan, val_first_vertex_acc=math.nan)
+    return row
+
+
+def _epoch_line(epoch: int, epochs: int, row: dict[str, Any], is_best: bool) -> str:
+    return (
+        f"epoch {epoch}/{epochs}: loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+        f"val_mIoU {100 * row['val_miou']:.2f} fv_acc {100 * row['val_first_vertex_acc']:.1f} "
+        f"({row['instances_per_s']:.1f} inst/s, {row['seconds']:.0f} s){' *' if is_best else ''}"
+    )
+
+
 def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) -> Path:
     """Train per ``cfg`` into ``cfg.out/cfg.name``; with ``resume``, continue from ``weights/last.pt``
     exactly (next epoch, optimiser, scheduler and RNG state). Returns the run folder."""
     run = Path(cfg.out) / cfg.name
-    last = run / "weights" / "last.pt"
-    state: dict[str, Any] | None = None
-    if resume:
-        if not last.is_file():
-            raise TrainingError(f"--resume: {last} does not exist")
-        state = read_checkpoint(last)
-        saved = train_config_from_dict(state["train_config"])
-        cfg = replace(saved, epochs=cfg.epochs, device=cfg.device, workers=cfg.workers)
-    elif last.is_file():
-        raise TrainingError(
-            f"{run} already holds a run: pass --resume to continue it or choose another --name"
-        )
+    cfg, state = _resume_state(cfg, run, resume)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda asked for, but no CUDA device is available")
@@ -321,79 +407,65 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) ->
 
     train_insts, val_insts = load_instances(cfg)
     log(f"training instances: {len(train_insts)}, validation instances: {len(val_insts)}")
-    model = build_from_config(replace(cfg.model, pretrained=cfg.model.pretrained and state is None)).to(
-        device
-    )
-    # start from another run's weights: the whole model (same architecture) or only its encoder (and, for a
-    # mask prior, the mask checkpoint's head)
-    prior = model.mask_prior if isinstance(model, PolygonRNN) else None
-    if prior is not None and not cfg.init_encoder and not cfg.init_weights and state is None:
-        raise TrainingError(
-            "model.mask_prior needs init_encoder: a mask model's checkpoint (its encoder and head)"
-        )
-    for key, target, prefix, what in (("init_weights", model, "", "initialised"),
-                                      ("init_encoder", model.encoder, "encoder.", "encoder initialised"),
-                                      ("init_encoder", prior, "head.", "mask prior initialised")):  # fmt: skip
-        src = getattr(cfg, key)
-        if src and state is None and target is not None:
-            init = read_checkpoint(src)
-            part = {k[len(prefix) :]: v for k, v in init["model"].items() if k.startswith(prefix)}
-            load_weights(target, part, f"{key} {src}")
-            log(f"{what} from {src} (epoch {init.get('epoch', '?')})")
-    model.encoder.freeze_backbone(cfg.freeze_backbone, fusion=cfg.freeze_encoder)
-    backbone = {id(p) for p in model.encoder.backbone.parameters()}
-    head = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone]
-    groups: list[dict[str, Any]] = [{"params": head}]
-    if not model.encoder.backbone_frozen:
-        groups.append({"params": list(model.encoder.backbone.parameters()), "lr": cfg.backbone_lr or cfg.lr})
-    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(cfg.lr_step, 1),
-                                                gamma=cfg.lr_gamma if cfg.lr_step > 0 else 1.0)  # fmt: skip
-    loss_fn: Loss = (
-        MaskLoss().to(device)
-        if cfg.model.kind == "mask"
-        else PolygonLoss(grid_size=cfg.model.grid_size, radius=cfg.target_radius, sigma=cfg.target_sigma,
-                         first_vertex_weight=cfg.first_vertex_weight).to(device)
-    )  # fmt: skip
+    model = build_from_config(replace(cfg.model, pretrained=cfg.model.pretrained and state is None))
+    model = model.to(device)
+    if cfg.init_weights and state is None:  # start from another run's weights (same architecture)
+        init = read_checkpoint(cfg.init_weights)
+        load_weights(model, init["model"], f"init_weights {cfg.init_weights}")
+        log(f"initialised from {cfg.init_weights} (epoch {init.get('epoch', '?')})")
+    model.encoder.freeze_backbone(cfg.freeze_backbone)
+    optimizer, scheduler = _optimizer(model, cfg)
+    loss_fn = _loss(cfg).to(device)
     start_epoch, best = 1, -math.inf
     rows = _read_csv(run / "results.csv") if resume else []
     if state is not None:
-        load_weights(model, state["model"], str(last))
+        load_weights(model, state["model"], str(run / "weights" / "last.pt"))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best = int(state["epoch"]) + 1, float(state["best_metric"])
         rows = [r for r in rows if int(r["epoch"]) < start_epoch]
-        log(f"resumed from {last}: epoch {start_epoch}, best {best:.4f}")
+        log(f"resumed from {run / 'weights' / 'last.pt'}: epoch {start_epoch}, best {best:.4f}")
 
     train_ds, sampler, train_loader, val_loader = _loaders(cfg, train_insts, val_insts)
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        tr = train_one_epoch(model, train_loader, optimizer, loss_fn, epoch=epoch, device=device,
-                             clip_grad=cfg.clip_grad, tbptt=cfg.tbptt, rollout=cfg.rollout,
-                             rollout_fraction=cfg.rollout_fraction)  # fmt: skip
+        tr = train_one_epoch(
+            model,
+            train_loader,
+            optimizer,
+            loss_fn,
+            epoch=epoch,
+            device=device,
+            clip_grad=cfg.clip_grad,
+            tbptt=cfg.tbptt,
+        )
         scheduler.step()
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"], "lr": lr, "seconds": tr["seconds"],
-                               **{f"train_{k}_loss": v for k, v in tr.items() if f"train_{k}_loss" in CSV_FIELDS},
-                               "instances_per_s": tr["instances"] / max(tr["seconds"], 1e-9),
-                               "val_loss": math.nan, "val_miou": math.nan, "val_first_vertex_acc": math.nan}  # fmt: skip
+        row = _epoch_row(epoch, lr, tr)
         if val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
             row.update(evaluate(model, val_loader, val_insts, loss_fn, device=device))
         rows.append(row)
         metric = row["val_miou"] if not math.isnan(row["val_miou"]) else -row["train_loss"]
         is_best = metric > best
         best = max(best, metric)
-        ckpt = checkpoint_dict(model, cfg.model, train_config=cfg.to_dict(), optimizer=optimizer.state_dict(),
-                               scheduler=scheduler.state_dict(), epoch=epoch, best_metric=best,
-                               torch_rng=torch.get_rng_state(), git_sha=git_sha(), versions=_versions())  # fmt: skip
-        save_checkpoint(last, ckpt)
+        ckpt = checkpoint_dict(
+            model,
+            cfg.model,
+            train_config=cfg.to_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            epoch=epoch,
+            best_metric=best,
+            torch_rng=torch.get_rng_state(),
+            git_sha=git_sha(),
+            versions=versions(),
+        )
+        save_checkpoint(run / "weights" / "last.pt", ckpt)
         if is_best:
             save_checkpoint(run / "weights" / "best.pt", ckpt)
         _write_csv(run / "results.csv", rows)
         _plot(run / "results.csv", run / "results.png")
-        log(f"epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
-            f"val_mIoU {100 * row['val_miou']:.2f} fv_acc {100 * row['val_first_vertex_acc']:.1f} "
-            f"({row['instances_per_s']:.1f} inst/s, {row['seconds']:.0f} s){' *' if is_best else ''}")  # fmt: skip
+        log(_epoch_line(epoch, cfg.epochs, row, is_best))
     return run

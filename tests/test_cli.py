@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from polyrnn.cli import main
@@ -44,8 +45,22 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
     )
     assert r.returncode == 2
     assert "instances.json: malformed JSON" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "polyrnn.cli", "data", "show", str(tmp_path / "nope"), "--index", "0",
-                        "--out", str(tmp_path / "x.png")], capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "polyrnn.cli",
+            "data",
+            "show",
+            str(tmp_path / "nope"),
+            "--index",
+            "0",
+            "--out",
+            str(tmp_path / "x.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -97,8 +112,61 @@ def test_predict_and_bench_commands(tmp_path, capsys):
     assert main(["predict", str(img), "--box", "1,1,50,50", "--variant", "tiny"]) == 2
     assert "no trained weights ship for variant 'tiny'" in capsys.readouterr().err
 
-    assert main(["bench", "--variant", "tiny", "--repeats", "1", "--steps", "5", "--json"]) == 0
+    assert main(["predict", str(tmp_path / "missing.jpg"), "--box", "1,1,50,50"]) == 2
+    assert "missing.jpg: no such image file" in capsys.readouterr().err
+    assert main(["predict", str(weights), "--box", "1,1,50,50"]) == 2  # not an image
+    assert "not a readable image" in capsys.readouterr().err
+    assert main(["predict", str(img), "--box", "130,10,150,20", "--weights", str(weights)]) == 2
+    assert "outside the 120x90 image" in capsys.readouterr().err
+    assert main(["predict", str(img), "--box", "50,10,20,20", "--weights", str(weights)]) == 2
+    assert "x2 > x1" in capsys.readouterr().err
+
+    assert main(["bench", "--variant", "tiny", "--repeats", "2", "--steps", "5", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    for key in ("parameters", "encoder_ms", "decoder_step_ms", "automatic_polygon_ms", "correction_ms",
-                "train_instances_per_s"):  # fmt: skip
-        assert r[key] > 0
+    assert r["parameters"] > 0 and r["train_instances_per_s"]["fine_tuned"] > 0 and r["threads"] == 1
+    for part in ("encoder", "decoder_step", "rnn_polygon", "automatic", "correction"):
+        s = r["ms"][part]
+        assert 0 < s["p10"] <= s["median"] <= s["p90"], part
+
+
+def test_predict_checks_its_input_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    import polyrnn.build
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(polyrnn.build, "load_models", no_model)
+    monkeypatch.setattr(polyrnn.build, "load_polygon_model", no_model)
+    img = tmp_path / "img.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
+    for argv, message in (
+        (["predict", str(tmp_path / "nope.png"), "--box", "1,1,9,9"], "no such image file"),
+        (["predict", str(img), "--box", "1,1,9"], "--box must be"),
+        (["predict", str(img), "--box", "70,1,90,9"], "outside the 60x40 image"),
+        (
+            ["predict", str(img), "--box", "1,1,9,9", "--weights", str(tmp_path / "w.pt")],
+            "no such weights file",
+        ),
+        (["predict", str(img), "--box", "1,1,9,9", "--threads", "-1"], "threads must be >= 0"),
+    ):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err
+
+
+def test_threads_option_and_environment(monkeypatch):
+    import torch
+
+    from polyrnn.runtime import THREADS_ENV, resolve_threads, set_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert resolve_threads() == 1
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert resolve_threads() == 2 and resolve_threads(3) == 3
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(ValueError, match="POLYRNN_THREADS='many'"):
+        resolve_threads()
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(2) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

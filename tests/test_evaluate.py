@@ -17,15 +17,33 @@ from polyrnn.evaluation.annotator import threshold_protocol, worst_vertex_protoc
 from polyrnn.evaluation.baselines import box_polygon, grabcut_mask
 from polyrnn.evaluation.metrics import instance_iou
 
-STAR = np.array([[100, 20], [120, 60], [170, 70], [130, 100], [140, 140], [100, 115], [60, 140], [70, 100],
-                 [30, 70], [80, 60]], float)  # fmt: skip
+STAR = np.array(
+    [
+        [100, 20],
+        [120, 60],
+        [170, 70],
+        [130, 100],
+        [140, 140],
+        [100, 115],
+        [60, 140],
+        [70, 100],
+        [30, 70],
+        [80, 60],
+    ],
+    float,
+)
 
 
 def _instance(poly=STAR, size=(200, 160), path="x.png"):
     x0, y0 = poly.min(0)
     x1, y1 = poly.max(0)
-    return Instance(image_path=Path(path), image_size=size, class_name="star", box=(x0, y0, x1 - x0, y1 - y0),
-                    polygons=[poly])  # fmt: skip
+    return Instance(
+        image_path=Path(path),
+        image_size=size,
+        class_name="star",
+        box=(x0, y0, x1 - x0, y1 - y0),
+        polygons=[poly],
+    )
 
 
 class Oracle:
@@ -85,11 +103,28 @@ def _coco(tmp_path):
     rect = [20, 30, 120, 30, 120, 90, 20, 90, 20, 30]  # closed by repeating its first vertex
     tri = [100, 100, 180, 100, 100, 150]
     anns = [
-        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect], "bbox": [20, 30, 100, 60], "iscrowd": 0},
-        {"id": 2, "image_id": 1, "category_id": 2, "segmentation": [tri], "bbox": [100, 100, 80, 50], "iscrowd": 0},
-    ]  # fmt: skip
-    data = {"images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 160}], "annotations": anns,
-            "categories": [{"id": 1, "name": "rect"}, {"id": 2, "name": "tri"}]}  # fmt: skip
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": [rect],
+            "bbox": [20, 30, 100, 60],
+            "iscrowd": 0,
+        },
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 2,
+            "segmentation": [tri],
+            "bbox": [100, 100, 80, 50],
+            "iscrowd": 0,
+        },
+    ]
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 160}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "rect"}, {"id": 2, "name": "tri"}],
+    }
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(data))
     return path
@@ -113,8 +148,21 @@ def tiny_weights(tmp_path):
 def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start):
     w, mw = tiny_weights
     out = tmp_path / "report"
-    args = ["evaluate", "--dataset", str(_coco(tmp_path)), "--weights", str(w), "--mask-weights", str(mw),
-            "--out", str(out), "--max-corrections", "3", "--start", start]  # fmt: skip
+    args = [
+        "evaluate",
+        "--dataset",
+        str(_coco(tmp_path)),
+        "--weights",
+        str(w),
+        "--mask-weights",
+        str(mw),
+        "--out",
+        str(out),
+        "--max-corrections",
+        "3",
+        "--start",
+        start,
+    ]
     assert main(args) == 0
     assert "automatic: mean IoU" in capsys.readouterr().out
     r = json.loads((out / "report.json").read_text())
@@ -153,8 +201,22 @@ def test_evaluate_bad_arguments_are_clear_errors(tmp_path, tiny_weights, capsys)
     assert "magic" in capsys.readouterr().err
     assert main(["evaluate", "--dataset", ds, "--weights", str(tmp_path / "none.pt")]) == 2
     assert "none.pt" in capsys.readouterr().err
-    assert main(["evaluate", "--dataset", ds, "--weights", str(w), "--mask-weights", str(w), "--out",
-                 str(tmp_path / "o")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--dataset",
+                ds,
+                "--weights",
+                str(w),
+                "--mask-weights",
+                str(w),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "not a mask model" in capsys.readouterr().err
 
 
@@ -177,31 +239,3 @@ def test_outline_runs_rebuild_the_exact_outline_from_its_tokens():
     grid = crop.cells_to_image(crop.tokens_to_cells(np.array(tokens)))
     assert (rasterize([grid], 160, 200) != a).any()  # the cell centres are not the outline
     assert outline_runs(blob, tokens[::-1], crop) == {}  # tokens that do not follow it: nothing
-
-
-def test_a_shared_encoder_gives_the_same_evaluation_with_one_encoding():
-    import torch
-
-    from polyrnn.build import build_model
-    from polyrnn.evaluation.evaluate import EvalOptions, evaluate_instance
-
-    torch.manual_seed(0)
-    mask_model, model = build_model("tiny-mask").eval(), build_model("tiny").eval()
-    model.encoder.load_state_dict(mask_model.encoder.state_dict())
-    inst = _instance()
-    image = (np.random.default_rng(1).random((160, 200, 3)) * 255).astype(np.uint8)
-    x = torch.from_numpy(CropBox.around(inst.box).crop_image(image)).permute(2, 0, 1)[None].float()
-    with torch.no_grad():  # centre the random head so that about half the crop is foreground
-        mask_model.head.out.bias -= mask_model(x)["mask_logits"].median()
-    options = EvalOptions(baselines=("box", "mask"), max_corrections=2, start="mask", mask_flip=False)
-    calls = []
-    model.encoder.register_forward_hook(lambda *_: calls.append("polygon"))
-    mask_model.encoder.register_forward_hook(lambda *_: calls.append("mask"))
-    with torch.inference_mode():
-        apart = evaluate_instance(model, inst, image, options, mask_model=mask_model)
-        n_apart, calls[:] = list(calls), []
-        shared = evaluate_instance(model, inst, image, options, mask_model=mask_model, shared=True)
-    assert apart.baselines["mask"] > 0  # the mask gave a polygon, the automatic one
-    assert sorted(n_apart) == ["mask", "polygon"] and calls == ["polygon"]
-    assert (shared.automatic, shared.annotator, shared.curve, shared.baselines) == (
-        apart.automatic, apart.annotator, apart.curve, apart.baselines)  # fmt: skip

@@ -12,8 +12,14 @@ def sq(x, y, s):
 
 
 def inst(polys, ignore=(), cls="a"):
-    return Instance(image_path=Path("x.jpg"), image_size=(60, 40), class_name=cls, box=(0, 0, 10, 10),
-                    polygons=list(polys), ignore_polygons=list(ignore))  # fmt: skip
+    return Instance(
+        image_path=Path("x.jpg"),
+        image_size=(60, 40),
+        class_name=cls,
+        box=(0, 0, 10, 10),
+        polygons=list(polys),
+        ignore_polygons=list(ignore),
+    )
 
 
 def test_square_vs_shifted_square():

@@ -78,13 +78,16 @@ def _ann(i, seg, bbox=(10, 10, 20, 20), crowd=0):
 
 def test_coco_bad_annotations_are_skipped_with_reasons(tmp_path):
     sq = [10, 10, 30, 10, 30, 30, 10, 30]
-    path = _coco(tmp_path, [
-        _ann(1, [sq]),
-        _ann(2, [[10, 10, 30, 10]]),  # two points
-        _ann(3, [sq], bbox=(500, 500, 10, 10)),  # box outside the image
-        {**_ann(4, [sq]), "image_id": 99},
-        _ann(5, [sq, [1, 2, 3]]),  # one good part, one odd part
-    ])  # fmt: skip
+    path = _coco(
+        tmp_path,
+        [
+            _ann(1, [sq]),
+            _ann(2, [[10, 10, 30, 10]]),  # two points
+            _ann(3, [sq], bbox=(500, 500, 10, 10)),  # box outside the image
+            {**_ann(4, [sq]), "image_id": 99},
+            _ann(5, [sq, [1, 2, 3]]),  # one good part, one odd part
+        ],
+    )
     ds = load_dataset(path)
     assert [i.source.split("id=")[1] for i in ds.instances] == ["1", "5"]
     reasons = [str(s) for s in ds.skipped]
@@ -95,10 +98,14 @@ def test_coco_bad_annotations_are_skipped_with_reasons(tmp_path):
 
 
 def test_coco_missing_image_skipped(tmp_path):
-    path = _coco(tmp_path, [_ann(1, [[10, 10, 30, 10, 30, 30]])], images=[
-        {"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
-        {"id": 2, "file_name": "gone.jpg", "width": 64, "height": 48},
-    ])  # fmt: skip
+    path = _coco(
+        tmp_path,
+        [_ann(1, [[10, 10, 30, 10, 30, 30]])],
+        images=[
+            {"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
+            {"id": 2, "file_name": "gone.jpg", "width": 64, "height": 48},
+        ],
+    )
     ds = load_dataset(path)
     assert len(ds) == 1 and ds.images == 1
     assert any("images[1]" in s.where and "gone.jpg" in s.reason for s in ds.skipped)

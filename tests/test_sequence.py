@@ -41,12 +41,14 @@ def test_quantisation_invariants(poly, max_len):
 def test_quantise_square_drops_collinear_and_orients():
     # a square traced anticlockwise on screen with many points on its edges
     edge = np.linspace(2.2, 20.2, 10)
-    pts = np.concatenate([
-        np.column_stack([np.full(10, 2.2), edge]),
-        np.column_stack([edge, np.full(10, 20.2)]),
-        np.column_stack([np.full(10, 20.2), edge[::-1]]),
-        np.column_stack([edge[::-1], np.full(10, 2.2)]),
-    ])  # fmt: skip
+    pts = np.concatenate(
+        [
+            np.column_stack([np.full(10, 2.2), edge]),
+            np.column_stack([edge, np.full(10, 20.2)]),
+            np.column_stack([np.full(10, 20.2), edge[::-1]]),
+            np.column_stack([edge[::-1], np.full(10, 2.2)]),
+        ]
+    )
     cells = polygon_to_cells(pts, D)
     assert len(cells) == 4
     assert signed_area(cells) > 0

@@ -60,8 +60,16 @@ def test_predict_then_correct_re_predicts_after_the_vertex(client):
     assert r.status_code == 200
     poly = r.json()["polygon"]
     assert len(poly) == 12 and r.json()["fixed"] == 0
-    r = c.post("/api/correct", json={"image": "img0.png", "box": [20, 10, 140, 110], "index": 3,
-                                     "point": [100.0, 30.0], "polygon": poly})  # fmt: skip
+    r = c.post(
+        "/api/correct",
+        json={
+            "image": "img0.png",
+            "box": [20, 10, 140, 110],
+            "index": 3,
+            "point": [100.0, 30.0],
+            "polygon": poly,
+        },
+    )
     out = r.json()
     assert r.status_code == 200 and out["fixed"] == 4
     assert out["polygon"][:3] == poly[:3] and out["polygon"][3] == [100.0, 30.0]
@@ -142,8 +150,15 @@ def test_export_from_api_and_cli(client, tmp_path):
     c, store = client
     assert c.put("/api/labels", json={"labels": ["cat", "dog"]}).json()["labels"] == ["cat", "dog"]
     c.put("/api/annotations/img0.png", json={"shapes": [{"label": "dog", "points": SQUARE}]})
-    c.put("/api/annotations/img1.png", json={"shapes": [{"label": "cat", "points": SQUARE},
-                                                         {"label": "cat", "points": [[1, 1], [9, 1], [5, 9]]}]})  # fmt: skip
+    c.put(
+        "/api/annotations/img1.png",
+        json={
+            "shapes": [
+                {"label": "cat", "points": SQUARE},
+                {"label": "cat", "points": [[1, 1], [9, 1], [5, 9]]},
+            ]
+        },
+    )
     r = c.post("/api/export/coco")
     assert r.status_code == 200 and r.json()["instances"] == 3
     coco = COCO(str(store.image_dir / "export" / "coco" / "annotations.json"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import write_image
 
-from polyrnn.build import build_model, load_mask_model, load_polygon_model, read_checkpoint
+from polyrnn.build import build_model, read_checkpoint
 from polyrnn.cli import main
 from polyrnn.config import ModelConfig, load_train_config
 from polyrnn.data import load_dataset
@@ -71,15 +71,6 @@ def test_resume_continues_exactly(labelme_dir, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
 
 
-def test_rollout_training_reads_its_own_vertices(labelme_dir, tmp_path):
-    forced = run_training(_cfg(labelme_dir, tmp_path, "name=f", "epochs=1"), log=lambda *_: None)
-    own = run_training(_cfg(labelme_dir, tmp_path, "name=r", "epochs=1", "rollout=28", "rollout_fraction=1"),
-                       log=lambda *_: None)  # fmt: skip
-    assert "rollout: 28" in (own / "config.yaml").read_text()
-    a, b = (read_checkpoint(r / "weights" / "last.pt")["model"] for r in (forced, own))
-    assert not torch.equal(a["decoder.vertex_conv.weight"], b["decoder.vertex_conv.weight"])
-
-
 def test_existing_run_needs_resume(labelme_dir, tmp_path):
     run_training(_cfg(labelme_dir, tmp_path, "name=x", "epochs=1"), log=lambda *_: None)
     with pytest.raises(TrainingError, match="--resume"):
@@ -122,8 +113,12 @@ def test_train_samples_are_seeded_and_augmented(labelme_dir):
     a, b = ds.sample(0), ds.sample(0)
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["tokens"], b["tokens"])
     ds.set_epoch(1)
-    differs = any(not np.array_equal(ds.sample(i)["tokens"], PolygonDataset(insts, train=True, seed=3).sample(i)["tokens"])
-                  for i in range(len(insts)))  # fmt: skip
+    differs = any(
+        not np.array_equal(
+            ds.sample(i)["tokens"], PolygonDataset(insts, train=True, seed=3).sample(i)["tokens"]
+        )
+        for i in range(len(insts))
+    )
     assert differs
     batch = collate([ds[i] for i in range(3)])
     assert batch["images"].shape == (3, 3, 224, 224) and batch["tokens"].shape[0] == 3
@@ -137,80 +132,39 @@ def test_init_weights_starts_from_a_checkpoint_and_fine_tunes_the_backbone(label
     src = read_checkpoint(frozen / "weights" / "last.pt")["model"]
     lines = []
     ft = run_training(
-        _cfg(labelme_dir, tmp_path, "name=ft", "epochs=1", "freeze_backbone=false", "backbone_lr=1e-5",
-             f"init_weights={frozen / 'weights' / 'last.pt'}"),
+        _cfg(
+            labelme_dir,
+            tmp_path,
+            "name=ft",
+            "epochs=1",
+            "freeze_backbone=false",
+            "backbone_lr=1e-5",
+            f"init_weights={frozen / 'weights' / 'last.pt'}",
+        ),
         log=lines.append,
-    )  # fmt: skip
+    )
     assert any("initialised from" in str(x) for x in lines)
     ckpt = read_checkpoint(ft / "weights" / "last.pt")
     groups = ckpt["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == [pytest.approx(1e-3), pytest.approx(1e-5)]  # head, backbone
-    moved = [k for k in src if k.startswith("encoder.backbone") and src[k].is_floating_point()
-             and not torch.equal(src[k], ckpt["model"][k])]  # fmt: skip
+    moved = [
+        k
+        for k in src
+        if k.startswith("encoder.backbone")
+        and src[k].is_floating_point()
+        and not torch.equal(src[k], ckpt["model"][k])
+    ]
     assert moved  # the backbone was trained, starting from the frozen run's weights
     # a mismatching checkpoint is refused with its name
     with pytest.raises(Exception, match="init_weights"):
-        run_training(_cfg(labelme_dir, tmp_path, "name=bad", "epochs=1", "model.feat_channels=8",
-                          f"init_weights={frozen / 'weights' / 'last.pt'}"), log=lambda *_: None)  # fmt: skip
-
-
-def _mask_checkpoint(labelme_dir, tmp_path):
-    """A tiny mask model's checkpoint (56x56 masks), trained for one epoch."""
-    run = run_training(_cfg(labelme_dir, tmp_path, "name=mask", "epochs=1", "model.kind=mask", "model.mask_size=56"),
-                       log=lambda *_: None)  # fmt: skip
-    return run / "weights" / "last.pt"
-
-
-def test_init_encoder_takes_a_mask_models_encoder_and_freeze_encoder_keeps_it(labelme_dir, tmp_path):
-    mask_ckpt = _mask_checkpoint(labelme_dir, tmp_path)
-    src = read_checkpoint(mask_ckpt)["model"]
-    lines = []
-    run = run_training(_cfg(labelme_dir, tmp_path, "name=poly", "epochs=1", f"init_encoder={mask_ckpt}",
-                            "freeze_encoder=true"), log=lines.append)  # fmt: skip
-    assert any("encoder initialised from" in str(x) for x in lines)
-    ckpt = read_checkpoint(run / "weights" / "last.pt")
-    enc = [k for k in src if k.startswith("encoder.")]
-    assert enc and all(torch.equal(src[k], ckpt["model"][k]) for k in enc)  # frozen whole, BN statistics too
-    assert set(enc) == {k for k in ckpt["model"] if k.startswith("encoder.")}
-    fresh_run = run_training(_cfg(labelme_dir, tmp_path, "name=fresh", "epochs=1", "freeze_encoder=true"),
-                             log=lambda *_: None)  # fmt: skip
-    fresh = read_checkpoint(fresh_run / "weights" / "last.pt")["model"]
-    assert any(not torch.equal(fresh[k], ckpt["model"][k]) for k in enc)  # the mask model's, not a fresh one
-    assert len(ckpt["optimizer"]["param_groups"]) == 1
-    # an encoder of another shape is refused with the option's name
-    with pytest.raises(Exception, match="init_encoder"):
-        run_training(_cfg(labelme_dir, tmp_path, "name=bad", "epochs=1", "model.feat_channels=8",
-                          f"init_encoder={mask_ckpt}"), log=lambda *_: None)  # fmt: skip
-
-
-def test_mask_prior_is_the_mask_models_own_prediction_and_stays_frozen(labelme_dir, tmp_path):
-    mask_ckpt = _mask_checkpoint(labelme_dir, tmp_path)
-    prior_cfg = ("model.mask_prior=true", "model.mask_size=56")
-    with pytest.raises(ValueError, match="mask_prior"):  # a prior is for polygon models
-        ModelConfig(kind="mask", mask_prior=True)
-    with pytest.raises(TrainingError, match="init_encoder"):  # the prior needs a mask checkpoint
-        run_training(_cfg(labelme_dir, tmp_path, "name=noinit", "epochs=1", *prior_cfg), log=lambda *_: None)
-    lines = []
-    run = run_training(_cfg(labelme_dir, tmp_path, "name=prior", "epochs=1", f"init_encoder={mask_ckpt}",
-                            "freeze_encoder=true", *prior_cfg), log=lines.append)  # fmt: skip
-    assert any("mask prior initialised from" in str(x) for x in lines)
-    src = read_checkpoint(mask_ckpt)["model"]
-    ckpt = read_checkpoint(run / "weights" / "last.pt")["model"]
-    head = [k for k in src if k.startswith("head.")]
-    assert head and all(torch.equal(src[k], ckpt["mask_prior." + k[5:]]) for k in head)  # BN statistics too
-
-    poly, _ = load_polygon_model(run / "weights" / "last.pt")
-    mask = load_mask_model(mask_ckpt)
-    poly.eval()
-    mask.eval()
-    images = torch.rand(2, 3, 224, 224) * 255
-    feats = poly.encoder(images)
-    inputs = poly.with_prior(feats)  # (2, C + (56/28)**2, 28, 28): features, then the mask's 2x2 sub-cells
-    assert inputs.shape == (2, feats.shape[1] + 4, 28, 28)
-    prob = mask.predict_masks(images)  # (2, 56, 56)
-    assert torch.allclose(inputs[:, : feats.shape[1]], feats)
-    assert torch.allclose(inputs[:, feats.shape[1] :].permute(0, 2, 3, 1).reshape(2, 28, 28, 2, 2)
-                          .permute(0, 1, 3, 2, 4).reshape(2, 56, 56), prob, atol=1e-6)  # fmt: skip
-    poly.train()
-    assert not poly.mask_prior.training and poly.decoder.training
-    assert all(not p.requires_grad for p in poly.mask_prior.parameters())
+        run_training(
+            _cfg(
+                labelme_dir,
+                tmp_path,
+                "name=bad",
+                "epochs=1",
+                "model.feat_channels=8",
+                f"init_weights={frozen / 'weights' / 'last.pt'}",
+            ),
+            log=lambda *_: None,
+        )

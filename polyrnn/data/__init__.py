@@ -15,9 +15,20 @@ from polyrnn.data.yolo import read_yolo
 FORMATS = ("coco", "yolo", "labelme", "cityscapes", "masks")
 
 __all__ = [
-    "FORMATS", "DataError", "Dataset", "Instance", "Skip", "detect_format", "load_dataset", "load_image",
-    "read_cityscapes", "read_coco", "read_labelme", "read_masks", "read_yolo",
-]  # fmt: skip
+    "FORMATS",
+    "DataError",
+    "Dataset",
+    "Instance",
+    "Skip",
+    "detect_format",
+    "load_dataset",
+    "load_image",
+    "read_cityscapes",
+    "read_coco",
+    "read_labelme",
+    "read_masks",
+    "read_yolo",
+]
 
 
 def _coco_json_for(path: Path) -> tuple[Path, Path | None] | None:

@@ -76,10 +76,16 @@ def read_cityscapes_file(
             continue
         out.append(
             Instance(
-                image_path=image, image_size=size, class_name=base, box=box, polygons=visible,
-                iscrowd=crowd, occluders=occluders, source=f"{path.name}:objects[{i}]",
+                image_path=image,
+                image_size=size,
+                class_name=base,
+                box=box,
+                polygons=visible,
+                iscrowd=crowd,
+                occluders=occluders,
+                source=f"{path.name}:objects[{i}]",
             )
-        )  # fmt: skip
+        )
     return out, True
 
 

@@ -34,8 +34,9 @@ def first_vertex_targets(tokens: np.ndarray, grid_size: int) -> tuple[np.ndarray
     return boundary.astype(np.float32), vertices
 
 
-def crop_mask_target(parts: Sequence[np.ndarray], occluders: Sequence[np.ndarray], crop: CropBox,
-                     size: int) -> np.ndarray:  # fmt: skip
+def crop_mask_target(
+    parts: Sequence[np.ndarray], occluders: Sequence[np.ndarray], crop: CropBox, size: int
+) -> np.ndarray:
     """(size, size) float32 0/1 mask of the object's parts (image pixels), occluders cut out, over the
     crop window (mask pixel = crop_size / size crop pixels)."""
     scale = size / crop.crop_size
@@ -72,9 +73,19 @@ class PolygonDataset(Dataset):
     is decoded about once per epoch.
     """
 
-    def __init__(self, instances: Sequence[Instance], *, train: bool, augment: AugmentConfig | None = None,
-                 grid_size: int = 28, crop_size: int = 224, max_len: int = 70, seed: int = 0,
-                 image_cache: int = 40, mask_size: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        instances: Sequence[Instance],
+        *,
+        train: bool,
+        augment: AugmentConfig | None = None,
+        grid_size: int = 28,
+        crop_size: int = 224,
+        max_len: int = 70,
+        seed: int = 0,
+        image_cache: int = 40,
+        mask_size: int = 0,
+    ) -> None:
         self.instances = list(instances)
         self.mask_size = mask_size
         self.train = train
@@ -134,8 +145,14 @@ class PolygonDataset(Dataset):
         start_rng = rng if (rng is not None and a.random_start) else None
         tokens = polygon_to_tokens(polygon, crop, max_len=self.max_len, rng=start_rng)
         boundary, vertices = first_vertex_targets(tokens, self.grid_size)
-        out = {"image": pixels, "tokens": tokens, "boundary": boundary, "vertices": vertices, "index": index,
-               "crop": crop}  # fmt: skip
+        out = {
+            "image": pixels,
+            "tokens": tokens,
+            "boundary": boundary,
+            "vertices": vertices,
+            "index": index,
+            "crop": crop,
+        }
         if self.mask_size > 0:
             out["mask"] = crop_mask_target(parts, occluders, crop, self.mask_size)
         return out
@@ -183,8 +200,16 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     (with ``workers > 1`` each worker keeps its own cache). Seeded by (seed, epoch).
     """
 
-    def __init__(self, instances: Sequence[Instance], lengths: Sequence[int], *, batch_size: int, seed: int = 0,
-                 pool_images: int = 32, shuffle: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        instances: Sequence[Instance],
+        lengths: Sequence[int],
+        *,
+        batch_size: int,
+        seed: int = 0,
+        pool_images: int = 32,
+        shuffle: bool = True,
+    ) -> None:
         groups: dict[str, list[int]] = {}
         for i, inst in enumerate(instances):
             groups.setdefault(str(inst.image_path), []).append(i)
@@ -218,8 +243,14 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
 def target_lengths(instances: Sequence[Instance], *, grid_size: int = 28, max_len: int = 70) -> list[int]:
     """Tokens per instance at the test-time crop (vertices + end): what batching by length sorts on."""
-    return [len(polygon_to_tokens(i.largest_polygon(), CropBox.around(i.box, grid_size=grid_size), max_len=max_len))
-            for i in instances]  # fmt: skip
+    return [
+        len(
+            polygon_to_tokens(
+                i.largest_polygon(), CropBox.around(i.box, grid_size=grid_size), max_len=max_len
+            )
+        )
+        for i in instances
+    ]
 
 
 def worker_init(_: int) -> None:

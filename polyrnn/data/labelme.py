@@ -76,10 +76,15 @@ def read_labelme_file(path: Path, skipped: list[Skip]) -> tuple[list[Instance], 
             continue
         out.append(
             Instance(
-                image_path=image_path, image_size=size, class_name=key[0], box=box, polygons=parts,
-                ignore_polygons=list(ignore), source=f"{path.name}:{key[0]}",
+                image_path=image_path,
+                image_size=size,
+                class_name=key[0],
+                box=box,
+                polygons=parts,
+                ignore_polygons=list(ignore),
+                source=f"{path.name}:{key[0]}",
             )
-        )  # fmt: skip
+        )
     return out, True
 
 
@@ -93,8 +98,11 @@ def read_labelme(folder: Path | str, *, exclude: Sequence[Path | str] = ()) -> D
     skipped: list[Skip] = []
     instances: list[Instance] = []
     n_images = 0
-    files = [f for f in sorted(folder.rglob("*.json"))
-             if not any(d == f.resolve().parent or d in f.resolve().parents for d in skip_dirs)]  # fmt: skip
+    files = [
+        f
+        for f in sorted(folder.rglob("*.json"))
+        if not any(d == f.resolve().parent or d in f.resolve().parents for d in skip_dirs)
+    ]
     if not files:
         raise DataError(f"{folder}: no LabelMe .json files found")
     for path in files:

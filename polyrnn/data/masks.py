@@ -76,8 +76,13 @@ def read_masks(root: Path | str) -> Dataset:
             continue
         instances.append(
             Instance(
-                image_path=img, image_size=size, class_name="object", box=box, polygons=polygons,
-                mask_path=mask_path, source=mask_path.name,
+                image_path=img,
+                image_size=size,
+                class_name="object",
+                box=box,
+                polygons=polygons,
+                mask_path=mask_path,
+                source=mask_path.name,
             )
-        )  # fmt: skip
+        )
     return Dataset(instances, images=n_images, skipped=skipped, format="masks", root=str(root))

@@ -90,8 +90,16 @@ def render_instance(
         for q in pts:
             cv2.circle(canvas, tuple(int(v) for v in q), 3 * 16, (230, 30, 30), -1, cv2.LINE_AA, shift=4)
         cv2.circle(canvas, tuple(int(v) for v in pts[0]), 7 * 16, (255, 255, 0), 2, cv2.LINE_AA, shift=4)
-    cv2.putText(canvas, f"{inst.class_name}  green: ground truth  red: {grid_size}x{grid_size} grid polygon",
-                (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+    cv2.putText(
+        canvas,
+        f"{inst.class_name}  green: ground truth  red: {grid_size}x{grid_size} grid polygon",
+        (6, 16),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.45,
+        (255, 255, 255),
+        1,
+        cv2.LINE_AA,
+    )
     return canvas
 
 

@@ -43,17 +43,35 @@ def write_coco(
     anns: list[dict[str, Any]] = []
     for img_id, (image, insts) in enumerate(sorted(_by_image(instances).items()), start=1):
         w, h = insts[0].image_size
-        images.append({"id": img_id, "file_name": os.path.relpath(image.resolve(), out_json.parent.resolve()),
-                       "width": int(w), "height": int(h)})  # fmt: skip
+        images.append(
+            {
+                "id": img_id,
+                "file_name": os.path.relpath(image.resolve(), out_json.parent.resolve()),
+                "width": int(w),
+                "height": int(h),
+            }
+        )
         for inst in insts:
             segs = [np.asarray(p, dtype=np.float64).reshape(-1).round(2).tolist() for p in inst.polygons]
             rle = mask_utils.merge(mask_utils.frPyObjects(segs, int(h), int(w)))
             x, y, bw, bh = inst.box
-            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat_ids[inst.class_name],
-                         "segmentation": segs, "area": float(mask_utils.area(rle)),
-                         "bbox": [round(float(v), 2) for v in (x, y, bw, bh)], "iscrowd": 0})  # fmt: skip
-    doc = {"info": {"description": "exported by polyrnn"}, "images": images, "annotations": anns,
-           "categories": [{"id": i, "name": c, "supercategory": ""} for c, i in cat_ids.items()]}  # fmt: skip
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img_id,
+                    "category_id": cat_ids[inst.class_name],
+                    "segmentation": segs,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [round(float(v), 2) for v in (x, y, bw, bh)],
+                    "iscrowd": 0,
+                }
+            )
+    doc = {
+        "info": {"description": "exported by polyrnn"},
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": i, "name": c, "supercategory": ""} for c, i in cat_ids.items()],
+    }
     atomic_write_json(out_json, doc)
     return doc
 
@@ -75,8 +93,13 @@ def write_yolo(instances: Sequence[Instance], out: Path, *, root: Path, classes:
                 xy = np.clip(np.asarray(part, dtype=np.float64) / (w, h), 0.0, 1.0).reshape(-1)
                 lines.append(" ".join([str(ids[inst.class_name]), *(f"{v:.6f}" for v in xy)]))
         atomic_write_text(out / "labels" / (Path(name).stem + ".txt"), "\n".join(lines) + "\n")
-    atomic_write_text(out / "data.yaml", yaml.safe_dump({"path": ".", "train": "images", "val": "images",
-                                                         "names": dict(enumerate(classes))}, sort_keys=False))  # fmt: skip
+    atomic_write_text(
+        out / "data.yaml",
+        yaml.safe_dump(
+            {"path": ".", "train": "images", "val": "images", "names": dict(enumerate(classes))},
+            sort_keys=False,
+        ),
+    )
 
 
 def write_labelme(instances: Sequence[Instance], out: Path, *, root: Path) -> None:
@@ -89,17 +112,34 @@ def write_labelme(instances: Sequence[Instance], out: Path, *, root: Path) -> No
         shapes = []
         for gid, inst in enumerate(insts):
             for part in inst.polygons:
-                shapes.append({"label": inst.class_name, "points": np.asarray(part).round(2).tolist(),
-                               "group_id": gid if len(inst.polygons) > 1 else None, "description": "",
-                               "shape_type": "polygon", "flags": {}})  # fmt: skip
+                shapes.append(
+                    {
+                        "label": inst.class_name,
+                        "points": np.asarray(part).round(2).tolist(),
+                        "group_id": gid if len(inst.polygons) > 1 else None,
+                        "description": "",
+                        "shape_type": "polygon",
+                        "flags": {},
+                    }
+                )
         w, h = insts[0].image_size
-        atomic_write_json(out / (Path(name).stem + ".json"),
-                          {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": name, "imageData": None,
-                           "imageHeight": int(h), "imageWidth": int(w)})  # fmt: skip
+        atomic_write_json(
+            out / (Path(name).stem + ".json"),
+            {
+                "version": "5.4.1",
+                "flags": {},
+                "shapes": shapes,
+                "imagePath": name,
+                "imageData": None,
+                "imageHeight": int(h),
+                "imageWidth": int(w),
+            },
+        )
 
 
-def export_folder(src: str | Path, fmt: str, out: str | Path, *, exclude: Sequence[Path] = (),
-                  labels: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+def export_folder(
+    src: str | Path, fmt: str, out: str | Path, *, exclude: Sequence[Path] = (), labels: Sequence[str] = ()
+) -> dict[str, Any]:
     """Export a folder of LabelMe JSON files (what ``polyrnn serve`` saves) as ``fmt``. Class ids follow
     ``labels`` (the tool's label list) and then any other label in sorted order."""
     if fmt not in FORMATS:
@@ -116,5 +156,9 @@ def export_folder(src: str | Path, fmt: str, out: str | Path, *, exclude: Sequen
     else:
         path = out
         write_labelme(ds.instances, out, root=src)
-    return {"path": path, "instances": len(ds.instances), "images": len(_by_image(ds.instances)),
-            "skipped": ds.skipped}  # fmt: skip
+    return {
+        "path": path,
+        "instances": len(ds.instances),
+        "images": len(_by_image(ds.instances)),
+        "skipped": ds.skipped,
+    }

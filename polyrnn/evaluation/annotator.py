@@ -83,8 +83,14 @@ def threshold_protocol(
     return pred, corrections
 
 
-def worst_vertex_protocol(session: Session, gt_tokens: list[int], grid_size: int, *, max_corrections: int = 20,
-                          score: Callable[[list[int]], float]) -> list[float]:  # fmt: skip
+def worst_vertex_protocol(
+    session: Session,
+    gt_tokens: list[int],
+    grid_size: int,
+    *,
+    max_corrections: int = 20,
+    score: Callable[[list[int]], float],
+) -> list[float]:
     """IoU after k = 0..max_corrections corrections (``score`` maps tokens to IoU); once the polygon
     passes through every ground-truth vertex the score is repeated."""
     d = grid_size
@@ -119,13 +125,20 @@ class ModelSession:
     is continued only until the decoder comes within r cells of that polygon's rest, which is kept
     (:class:`~polyrnn.modeling.polygon_rnn.DecodeCursor`); None re-predicts everything."""
 
-    def __init__(self, model, image_crop, *, eos_threshold: float = 0.5,  # type: ignore[no-untyped-def]
-                 initial: list[int] | None = None, rejoin: int | None = None, features=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        image_crop,
+        *,
+        eos_threshold: float = 0.5,  # type: ignore[no-untyped-def]
+        initial: list[int] | None = None,
+        rejoin: int | None = None,
+    ) -> None:
         import torch
 
         x = torch.as_tensor(image_crop).permute(2, 0, 1).unsqueeze(0).float()
         self.model = model
-        _, self.static, self.vertex_logits = model.encode(x, features)  # features: the encoder's, if computed
+        _, self.static, self.vertex_logits = model.encode(x)
         self.eos_threshold = eos_threshold
         self.rejoin = rejoin
         self.initial = list(initial) if initial is not None and len(initial) >= 3 else None
@@ -152,8 +165,15 @@ class ModelSession:
         shared = len(prefix) >= 2 and self._last[: len(prefix) - 1] == prefix[:-1]
         reuse = self._states if shared else None
         follow = self._last[len(prefix) :] if shared or len(prefix) == 1 else []
-        self._cursor = DecodeCursor(self.model, self.static, list(prefix), eos_threshold=self.eos_threshold,
-                                    prefix_states=reuse, follow=follow, rejoin=self.rejoin)  # fmt: skip
+        self._cursor = DecodeCursor(
+            self.model,
+            self.static,
+            list(prefix),
+            eos_threshold=self.eos_threshold,
+            prefix_states=reuse,
+            follow=follow,
+            rejoin=self.rejoin,
+        )
         self._last, self._states = self._cursor.tokens, self._cursor.states
         return self._last
 

@@ -15,8 +15,9 @@ def box_polygon(box: tuple[float, float, float, float]) -> np.ndarray:
     return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float64)
 
 
-def grabcut_mask(image: np.ndarray, inst: Instance, *, iterations: int = 5, margin: float = 0.2
-                 ) -> tuple[np.ndarray, bool]:  # fmt: skip
+def grabcut_mask(
+    image: np.ndarray, inst: Instance, *, iterations: int = 5, margin: float = 0.2
+) -> tuple[np.ndarray, bool]:
     """GrabCut initialised with the instance's box (outside = background, inside = probable foreground).
 
     It runs on a window of the box enlarged by ``margin`` (at least 8 px each side, clipped to the
@@ -37,8 +38,15 @@ def grabcut_mask(image: np.ndarray, inst: Instance, *, iterations: int = 5, marg
     mask = np.zeros(window.shape[:2], np.uint8)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     try:
-        cv2.grabCut(window, mask, (rx, ry, min(rw, window.shape[1] - rx), min(rh, window.shape[0] - ry)),
-                    bgd, fgd, iterations, cv2.GC_INIT_WITH_RECT)  # fmt: skip
+        cv2.grabCut(
+            window,
+            mask,
+            (rx, ry, min(rw, window.shape[1] - rx), min(rh, window.shape[0] - ry)),
+            bgd,
+            fgd,
+            iterations,
+            cv2.GC_INIT_WITH_RECT,
+        )
     except cv2.error:
         return box_mask, True
     fg = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +21,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from polyrnn.build import shares_encoder
 from polyrnn.config import MASK_FLIP, REJOIN
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
@@ -124,11 +122,16 @@ def outline_runs(polygon: np.ndarray, tokens: list[int], crop: CropBox) -> dict[
     return {t: p[[(start + k) % n for k in range(a, b)]] for t, a, b in zip(tokens, rel, ends, strict=True)}
 
 
-def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, options: EvalOptions, *,
-                      mask_model: MaskNet | None = None, shared: bool = False) -> InstanceResult:  # fmt: skip
+def evaluate_instance(
+    model: PolygonRNN,
+    inst: Instance,
+    image: np.ndarray,
+    options: EvalOptions,
+    *,
+    mask_model: MaskNet | None = None,
+) -> InstanceResult:
     """Measure one instance: automatic IoU, the threshold protocol per T, the clicks-to-quality curve,
-    the grid ceiling and the baselines, with timings. ``shared``: the two models share their encoder
-    (:func:`polyrnn.build.shares_encoder`), which then runs once."""
+    the grid ceiling and the baselines, with timings."""
     d = model.grid_size
     crop = CropBox.around(inst.box, context=options.context, crop_size=model.crop_size, grid_size=d)
     gt_mask, ignore = inst.mask(), inst.ignore_mask()
@@ -142,17 +145,20 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
         return iou_of([crop.cells_to_image(crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))])
 
     pixels, x = crop_tensor(crop, image)
-    feats: torch.Tensor | None = None
     # the grid ceiling: the quantised ground truth itself (as polyrnn.data.ceiling, on this crop)
-    res = InstanceResult(class_name=inst.class_name, automatic=math.nan, ceiling=grid_iou(gt_tokens),
-                         gt_vertices=len(gt_tokens), human_vertices=human_vertices(gt_poly))  # fmt: skip
+    res = InstanceResult(
+        class_name=inst.class_name,
+        automatic=math.nan,
+        ceiling=grid_iou(gt_tokens),
+        gt_vertices=len(gt_tokens),
+        human_vertices=human_vertices(gt_poly),
+    )
 
     # the mask model: its polygon is a baseline and, with start "mask", the automatic polygon
     mask_poly: np.ndarray | None = None
     if mask_model is not None:
         t0 = time.perf_counter()
-        feats = model.encoder(x) if shared else None
-        prob = mask_model.predict_masks(x, flip=options.mask_flip, features=feats)[0].numpy()
+        prob = mask_model.predict_masks(x, flip=options.mask_flip)[0].numpy()
         mask_poly = mask_polygon(prob, crop, tolerance=options.mask_tolerance)
         res.ms["mask"] = (time.perf_counter() - t0) * 1000
         if "mask" in options.baselines:
@@ -162,8 +168,9 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
     initial: list[int] | None = None
     if options.start == "mask" and mask_poly is not None:
         initial = [int(t) for t in polygon_to_tokens(mask_poly, crop, max_len=model.max_len)[:-1]]
-    session = ModelSession(model, pixels, eos_threshold=options.eos_threshold, initial=initial,
-                           rejoin=options.rejoin, features=feats)  # fmt: skip
+    session = ModelSession(
+        model, pixels, eos_threshold=options.eos_threshold, initial=initial, rejoin=options.rejoin
+    )
     auto_tokens = session.complete([session.first()])
     res.ms["model"] = (time.perf_counter() - t0) * 1000 + (res.ms.get("mask", 0.0) if initial else 0.0)
 
@@ -203,8 +210,9 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
             tokens, clicks = threshold_protocol(session, gt_tokens, t, d)
             res.annotator[t] = (score(tokens), clicks)
         if options.max_corrections >= 0:
-            res.curve = worst_vertex_protocol(session, gt_tokens, d, max_corrections=options.max_corrections,
-                                              score=score)  # fmt: skip
+            res.curve = worst_vertex_protocol(
+                session, gt_tokens, d, max_corrections=options.max_corrections, score=score
+            )
     else:  # degenerate on the grid: nothing to correct towards
         res.annotator = {t: (res.automatic, 0) for t in options.thresholds}
         res.curve = [res.automatic] * (options.max_corrections + 1)
@@ -221,16 +229,19 @@ def evaluate_instance(model: PolygonRNN, inst: Instance, image: np.ndarray, opti
     return res
 
 
-def evaluate_dataset(model: PolygonRNN, instances: Sequence[Instance], options: EvalOptions, *,
-                     mask_model: MaskNet | None = None, log: Callable[[str], None] | None = None
-                     ) -> list[InstanceResult]:  # fmt: skip
+def evaluate_dataset(
+    model: PolygonRNN,
+    instances: Sequence[Instance],
+    options: EvalOptions,
+    *,
+    mask_model: MaskNet | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[InstanceResult]:
     """:func:`evaluate_instance` over ``instances`` (each image decoded once), with a progress bar (or a
     plain line every 50 instances when not on a terminal)."""
     model.eval()
-    shared = False
     if mask_model is not None:
         mask_model.eval()
-        shared = shares_encoder(model, mask_model)
     order = sorted(range(len(instances)), key=lambda i: (str(instances[i].image_path), i))
     results: list[InstanceResult | None] = [None] * len(instances)
     image_key, image = "", np.zeros((1, 1, 3), np.uint8)
@@ -240,7 +251,7 @@ def evaluate_dataset(model: PolygonRNN, instances: Sequence[Instance], options: 
             inst = instances[i]
             if str(inst.image_path) != image_key:
                 image_key, image = str(inst.image_path), load_image(inst.image_path)
-            results[i] = evaluate_instance(model, inst, image, options, mask_model=mask_model, shared=shared)
+            results[i] = evaluate_instance(model, inst, image, options, mask_model=mask_model)
             if log is not None and not sys.stderr.isatty() and (n + 1) % 50 == 0:
                 rate = (n + 1) / (time.perf_counter() - t0)
                 log(f"evaluate: {n + 1}/{len(order)} instances, {rate:.2f} inst/s")
@@ -279,22 +290,34 @@ def summarize_results(results: Sequence[InstanceResult], options: EvalOptions) -
     for t in options.thresholds:
         ious = [r.annotator[t][0] for r in results]
         clicks = [r.annotator[t][1] for r in results]
-        out["annotator"].append({
-            "threshold": t,
-            "mean_clicks": float(np.mean(clicks)) if clicks else math.nan,
-            "clicks_per_gt_vertex": float(sum(clicks) / max(gt_vertices, 1)),
-            "clicks_per_human_vertex": float(sum(clicks) / max(human_vertices, 1)),
-            "mean_iou": float(np.mean(ious)) if ious else math.nan,
-            "class_mean_iou": summarize(ious, classes)["class_mean_iou"],
-        })  # fmt: skip
+        out["annotator"].append(
+            {
+                "threshold": t,
+                "mean_clicks": float(np.mean(clicks)) if clicks else math.nan,
+                "clicks_per_gt_vertex": float(sum(clicks) / max(gt_vertices, 1)),
+                "clicks_per_human_vertex": float(sum(clicks) / max(human_vertices, 1)),
+                "mean_iou": float(np.mean(ious)) if ious else math.nan,
+                "class_mean_iou": summarize(ious, classes)["class_mean_iou"],
+            }
+        )
     curves = np.array([r.curve for r in results], dtype=np.float64) if results else np.zeros((0, 1))
     cap = options.max_corrections
-    out["noc"] = {str(level): float(np.mean([_noc(list(c), level / 100, cap) for c in curves])) if len(curves) else math.nan
-                  for level in options.noc}  # fmt: skip
-    out["noc_reached"] = {str(level): float(np.mean([_noc(list(c), level / 100, cap + 1) <= cap for c in curves]))
-                          if len(curves) else math.nan for level in options.noc}  # fmt: skip
-    out["curve"] = {"corrections": list(range(curves.shape[1])), "mean_iou": curves.mean(axis=0).tolist()
-                    if len(curves) else []}  # fmt: skip
+    out["noc"] = {
+        str(level): float(np.mean([_noc(list(c), level / 100, cap) for c in curves]))
+        if len(curves)
+        else math.nan
+        for level in options.noc
+    }
+    out["noc_reached"] = {
+        str(level): float(np.mean([_noc(list(c), level / 100, cap + 1) <= cap for c in curves]))
+        if len(curves)
+        else math.nan
+        for level in options.noc
+    }
+    out["curve"] = {
+        "corrections": list(range(curves.shape[1])),
+        "mean_iou": curves.mean(axis=0).tolist() if len(curves) else [],
+    }
     out["gt_vertices_mean"] = float(gt_vertices / max(len(results), 1))
     out["human_vertices_mean"] = float(human_vertices / max(len(results), 1))
     out["timing_ms_per_instance"] = {
@@ -347,16 +370,22 @@ def report_markdown(report: dict[str, Any]) -> str:
         )
     c = report["ceiling"]
     lines += [f"| grid ceiling (28×28) | {_pct(c['mean_iou'])} | {_pct(c['class_mean_iou'])} | |", ""]
-    lines += ["## Annotator in the loop (the paper's protocol)", "",
-              f"Ground-truth vertices per instance: {report['gt_vertices_mean']:.1f} on the grid (the human polygon "
-              f"quantised like the training targets: the vertices the annotator walks); the human-drawn polygons "
-              f"have {report['human_vertices_mean']:.1f} (their largest part), the clicks of drawing them by hand.", "",
-              "| T (cells) | corrections / instance | corrections / GT vertex | corrections / human vertex "
-              "| mean IoU | class-mean IoU |",
-              "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "## Annotator in the loop (the paper's protocol)",
+        "",
+        f"Ground-truth vertices per instance: {report['gt_vertices_mean']:.1f} on the grid (the human polygon "
+        f"quantised like the training targets: the vertices the annotator walks); the human-drawn polygons "
+        f"have {report['human_vertices_mean']:.1f} (their largest part), the clicks of drawing them by hand.",
+        "",
+        "| T (cells) | corrections / instance | corrections / GT vertex | corrections / human vertex "
+        "| mean IoU | class-mean IoU |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for a in report["annotator"]:
-        lines.append(f"| {a['threshold']} | {a['mean_clicks']:.2f} | {a['clicks_per_gt_vertex']:.2f} | "
-                     f"{a['clicks_per_human_vertex']:.2f} | {_pct(a['mean_iou'])} | {_pct(a['class_mean_iou'])} |")  # fmt: skip
+        lines.append(
+            f"| {a['threshold']} | {a['mean_clicks']:.2f} | {a['clicks_per_gt_vertex']:.2f} | "
+            f"{a['clicks_per_human_vertex']:.2f} | {_pct(a['mean_iou'])} | {_pct(a['class_mean_iou'])} |"
+        )
     mc = report["meta"]["settings"]["max_corrections"]
     lines += [
         "",
@@ -370,18 +399,34 @@ def report_markdown(report: dict[str, Any]) -> str:
     curve = report["curve"]["mean_iou"]
     if curve:
         ks = [k for k in (0, 1, 2, 5, 10, mc) if k < len(curve)]
-        lines += ["", "Mean IoU after k corrections: " + ", ".join(f"k={k}: {_pct(curve[k])}" for k in ks) + ".",
-                  "", "![IoU vs corrections](iou_vs_corrections.png)"]  # fmt: skip
-    lines += ["", "## Per class (automatic)", "", "| class | instances | polyrnn | " +
-              " | ".join(report["baselines"]) + " |", "|---|---:|---:|" + "---:|" * len(report["baselines"])]  # fmt: skip
+        lines += [
+            "",
+            "Mean IoU after k corrections: " + ", ".join(f"k={k}: {_pct(curve[k])}" for k in ks) + ".",
+            "",
+            "![IoU vs corrections](iou_vs_corrections.png)",
+        ]
+    lines += [
+        "",
+        "## Per class (automatic)",
+        "",
+        "| class | instances | polyrnn | " + " | ".join(report["baselines"]) + " |",
+        "|---|---:|---:|" + "---:|" * len(report["baselines"]),
+    ]
     for cls, row in report["automatic"]["per_class"].items():
         cells = [_pct(b["per_class"][cls]["iou"]) for b in report["baselines"].values()]
         lines.append(f"| {cls} | {row['count']} | {_pct(row['iou'])} | " + " | ".join(cells) + " |")
-    lines += ["", "## How vertices are matched", "", MATCHING, "",
-              "GrabCut: OpenCV, 5 iterations, initialised with the box on a window of the box enlarged by "
-              "20 %; when it labels nothing foreground (a collapse) the box itself is its answer. The mask "
-              "baseline's largest part is its polygon. Timing: wall-clock per instance on this machine, "
-              "model = crop encoding + automatic polygon.", ""]  # fmt: skip
+    lines += [
+        "",
+        "## How vertices are matched",
+        "",
+        MATCHING,
+        "",
+        "GrabCut: OpenCV, 5 iterations, initialised with the box on a window of the box enlarged by "
+        "20 %; when it labels nothing foreground (a collapse) the box itself is its answer. The mask "
+        "baseline's largest part is its polygon. Timing: wall-clock per instance on this machine, "
+        "model = crop encoding + automatic polygon.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -407,8 +452,13 @@ def plot_curve(report: dict[str, Any]) -> bytes:
     ann = report["annotator"]
     ax[1].plot([a["mean_clicks"] for a in ann], [100 * a["mean_iou"] for a in ann], marker="s")
     for a in ann:
-        ax[1].annotate(f"T={a['threshold']}", (a["mean_clicks"], 100 * a["mean_iou"]), fontsize=8,
-                       xytext=(4, -10), textcoords="offset points")  # fmt: skip
+        ax[1].annotate(
+            f"T={a['threshold']}",
+            (a["mean_clicks"], 100 * a["mean_iou"]),
+            fontsize=8,
+            xytext=(4, -10),
+            textcoords="offset points",
+        )
     ax[1].axhline(100 * report["automatic"]["mean_iou"], ls="--", color="C0", label="automatic")
     ax[1].set_xlabel("corrections per instance")
     ax[1].set_ylabel("mean IoU (%)")
@@ -442,20 +492,34 @@ def write_report(report: dict[str, Any], out: Path, results: Sequence[InstanceRe
     atomic_write_text(paths[1], report_markdown(report))
     atomic_write_bytes(paths[2], plot_curve(report))
     if results:
-        rows = [json.dumps(_json_safe({**asdict(r), "annotator": {str(t): v for t, v in r.annotator.items()}}))
-                for r in results]  # fmt: skip
+        rows = [
+            json.dumps(_json_safe({**asdict(r), "annotator": {str(t): v for t, v in r.annotator.items()}}))
+            for r in results
+        ]
         paths.append(out / "instances.jsonl")
         atomic_write_text(paths[-1], "\n".join(rows) + "\n")
     return paths
 
 
-def build_meta(*, weights: str | Path, mask_weights: str | Path | None, dataset: str, fmt: str, min_size: float,
-               limit: int, instances: int, options: EvalOptions, command: Sequence[str]) -> dict[str, Any]:  # fmt: skip
-    from polyrnn import __version__
-    from polyrnn.training import git_sha
+def build_meta(
+    *,
+    weights: str | Path,
+    mask_weights: str | Path | None,
+    dataset: str,
+    fmt: str,
+    min_size: float,
+    limit: int,
+    instances: int,
+    options: EvalOptions,
+    command: Sequence[str],
+) -> dict[str, Any]:
+    from polyrnn.provenance import git_sha, versions
 
-    start = ("the mask model's polygon (the recurrent decoder re-predicts after each correction)"
-             if options.start == "mask" else "first-vertex head + greedy recurrent decoding")  # fmt: skip
+    start = (
+        "the mask model's polygon (the recurrent decoder re-predicts after each correction)"
+        if options.start == "mask"
+        else "first-vertex head + greedy recurrent decoding"
+    )
     start += (
         f"; after a correction the re-prediction rejoins the old polygon once within {options.rejoin} "
         "cell(s) of it"
@@ -478,9 +542,5 @@ def build_meta(*, weights: str | Path, mask_weights: str | Path | None, dataset:
         },
         "settings": {**asdict(options), "start_description": start, "matching": MATCHING},
         "git_sha": git_sha(),
-        "versions": {
-            "polyrnn": __version__,
-            "torch": str(torch.__version__),
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
     }

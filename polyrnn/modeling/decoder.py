@@ -50,8 +50,18 @@ class PolygonDecoder(nn.Module):
     crop by :meth:`prepare`) and ``vertex_conv`` over the three one-hot maps (every step).
     """
 
-    def __init__(self, *, feat_channels: int, hidden: int = 16, layers: int = 2, kernel: int = 3,
-                 grid_size: int = 28, cell: str = "lstm", peephole: bool = False, head: str = "conv") -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        feat_channels: int,
+        hidden: int = 16,
+        layers: int = 2,
+        kernel: int = 3,
+        grid_size: int = 28,
+        cell: str = "lstm",
+        peephole: bool = False,
+        head: str = "conv",
+    ) -> None:
         super().__init__()
         if cell not in ("lstm", "gru"):
             raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
@@ -93,8 +103,9 @@ class PolygonDecoder(nn.Module):
         maps.scatter_(2, torch.where(valid, toks, self.eos).unsqueeze(2), valid.unsqueeze(2).float())
         return maps[:, :, : self.eos].view(-1, 3, self.grid_size, self.grid_size)
 
-    def step(self, static: torch.Tensor, prev: torch.Tensor, prev2: torch.Tensor, first: torch.Tensor,
-             state: State) -> tuple[torch.Tensor, State]:  # fmt: skip
+    def step(
+        self, static: torch.Tensor, prev: torch.Tensor, prev2: torch.Tensor, first: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
         """One decoding step: (B, D*D + 1) logits and the new state."""
         x_conv = static + self.vertex_conv(self.one_hot(prev, prev2, first))
         new_state: State = []
@@ -106,51 +117,30 @@ class PolygonDecoder(nn.Module):
             new_state.append(s)
         return self.head(h), new_state
 
-    def forward(self, static: torch.Tensor, tokens: torch.Tensor, tbptt: int = 0, rollout: int = -1,
-                rollout_fraction: float = 1.0) -> torch.Tensor:  # fmt: skip
-        """Teacher forcing, or (``rollout`` >= 0) the simulated annotator's rollout.
+    def forward(self, static: torch.Tensor, tokens: torch.Tensor, tbptt: int = 0) -> torch.Tensor:
+        """Teacher forcing.
 
         Args:
             static: (B, G*hidden, D, D) from :meth:`prepare`.
             tokens: (B, T) target tokens, y(1) first; padding after the end token is ignored by the loss.
             tbptt: when > 0, gradients through the recurrent state are cut every ``tbptt`` steps
                 (truncated back-propagation through time, for long polygons).
-            rollout: when >= 0, for a random ``rollout_fraction`` of the polygons the next step reads the
-                decoder's own greedy vertex (unvisited cells only) wherever it lies within ``rollout``
-                cells (chessboard) of the target, and the target elsewhere: the inputs the annotator-in-the-
-                loop protocol at T = ``rollout`` gives it (Polygon-RNN++'s remedy for exposure bias). The
-                targets stay ``tokens``.
-            rollout_fraction: see ``rollout``.
 
         Returns:
             (B, T-1, D*D + 1) logits; step k predicts tokens[:, k] from the k inputs before it.
         """
         b, t = tokens.shape
-        d = self.grid_size
         state = self.init_state(b, static)
         none = tokens.new_full((b,), -1)
         first = tokens[:, 0]
         prev, prev2 = first, none
-        if rollout >= 0:
-            own = torch.rand(b, device=tokens.device) < rollout_fraction  # (B,) polygons rolled out
-            used = torch.zeros(b, self.eos, dtype=torch.bool, device=tokens.device)
-            rows = torch.arange(b, device=tokens.device)
-            used[rows, first.clamp(0, self.eos - 1)] = (first >= 0) & (first < self.eos)
         out = []
         for k in range(1, t):
             if tbptt > 0 and k > 1 and (k - 1) % tbptt == 0:
                 state = [(h.detach(), c.detach()) for h, c in state]
             logits, state = self.step(static, prev, prev2, first, state)
             out.append(logits)
-            nxt = tokens[:, k]
-            if rollout >= 0:
-                with torch.no_grad():
-                    guess = logits[:, :-1].masked_fill(used, float("-inf")).argmax(1)
-                    cell = (nxt >= 0) & (nxt < self.eos)
-                    far = torch.maximum((guess % d - nxt % d).abs(), (guess // d - nxt // d).abs())
-                    nxt = torch.where(own & cell & (far <= rollout), guess, nxt)
-                    used[rows, nxt.clamp(0, self.eos - 1)] |= cell
-            prev2, prev = prev, nxt
+            prev2, prev = prev, tokens[:, k]
         return torch.stack(out, dim=1)
 
 

@@ -58,36 +58,39 @@ class Encoder(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, *, backbone: nn.Module, tap_channels: list[int], fused_tap: int, out_channels: int,
-                 grid_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        tap_channels: list[int],
+        fused_tap: int,
+        out_channels: int,
+        grid_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.fusion = SkipFusion(in_channels=tap_channels, tap_channels=fused_tap, out_channels=out_channels,
-                                 size=grid_size)  # fmt: skip
+        self.fusion = SkipFusion(
+            in_channels=tap_channels, tap_channels=fused_tap, out_channels=out_channels, size=grid_size
+        )
         self.out_channels = out_channels
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
     backbone_frozen: bool = False
-    fusion_frozen: bool = False
 
-    def freeze_backbone(self, frozen: bool = True, *, fusion: bool = False) -> None:
-        """Frozen: the backbone (and with ``fusion`` the skip fusion too, i.e. the whole encoder) runs
-        without gradients and keeps its batch-norm statistics (eval mode)."""
-        self.backbone_frozen = frozen or fusion
-        self.fusion_frozen = fusion
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Frozen: the backbone runs without gradients and keeps its batch-norm statistics (eval mode)."""
+        self.backbone_frozen = frozen
         for p in self.backbone.parameters():
-            p.requires_grad_(not self.backbone_frozen)
-        for p in self.fusion.parameters():
-            p.requires_grad_(not fusion)
+            p.requires_grad_(not frozen)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> Encoder:
         super().train(mode)
         if self.backbone_frozen:
             self.backbone.eval()
-        if self.fusion_frozen:
-            self.fusion.eval()
         return self
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -95,9 +98,6 @@ class Encoder(nn.Module):
         return (images - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.fusion_frozen:
-            with torch.no_grad():
-                return self.fusion(self.backbone(self.normalize(images)))
         if self.backbone_frozen:
             with torch.no_grad():
                 taps = self.backbone(self.normalize(images))
@@ -192,8 +192,15 @@ class EfficientNetLite0Taps(nn.Module):
     state dict (lukemelas style), whose ``_conv_head``/``_bn1``/``_fc`` are not used."""
 
     # (repeats, kernel, stride, expand, in, out) per stage
-    STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]  # fmt: skip
+    STAGES = [
+        (1, 3, 1, 1, 32, 16),
+        (2, 3, 2, 6, 16, 24),
+        (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112),
+        (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    ]
     TAPS = (2, 4, 10, 15)  # block indices ending strides 4, 8, 16, 32
     channels = [24, 40, 112, 320]
 

@@ -19,10 +19,16 @@ class PolygonLoss(nn.Module):
 
     table: torch.Tensor
 
-    def __init__(self, *, grid_size: int, radius: float = 2.0, sigma: float = 1.0, first_vertex_weight: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self, *, grid_size: int, radius: float = 2.0, sigma: float = 1.0, first_vertex_weight: float = 1.0
+    ) -> None:
         super().__init__()
         v = grid_size * grid_size + 1
-        self.register_buffer("table", torch.from_numpy(smooth_targets(np.arange(v), grid_size, radius=radius, sigma=sigma)), persistent=False)  # fmt: skip
+        self.register_buffer(
+            "table",
+            torch.from_numpy(smooth_targets(np.arange(v), grid_size, radius=radius, sigma=sigma)),
+            persistent=False,
+        )
         self.first_vertex_weight = first_vertex_weight
 
     def forward(
@@ -45,5 +51,7 @@ class PolygonLoss(nn.Module):
         tgt = self.table[targets.clamp(min=0)]  # (B, T-1, V)
         ce = -(tgt * logp).sum(-1)  # (B, T-1)
         polygon = (ce * valid).sum() / valid.sum().clamp(min=1)
-        fv = F.binary_cross_entropy_with_logits(outputs["boundary_logits"], batch["boundary"]) + F.binary_cross_entropy_with_logits(outputs["vertex_logits"], batch["vertices"])  # fmt: skip
+        fv = F.binary_cross_entropy_with_logits(
+            outputs["boundary_logits"], batch["boundary"]
+        ) + F.binary_cross_entropy_with_logits(outputs["vertex_logits"], batch["vertices"])
         return {"loss": polygon + self.first_vertex_weight * fv, "polygon": polygon, "first_vertex": fv}

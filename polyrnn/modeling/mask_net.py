@@ -62,19 +62,19 @@ class MaskNet(nn.Module):
         return {"mask_logits": self.head(feats)}
 
     @torch.no_grad()
-    def predict_masks(self, images: torch.Tensor, *, flip: bool = False,
-                      features: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def predict_masks(self, images: torch.Tensor, *, flip: bool = False) -> torch.Tensor:
         """(B, 3, 224, 224) -> (B, M, M) probabilities; ``flip``: averaged with the prediction for the
-        mirrored crop (test-time augmentation, twice the encoder time). ``features``: this encoder's
-        (B, C, D, D) features of ``images`` when already computed (a shared encoder)."""
-        prob = torch.sigmoid(self(images, features=features)["mask_logits"])
-        if flip:
-            prob = (prob + torch.sigmoid(self(images.flip(-1))["mask_logits"]).flip(-1)) / 2
-        return prob
+        mirrored crop (test-time augmentation; the crop and its mirror run as one batch)."""
+        if not flip:
+            return torch.sigmoid(self(images)["mask_logits"])
+        b = images.shape[0]
+        prob = torch.sigmoid(self(torch.cat([images, images.flip(-1)]))["mask_logits"])  # (2B, M, M)
+        return (prob[:b] + prob[b:].flip(-1)) / 2
 
 
-def mask_polygon(prob: np.ndarray, crop: CropBox, *, threshold: float = 0.5,
-                 tolerance: float = 0.75) -> np.ndarray | None:  # fmt: skip
+def mask_polygon(
+    prob: np.ndarray, crop: CropBox, *, threshold: float = 0.5, tolerance: float = 0.75
+) -> np.ndarray | None:
     """The largest outer boundary of ``prob >= threshold`` ((M, M) over the crop) as an (N, 2) polygon
     in image pixels, simplified (Ramer–Douglas–Peucker) with ``tolerance`` mask pixels; None when the
     mask is empty."""

@@ -1,6 +1,6 @@
 """Polygon-RNN: encoder -> first-vertex branch -> recurrent decoder (Castrejón et al. 2017, Fig. 2).
 
-The trainable module. Its ``forward`` is teacher-forced; decoding (greedy, beam, from a prefix) runs
+The trainable module. Its ``forward`` is teacher-forced; decoding (greedy, from a prefix) runs
 under ``torch.no_grad``. The interactive wrapper is :class:`polyrnn.predictor.PolygonPredictor`.
 """
 
@@ -17,7 +17,6 @@ from polyrnn.data.sequence import chessboard
 from polyrnn.modeling.decoder import PolygonDecoder, State, cell_mask_logits
 from polyrnn.modeling.encoder import Encoder
 from polyrnn.modeling.first_vertex import FirstVertex
-from polyrnn.modeling.mask_net import MaskHead
 
 
 @dataclass
@@ -41,75 +40,59 @@ class Decoded:
 
 
 class PolygonRNN(nn.Module):
-    """The network. Images are (B, 3, 224, 224) float RGB in 0..255; the encoder normalises them.
+    """The network. Images are (B, 3, 224, 224) float RGB in 0..255; the encoder normalises them."""
 
-    With ``mask_prior`` (a mask model's head on the same encoder, frozen: never trained here, always in
-    eval mode) the first-vertex branch and the decoder see the encoder's (B, C, D, D) features plus the
-    prior's (B, M, M) mask probabilities folded into (B, (M/D)**2, D, D) sub-cell channels, so the
-    decoder can follow the mask's outline, also after a correction.
-    """
-
-    def __init__(self, *, encoder: Encoder, first_vertex: FirstVertex, decoder: PolygonDecoder, max_len: int = 70,
-                 crop_size: int = 224, mask_prior: MaskHead | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        encoder: Encoder,
+        first_vertex: FirstVertex,
+        decoder: PolygonDecoder,
+        max_len: int = 70,
+        crop_size: int = 224,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.first_vertex = first_vertex
         self.decoder = decoder
-        self.mask_prior = mask_prior
-        if mask_prior is not None:
-            mask_prior.requires_grad_(False)
-            mask_prior.eval()
         self.max_len = max_len
         self.crop_size = crop_size
         self.grid_size = decoder.grid_size
         self.eos = decoder.eos
 
-    def train(self, mode: bool = True) -> PolygonRNN:
-        super().train(mode)
-        if self.mask_prior is not None:
-            self.mask_prior.eval()
-        return self
-
-    def with_prior(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C, D, D) encoder features -> what the first-vertex branch and the decoder read: the same, or
-        with a mask prior (B, C + (M/D)**2, D, D)."""
-        if self.mask_prior is None:
-            return features
-        with torch.no_grad():
-            prob = torch.sigmoid(self.mask_prior(features)).unsqueeze(1)  # (B, 1, M, M)
-        return torch.cat([features, F.pixel_unshuffle(prob, prob.shape[-1] // self.grid_size)], dim=1)
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor | None = None,
-                tbptt: int = 0, rollout: int = -1, rollout_fraction: float = 1.0) -> dict[str, torch.Tensor]:  # fmt: skip
-        """Teacher-forced pass (or the annotator's rollout: see :meth:`PolygonDecoder.forward`).
+    def forward(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        features: torch.Tensor | None = None,
+        tbptt: int = 0,
+    ) -> dict[str, torch.Tensor]:
+        """Teacher-forced pass.
 
         Args:
             images: (B, 3, 224, 224) crops (ignored when ``features`` is given).
             tokens: (B, T) padded target tokens (-1 after the end token).
-            features: optional precomputed (B, C, D, D) encoder features (without the mask prior).
+            features: optional precomputed (B, C, D, D) encoder features.
             tbptt: truncated back-propagation every ``tbptt`` decoder steps (0 = full).
-            rollout, rollout_fraction: train on the decoder's own vertices within ``rollout`` cells of the
-                target (-1 = teacher forcing).
 
         Returns:
             ``step_logits`` (B, T-1, D*D+1), ``boundary_logits`` and ``vertex_logits`` (B, D, D).
         """
-        feats = self.with_prior(self.encoder(images) if features is None else features)
+        feats = self.encoder(images) if features is None else features
         boundary, vertex = self.first_vertex(feats)
-        step_logits = self.decoder(self.decoder.prepare(feats), tokens.clamp(min=-1), tbptt=tbptt,
-                                   rollout=rollout, rollout_fraction=rollout_fraction)  # fmt: skip
+        step_logits = self.decoder(self.decoder.prepare(feats), tokens.clamp(min=-1), tbptt=tbptt)
         return {"step_logits": step_logits, "boundary_logits": boundary, "vertex_logits": vertex}
 
     # --- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, features: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    def encode(
+        self, images: torch.Tensor, features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, 3, 224, 224) -> (features (B, C, D, D), static (B, G, D, D), vertex logits (B, D, D)).
         ``features``: the encoder's output when already computed (``images`` is then not read)."""
         feats = self.encoder(images) if features is None else features
-        inputs = self.with_prior(feats)
-        _, vertex = self.first_vertex(inputs)
-        return feats, self.decoder.prepare(inputs), vertex
+        _, vertex = self.first_vertex(feats)
+        return feats, self.decoder.prepare(feats), vertex
 
     @torch.no_grad()
     def first_vertices(self, vertex_logits: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,8 +101,9 @@ class PolygonRNN(nn.Module):
         probs, idx = p.topk(k, dim=1)
         return idx, probs
 
-    def _run_prefix(self, static: torch.Tensor, prefix: list[int], prefix_states: list[State] | None
-                    ) -> tuple[torch.Tensor, list[State]]:  # fmt: skip
+    def _run_prefix(
+        self, static: torch.Tensor, prefix: list[int], prefix_states: list[State] | None
+    ) -> tuple[torch.Tensor, list[State]]:
         """Teacher-force the prefix. Returns the logits predicting vertex ``len(prefix)`` and the states
         after each step k (step k consumes prefix[k] and predicts vertex k+1). With ``prefix_states``
         from an earlier decode sharing ``prefix[:-1]``, only the last step is run."""
@@ -151,9 +135,17 @@ class PolygonRNN(nn.Module):
         return F.log_softmax(cell_mask_logits(logits, used, allow), dim=-1)[0]
 
     @torch.no_grad()
-    def decode(self, static: torch.Tensor, prefix: list[int], *, max_len: int | None = None,
-               eos_threshold: float = 0.5, prefix_states: list[State] | None = None,
-               follow: Sequence[int] = (), rejoin: int | None = None) -> Decoded:  # fmt: skip
+    def decode(
+        self,
+        static: torch.Tensor,
+        prefix: list[int],
+        *,
+        max_len: int | None = None,
+        eos_threshold: float = 0.5,
+        prefix_states: list[State] | None = None,
+        follow: Sequence[int] = (),
+        rejoin: int | None = None,
+    ) -> Decoded:
         """Greedy decoding of one polygon continuing from ``prefix`` (the annotator-in-the-loop step).
 
         Args:
@@ -169,53 +161,21 @@ class PolygonRNN(nn.Module):
         Returns:
             :class:`Decoded` with ``states`` for every step (for the next correction).
         """
-        cur = DecodeCursor(self, static, prefix, max_len=max_len, eos_threshold=eos_threshold,
-                           prefix_states=prefix_states, follow=follow, rejoin=rejoin)  # fmt: skip
+        cur = DecodeCursor(
+            self,
+            static,
+            prefix,
+            max_len=max_len,
+            eos_threshold=eos_threshold,
+            prefix_states=prefix_states,
+            follow=follow,
+            rejoin=rejoin,
+        )
         while cur.advance():
             pass
-        return Decoded(tokens=cur.tokens, probs=cur.probs, ended=cur.ended, states=cur.states,
-                       followed=cur.followed)  # fmt: skip
-
-    @torch.no_grad()
-    def beam_decode(self, static: torch.Tensor, prefix: list[int], *, width: int = 3,
-                    max_len: int | None = None) -> Decoded:  # fmt: skip
-        """Beam search of width ``width`` continuing from ``prefix``. Hypotheses are ranked by mean
-        log-probability per predicted token (end included), so length does not decide on its own."""
-        cap = max_len or self.max_len
-        dev = static.device
-        first = torch.tensor([prefix[0]], device=dev)
-        logits, states = self._run_prefix(static, list(prefix), None)
-        # (tokens, sum log p, probs, logits predicting the next token, state)
-        hyps: list[tuple[list[int], float, list[float], torch.Tensor, State]] = [
-            (list(prefix), 0.0, [], logits, states[-1])
-        ]
-        finished: list[tuple[list[int], float, list[float]]] = []
-
-        def mean(score: float, toks: list[int], extra: int = 0) -> float:
-            return score / max(len(toks) - len(prefix) + extra, 1)
-
-        while hyps:
-            cand = []
-            for toks, score, probs, lg, st in hyps:
-                lp = self._step_logp(lg, toks)
-                top = lp.topk(min(width + 1, lp.numel()))
-                for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-                    if v == float("-inf"):
-                        continue
-                    if i == self.eos:
-                        finished.append((toks, mean(score + v, toks, 1), probs))
-                    elif len(toks) < cap:
-                        cand.append((toks + [i], score + v, probs + [float(torch.tensor(v).exp())], st))
-                if len(toks) >= cap:
-                    finished.append((toks, mean(score, toks), probs))
-            cand.sort(key=lambda h: -mean(h[1], h[0]))
-            hyps = []
-            for toks, score, probs, st in cand[:width]:
-                prev, prev2 = torch.tensor([toks[-1]], device=dev), torch.tensor([toks[-2]], device=dev)
-                lg, new_st = self.decoder.step(static, prev, prev2, first, st)
-                hyps.append((toks, score, probs, lg, new_st))
-        toks, _, probs = max(finished, key=lambda f: f[1])
-        return Decoded(tokens=toks, probs=probs, ended=len(toks) < cap)
+        return Decoded(
+            tokens=cur.tokens, probs=cur.probs, ended=cur.ended, states=cur.states, followed=cur.followed
+        )
 
 
 class DecodeCursor:
@@ -237,9 +197,18 @@ class DecodeCursor:
             rejoined (not the cap).
     """
 
-    def __init__(self, model: PolygonRNN, static: torch.Tensor, prefix: list[int], *, max_len: int | None = None,
-                 eos_threshold: float = 0.5, prefix_states: list[State] | None = None,
-                 follow: Sequence[int] = (), rejoin: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: PolygonRNN,
+        static: torch.Tensor,
+        prefix: list[int],
+        *,
+        max_len: int | None = None,
+        eos_threshold: float = 0.5,
+        prefix_states: list[State] | None = None,
+        follow: Sequence[int] = (),
+        rejoin: int | None = None,
+    ) -> None:
         self.model, self.static = model, static
         self.cap = max_len or model.max_len
         self.eos_threshold = eos_threshold

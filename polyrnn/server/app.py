@@ -188,9 +188,12 @@ def create_app(store: AnnotationStore, predictor: PolygonPredictor, *, model_nam
         return Labels(labels=store.set_labels(body.labels))
 
     def _response(pred: Any, t0: float) -> PolygonResponse:
-        return PolygonResponse(polygon=[[round(float(x), 2), round(float(y), 2)] for x, y in pred.vertices],
-                               probs=[round(float(p), 4) for p in pred.probs], fixed=int(pred.fixed),
-                               ms=round((time.perf_counter() - t0) * 1000, 2))  # fmt: skip
+        return PolygonResponse(
+            polygon=[[round(float(x), 2), round(float(y), 2)] for x, y in pred.vertices],
+            probs=[round(float(p), 4) for p in pred.probs],
+            fixed=int(pred.fixed),
+            ms=round((time.perf_counter() - t0) * 1000, 2),
+        )
 
     @app.post("/api/predict", response_model=PolygonResponse)
     def predict(req: PredictRequest) -> PolygonResponse:
@@ -211,8 +214,12 @@ def create_app(store: AnnotationStore, predictor: PolygonPredictor, *, model_nam
         with lock:
             use_image(req.image)
             try:
-                pred = predictor.correct(req.index, (req.point[0], req.point[1]), box=tuple(req.box),  # type: ignore[arg-type]
-                                         vertices=np.array(req.polygon, dtype=np.float64))  # fmt: skip
+                pred = predictor.correct(
+                    req.index,
+                    (req.point[0], req.point[1]),
+                    box=tuple(req.box),  # type: ignore[arg-type]
+                    vertices=np.array(req.polygon, dtype=np.float64),
+                )
             except (ValueError, IndexError) as e:
                 raise HTTPException(422, str(e)) from e
         return _response(pred, t0)
@@ -233,8 +240,9 @@ def create_app(store: AnnotationStore, predictor: PolygonPredictor, *, model_nam
             )
         except DataError as e:
             raise HTTPException(422, f"nothing to export yet ({e})") from e
-        return ExportResponse(format=fmt, path=str(summary["path"]), instances=summary["instances"],
-                              images=summary["images"])  # fmt: skip
+        return ExportResponse(
+            format=fmt, path=str(summary["path"]), instances=summary["instances"], images=summary["images"]
+        )
 
     @app.get("/api/export/coco.json")
     def export_coco_file() -> FileResponse:

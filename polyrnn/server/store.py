@@ -90,7 +90,7 @@ class AnnotationStore:
                     "description": s.get("description", ""),
                     "shape_type": "polygon",
                     "flags": {},
-                }  # fmt: skip
+                }
                 for s in shapes
             ],
             "imagePath": os.path.relpath(image, path.parent),

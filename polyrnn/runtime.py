@@ -1,0 +1,39 @@
+"""How many CPU threads torch uses, chosen once per process for every command.
+
+Measured with ``polyrnn bench`` on a 2-core machine, idle and with one busy process per core
+(``docs/performance.md``): one intra-op thread is about as fast as two when the machine is idle and stays
+fast under load, while two threads fighting for busy cores are many times slower. Interactive tools run on
+busy laptops, so the default is one thread; ``--threads N`` or ``POLYRNN_THREADS=N`` asks for more.
+"""
+
+from __future__ import annotations
+
+import os
+
+THREADS_ENV = "POLYRNN_THREADS"
+DEFAULT_THREADS = 1
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """``threads``, else ``$POLYRNN_THREADS``, else :data:`DEFAULT_THREADS`; 0 means all cores.
+    ``ValueError`` naming the setting when it is not a non-negative integer."""
+    if threads is None:
+        raw = os.environ.get(THREADS_ENV, "").strip()
+        if not raw:
+            return DEFAULT_THREADS
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV}={raw!r}: expected a non-negative integer") from None
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = all cores), got {threads}")
+    return threads or (os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Apply :func:`resolve_threads` to torch (intra-op threads); returns the count in use."""
+    import torch
+
+    n = resolve_threads(threads)
+    torch.set_num_threads(n)
+    return n
