@@ -102,7 +102,8 @@ def main() -> None:
 
     print(
         f"corrections: {len(corr)}; round trip in the browser median {statistics.median(corr):.1f} ms, "
-        f"p90 {q(corr, 0.9):.1f} ms, max {max(corr):.1f} ms (server part median {statistics.median(srv):.1f} ms)"
+        f"p90 {q(corr, 0.9):.1f} ms, max {max(corr):.1f} ms "
+        f"(server part median {statistics.median(srv):.1f} ms)"
     )
     print(f"box -> polygon: {len(pred)}; median {statistics.median(pred):.1f} ms, max {max(pred):.1f} ms")
 

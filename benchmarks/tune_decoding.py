@@ -117,7 +117,8 @@ def main() -> None:
             grid_size=model.grid_size,
         )
         print(
-            f"ground-truth vertices more than 1 cell off the mask's outline: {far}/{n} = {far / max(n, 1):.3f}"
+            f"ground-truth vertices more than 1 cell off the mask's outline: "
+            f"{far}/{n} = {far / max(n, 1):.3f}"
         )
         return
     thresholds = tuple(int(t) for t in args.thresholds.split(","))
@@ -143,10 +144,12 @@ def main() -> None:
         auto = 100 * np.mean([r.automatic for r in res])
         box = 100 * np.mean([r.baselines["box"] for r in res])
         gtv = np.sum([r.gt_vertices for r in res])
-        line = f"start {start} tolerance {tol:g} rejoin {rejoin} flip {int(flip)} eos {eos:g}: automatic {auto:.2f} (box {box:.2f})"
+        line = f"start {start} tolerance {tol:g} rejoin {rejoin} flip {int(flip)} eos {eos:g}: "
+        line += f"automatic {auto:.2f} (box {box:.2f})"
         for t in thresholds:
             clicks = np.sum([r.annotator[t][1] for r in res])
-            line += f" | T={t}: {clicks / gtv:.3f} corr/GT vertex, IoU {100 * np.mean([r.annotator[t][0] for r in res]):.2f}"
+            iou = 100 * np.mean([r.annotator[t][0] for r in res])
+            line += f" | T={t}: {clicks / gtv:.3f} corr/GT vertex, IoU {iou:.2f}"
         if args.curve >= 0:
             curve = 100 * np.mean([r.curve for r in res], axis=0)
             line += " | curve " + "/".join(f"{v:.1f}" for v in curve[: min(len(curve), 6)])

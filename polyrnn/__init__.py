@@ -1,4 +1,5 @@
-"""polyrnn: Polygon-RNN (Castrejón, Kundu, Urtasun, Fidler, CVPR 2017) for annotating objects with polygons."""
+"""polyrnn: Polygon-RNN (Castrejón, Kundu, Urtasun, Fidler, CVPR 2017) for annotating objects with
+polygons."""
 
 from polyrnn.data import Dataset, Instance, load_dataset
 from polyrnn.data.crop import CropBox

@@ -100,7 +100,8 @@ def _interactive(models: Models, *, repeats: int, steps: int) -> dict[str, Any]:
 
 
 def _training(models: Models, *, repeats: int, batch_size: int) -> dict[str, float]:
-    """Training instances/s (forward + backward) of the polygon model, fine-tuned and with a frozen backbone."""
+    """Training instances/s (forward + backward) of the polygon model, fine-tuned and with a frozen
+    backbone."""
     model = models.polygon
     d = model.grid_size
     loss_fn = PolygonLoss(grid_size=d)
@@ -150,7 +151,8 @@ def run_bench(
     train: bool = True,
 ) -> dict[str, Any]:
     """Measure the models :func:`polyrnn.build.load_models` pairs (the shipped ones by default): parameters,
-    (an untrained ``variant`` when no weights ship for it) the interactive round's parts (milliseconds: median, p10, p90 over ``repeats`` rounds after two warm-up
+    (an untrained ``variant`` when no weights ship for it) the interactive round's parts (milliseconds:
+    median, p10, p90 over ``repeats`` rounds after two warm-up
     rounds) and, with ``train``, training instances/s (batch ``train_batch``).
 
     Decoding runs a fixed ``steps`` vertices (end token disabled) so that any model is timed on a realistic

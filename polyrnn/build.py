@@ -88,7 +88,7 @@ SHIPPED: dict[str, WeightRecord] = {
         variant="lite-mask",
         file="lite-mask.pt",
         automatic=None,
-        command="polyrnn train --config lite-mask-ft (best epoch, 11), then build.ship_weights(..., 'lite-mask')",
+        command="polyrnn train --config lite-mask-ft (best epoch, 11), then ship_weights(..., 'lite-mask')",
     ),
 }
 
@@ -219,7 +219,8 @@ def build_model(
     vgg16_weights: str | Path | None = None,
     shipped: bool = True,
 ) -> Model:
-    """Build a model by variant name (``tiny``, ``lite``, ``vgg16``, ``lite-mask``, ...) or config, optionally loading a
+    """Build a model by variant name (``tiny``, ``lite``, ``vgg16``, ``lite-mask``, ...) or config, optionally
+    loading a
     polyrnn checkpoint (whose own config must match the variant's architecture).
 
     Args:

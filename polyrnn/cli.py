@@ -269,8 +269,9 @@ def _print_eval_summary(report: dict[str, Any], paths: list[Path]) -> None:
         print(f"baseline {name}: mean IoU {100 * b['mean_iou']:.1f}")
     for row in report["annotator"]:
         print(
-            f"T={row['threshold']}: {row['mean_clicks']:.2f} corrections ({row['clicks_per_gt_vertex']:.2f} per "
-            f"GT vertex, {row['clicks_per_human_vertex']:.2f} per human vertex), mean IoU {100 * row['mean_iou']:.1f}"
+            f"T={row['threshold']}: {row['mean_clicks']:.2f} corrections "
+            f"({row['clicks_per_gt_vertex']:.2f} per GT vertex, "
+            f"{row['clicks_per_human_vertex']:.2f} per human vertex), mean IoU {100 * row['mean_iou']:.1f}"
         )
     print("NoC: " + ", ".join(f"@{k} {v:.2f}" for k, v in report["noc"].items()))
     print("report: " + ", ".join(str(p) for p in paths))
@@ -369,7 +370,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     for s in summary["skipped"][:10]:
         print(f"skipped {s.where}: {s.reason}", file=sys.stderr)
     print(
-        f"exported {summary['instances']} instances on {summary['images']} images as {args.to}: {summary['path']}"
+        f"exported {summary['instances']} instances on {summary['images']} images as {args.to}: "
+        f"{summary['path']}"
     )
     return 0
 
@@ -377,7 +379,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polyrnn",
-        description="Polygon-RNN: trace an object's outline as a polygon from a box, and correct it vertex by vertex.",
+        description="Polygon-RNN: trace an object's outline as a polygon from a box, and correct it.",
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

@@ -11,7 +11,8 @@ from typing import Any
 # old polygon's rest, which is kept (None: re-predict everything, the paper). Chosen on held-out training
 # images with benchmarks/tune_decoding.py (clicks-to-quality curve and NoC), used by the editor and evaluate.
 REJOIN: int | None = 1
-# The mask model's automatic polygon averages the mask of the crop and of its mirror image (chosen the same way).
+# The mask model's automatic polygon averages the mask of the crop and of its mirror image (chosen the same
+# way).
 MASK_FLIP = True
 
 
@@ -121,35 +122,58 @@ class TrainConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "augment": AugmentConfig}
 
 
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ValueError(f"{where}: expected true/false, got {value!r}")
+
+
+def _to_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())
+    ):
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    return int(value)
+
+
+def _to_float(value: Any, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a number, got {value!r}") from None
+
+
+def _to_tuple(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{where}: expected a list, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
+def _to_str(value: Any, where: str) -> str:
+    if not isinstance(value, str | int | float):
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    return str(value)
+
+
+# checked in this order: bool before int (a bool is an int)
+_CONVERTERS: tuple[tuple[type, Any], ...] = (
+    (bool, _to_bool),
+    (int, _to_int),
+    (float, _to_float),
+    (tuple, _to_tuple),
+    (str, _to_str),
+)
+
+
 def _coerce(value: Any, current: Any, where: str) -> Any:
     """Convert a YAML / command-line value to the type of the field's default."""
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
-    if isinstance(current, int):
-        if isinstance(value, bool) or not (
-            isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())
-        ):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return int(value)
-    if isinstance(current, float):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected a number, got {value!r}") from None
-    if isinstance(current, tuple):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        return tuple(str(v) for v in value)
-    if isinstance(current, str):
-        if not isinstance(value, str | int | float):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
-        return str(value)
+    for kind, convert in _CONVERTERS:
+        if isinstance(current, kind):
+            return convert(value, where)
     raise ValueError(f"{where}: unsupported value {value!r}")
 
 

@@ -20,7 +20,8 @@ CITYSCAPES_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorc
 
 
 def _image_for(json_path: Path) -> Path:
-    """gtFine/<split>/<city>/<stem>_gtFine_polygons.json -> leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png"""
+    """gtFine/<split>/<city>/<stem>_gtFine_polygons.json ->
+    leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png"""
     name = json_path.name.replace("_gtFine_polygons.json", "_leftImg8bit.png")
     parts = list(json_path.parts)
     for i in range(len(parts) - 1, -1, -1):

@@ -23,6 +23,77 @@ def _image_dir_candidates(json_path: Path) -> list[Path]:
     return out
 
 
+def _categories(data: dict, json_path: Path) -> dict[int, str]:
+    cats: dict[int, str] = {}
+    for i, c in enumerate(data["categories"]):
+        try:
+            cats[int(c["id"])] = str(c["name"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{json_path}: categories[{i}] needs 'id' and 'name' ({e})") from e
+    return cats
+
+
+def _images(
+    data: dict, json_path: Path, dirs: list[Path], skipped: list[Skip]
+) -> dict[int, tuple[Path, tuple[int, int]]]:
+    """image id -> (file, (width, height)) for the images whose file is found."""
+    images: dict[int, tuple[Path, tuple[int, int]]] = {}
+    for i, im in enumerate(data["images"]):
+        where = f"{json_path}:images[{i}]"
+        try:
+            name, size, im_id = str(im["file_name"]), (int(im["width"]), int(im["height"])), int(im["id"])
+        except (KeyError, TypeError, ValueError) as e:
+            skipped.append(Skip(where, f"needs 'id', 'file_name', 'width', 'height' ({e})"))
+            continue
+        path = next((d / name for d in dirs if (d / name).is_file()), None)
+        if path is None:
+            skipped.append(Skip(where, f"image file '{name}' not found in {', '.join(map(str, dirs))}"))
+            continue
+        images[im_id] = (path, size)
+    return images
+
+
+def _segmentation(
+    seg: object, size: tuple[int, int], where: str, skipped: list[Skip]
+) -> list[np.ndarray] | None:
+    """The polygons of an annotation's ``segmentation`` (polygon list, or RLE traced); None (with the reason
+    in ``skipped``) when it is unusable."""
+    polygons: list[np.ndarray] = []
+    if isinstance(seg, list):
+        for j, part in enumerate(seg):
+            p = parse_polygon(part, f"{where}.segmentation[{j}]", skipped)
+            if p is not None:
+                polygons.append(p)
+    elif isinstance(seg, dict) and "counts" in seg:
+        try:
+            rle = (
+                seg if not isinstance(seg["counts"], list) else mask_utils.frPyObjects(seg, size[1], size[0])
+            )
+            polygons = mask_to_polygons(mask_utils.decode(rle).astype(bool))
+        except Exception as e:  # pycocotools raises bare Exceptions on bad RLE
+            skipped.append(Skip(where + ".segmentation", f"bad RLE ({e})"))
+            return None
+    else:
+        skipped.append(Skip(where + ".segmentation", "missing or neither polygons nor RLE"))
+        return None
+    if not polygons:
+        skipped.append(Skip(where + ".segmentation", "no usable polygon"))
+        return None
+    return polygons
+
+
+def _bbox(ann: dict, size: tuple[int, int], where: str, skipped: list[Skip]) -> tuple[float, ...] | None:
+    bbox = ann.get("bbox")
+    try:
+        box = tuple(float(v) for v in bbox) if bbox is not None else None
+    except (TypeError, ValueError):
+        box = None
+    if box is None or len(box) != 4:
+        skipped.append(Skip(where + ".bbox", f"bbox {bbox!r} is not [x, y, w, h]"))
+        return None
+    return check_box(box, size, where + ".bbox", skipped)  # type: ignore[arg-type]
+
+
 def read_coco(json_path: Path | str, image_dir: Path | str | None = None) -> Dataset:
     """Read a COCO instances file.
 
@@ -41,28 +112,9 @@ def read_coco(json_path: Path | str, image_dir: Path | str | None = None) -> Dat
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DataError(f"{json_path}: not a COCO instances file (field '{key}' missing or not a list)")
     skipped: list[Skip] = []
-    cats: dict[int, str] = {}
-    for i, c in enumerate(data["categories"]):
-        try:
-            cats[int(c["id"])] = str(c["name"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{json_path}: categories[{i}] needs 'id' and 'name' ({e})") from e
-
+    cats = _categories(data, json_path)
     dirs = [Path(image_dir)] if image_dir is not None else _image_dir_candidates(json_path)
-    images: dict[int, tuple[Path, tuple[int, int]]] = {}
-    for i, im in enumerate(data["images"]):
-        where = f"{json_path}:images[{i}]"
-        try:
-            name, size, im_id = str(im["file_name"]), (int(im["width"]), int(im["height"])), int(im["id"])
-        except (KeyError, TypeError, ValueError) as e:
-            skipped.append(Skip(where, f"needs 'id', 'file_name', 'width', 'height' ({e})"))
-            continue
-        path = next((d / name for d in dirs if (d / name).is_file()), None)
-        if path is None:
-            skipped.append(Skip(where, f"image file '{name}' not found in {', '.join(map(str, dirs))}"))
-            continue
-        images[im_id] = (path, size)
-
+    images = _images(data, json_path, dirs, skipped)
     instances: list[Instance] = []
     for i, ann in enumerate(data["annotations"]):
         where = f"{json_path}:annotations[{i}]"
@@ -77,51 +129,18 @@ def read_coco(json_path: Path | str, image_dir: Path | str | None = None) -> Dat
             skipped.append(Skip(where + ".category_id", f"unknown category {cat_id}"))
             continue
         path, size = images[image_id]
-        crowd = bool(ann.get("iscrowd", 0))
-        seg = ann.get("segmentation")
-        polygons: list[np.ndarray] = []
-        if isinstance(seg, list):
-            for j, part in enumerate(seg):
-                p = parse_polygon(part, f"{where}.segmentation[{j}]", skipped)
-                if p is not None:
-                    polygons.append(p)
-        elif isinstance(seg, dict) and "counts" in seg:
-            try:
-                rle = (
-                    seg
-                    if not isinstance(seg["counts"], list)
-                    else mask_utils.frPyObjects(seg, size[1], size[0])
-                )
-                mask = mask_utils.decode(rle).astype(bool)
-            except Exception as e:  # pycocotools raises bare Exceptions on bad RLE
-                skipped.append(Skip(where + ".segmentation", f"bad RLE ({e})"))
-                continue
-            polygons = mask_to_polygons(mask)
-        else:
-            skipped.append(Skip(where + ".segmentation", "missing or neither polygons nor RLE"))
-            continue
-        if not polygons:
-            skipped.append(Skip(where + ".segmentation", "no usable polygon"))
-            continue
-        bbox = ann.get("bbox")
-        try:
-            box = tuple(float(v) for v in bbox) if bbox is not None else None
-        except (TypeError, ValueError):
-            box = None
-        if box is None or len(box) != 4:
-            skipped.append(Skip(where + ".bbox", f"bbox {bbox!r} is not [x, y, w, h]"))
-            continue
-        checked = check_box(box, size, where + ".bbox", skipped)  # type: ignore[arg-type]
-        if checked is None:
+        polygons = _segmentation(ann.get("segmentation"), size, where, skipped)
+        box = _bbox(ann, size, where, skipped) if polygons is not None else None
+        if polygons is None or box is None:
             continue
         instances.append(
             Instance(
                 image_path=path,
                 image_size=size,
                 class_name=cats[cat_id],
-                box=checked,
+                box=box,  # type: ignore[arg-type]
                 polygons=polygons,
-                iscrowd=crowd,
+                iscrowd=bool(ann.get("iscrowd", 0)),
                 source=f"{json_path.name}:annotations[{i}] id={ann.get('id')}",
             )
         )

@@ -19,6 +19,29 @@ def _rectangle(points: np.ndarray) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
 
 
+def _region(shape: object, where: str, skipped: list[Skip]) -> tuple[str, np.ndarray] | None:
+    """(label, (N, 2) points) of a polygon or rectangle shape; None (reason in ``skipped``) otherwise."""
+    if not isinstance(shape, dict):
+        skipped.append(Skip(where, "shape is not an object"))
+        return None
+    kind = shape.get("shape_type") or "polygon"
+    label = str(shape.get("label", ""))
+    if kind == "polygon":
+        pts = parse_polygon(shape.get("points"), where + ".points", skipped)
+        return None if pts is None else (label, pts)
+    if kind != "rectangle":
+        skipped.append(Skip(where + ".shape_type", f"'{kind}' is not a region (polygon or rectangle)"))
+        return None
+    try:
+        raw = np.asarray(shape.get("points"), dtype=np.float64).reshape(-1, 2)
+        if len(raw) == 2 and np.isfinite(raw).all():
+            return label, _rectangle(raw)
+    except (TypeError, ValueError):
+        pass
+    skipped.append(Skip(where + ".points", "rectangle needs two corner points"))
+    return None
+
+
 def read_labelme_file(path: Path, skipped: list[Skip]) -> tuple[list[Instance], bool]:
     """Instances of one LabelMe JSON; returns (instances, image_found)."""
     data = read_json(path)
@@ -33,44 +56,22 @@ def read_labelme_file(path: Path, skipped: list[Skip]) -> tuple[list[Instance], 
     except (KeyError, TypeError, ValueError):
         size = image_size(image_path)
 
-    groups: dict[tuple[str, object], list[np.ndarray]] = {}
-    order: list[tuple[str, object]] = []
+    groups: dict[tuple[str, object], list[np.ndarray]] = {}  # insertion-ordered: the file's order
     ignore: list[np.ndarray] = []
     for i, shape in enumerate(data["shapes"]):
         where = f"{path}:shapes[{i}]"
-        if not isinstance(shape, dict):
-            skipped.append(Skip(where, "shape is not an object"))
+        region = _region(shape, where, skipped)
+        if region is None:
             continue
-        kind = shape.get("shape_type") or "polygon"
-        label = str(shape.get("label", ""))
-        if kind not in ("polygon", "rectangle"):
-            skipped.append(Skip(where + ".shape_type", f"'{kind}' is not a region (polygon or rectangle)"))
-            continue
-        need = 2 if kind == "rectangle" else 3
-        pts = parse_polygon(shape.get("points"), where + ".points", skipped) if need == 3 else None
-        if kind == "rectangle":
-            try:
-                raw = np.asarray(shape.get("points"), dtype=np.float64).reshape(-1, 2)
-                pts = _rectangle(raw) if len(raw) == 2 and np.isfinite(raw).all() else None
-            except (TypeError, ValueError):
-                pts = None
-            if pts is None:
-                skipped.append(Skip(where + ".points", "rectangle needs two corner points"))
-        if pts is None:
-            continue
+        label, pts = region
         if label == IGNORE_LABEL:
             ignore.append(pts)
             continue
         gid = shape.get("group_id")
-        key = (label, gid if gid is not None else ("shape", i))
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        groups[key].append(pts)
+        groups.setdefault((label, gid if gid is not None else ("shape", i)), []).append(pts)
 
     out = []
-    for key in order:
-        parts = groups[key]
+    for key, parts in groups.items():
         box = check_box(box_of(parts), size, f"{path}:shapes label={key[0]}", skipped)
         if box is None:
             continue

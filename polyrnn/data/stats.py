@@ -50,7 +50,8 @@ def format_stats(s: dict[str, Any]) -> str:
     lines = [
         f"dataset   {s['root']} ({s['format']})",
         f"images    {s['images']}",
-        f"instances {s['instances']} ({s['parts']} parts, {s['multi_part_instances']} objects in several parts;"
+        f"instances {s['instances']} ({s['parts']} parts, "
+        f"{s['multi_part_instances']} objects in several parts;"
         f" {s['box_long_side_ge_32']} with box side >= 32 px)",
         "vertices  min {min}  median {median:g}  mean {mean:g}  max {max}".format(**s["vertices"]),
         f"classes   {len(s['classes'])}",

@@ -115,6 +115,48 @@ def _label_path(image: Path, images_root: Path, labels_root: Path) -> Path:
     return (labels_root / image.relative_to(images_root)).with_suffix(".txt")
 
 
+def _label_instances(
+    label: Path, image: Path, size: tuple[int, int], names: list[str], skipped: list[Skip]
+) -> list[Instance]:
+    """The instances of one label file (``class x1 y1 x2 y2 ...`` per line, normalised)."""
+    out: list[Instance] = []
+    for ln, line in enumerate(label.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        where = f"{label}:line {ln}"
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            cls = int(fields[0])
+            values = [float(v) for v in fields[1:]]
+        except ValueError:
+            skipped.append(Skip(where, "expected 'class x1 y1 x2 y2 ...' with numbers"))
+            continue
+        if not 0 <= cls < len(names):
+            skipped.append(Skip(where + " class", f"class id {cls} not in 0..{len(names) - 1}"))
+            continue
+        if len(values) == 4:
+            skipped.append(Skip(where, "a detection box, not a segmentation polygon"))
+            continue
+        poly = parse_polygon(values, where, skipped)
+        if poly is None:
+            continue
+        poly = poly * [size[0], size[1]]
+        box = check_box(box_of([poly]), size, where, skipped)
+        if box is None:
+            continue
+        out.append(
+            Instance(
+                image_path=image,
+                image_size=size,
+                class_name=names[cls],
+                box=box,
+                polygons=[poly],
+                source=f"{label.name}:line {ln}",
+            )
+        )
+    return out
+
+
 def read_yolo(root: Path | str) -> Dataset:
     """Read a YOLO segmentation dataset rooted at ``root`` (holding ``images/`` and ``labels/``).
 
@@ -142,40 +184,7 @@ def read_yolo(root: Path | str) -> Dataset:
         n_images += 1
         if not label.is_file():
             continue
-        for ln, line in enumerate(label.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            where = f"{label}:line {ln}"
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                cls = int(fields[0])
-                values = [float(v) for v in fields[1:]]
-            except ValueError:
-                skipped.append(Skip(where, "expected 'class x1 y1 x2 y2 ...' with numbers"))
-                continue
-            if not 0 <= cls < len(names):
-                skipped.append(Skip(where + " class", f"class id {cls} not in 0..{len(names) - 1}"))
-                continue
-            if len(values) == 4:
-                skipped.append(Skip(where, "a detection box, not a segmentation polygon"))
-                continue
-            poly = parse_polygon(values, where, skipped)
-            if poly is None:
-                continue
-            poly = poly * [size[0], size[1]]
-            box = check_box(box_of([poly]), size, where, skipped)
-            if box is None:
-                continue
-            instances.append(
-                Instance(
-                    image_path=image,
-                    image_size=size,
-                    class_name=names[cls],
-                    box=box,
-                    polygons=[poly],
-                    source=f"{label.name}:line {ln}",
-                )
-            )
+        instances += _label_instances(label, image, size, names, skipped)
     for label in sorted(labels_root.rglob("*.txt")):
         if label not in seen_labels:
             skipped.append(Skip(str(label), "label file without an image"))

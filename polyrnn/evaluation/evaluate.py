@@ -122,6 +122,56 @@ def outline_runs(polygon: np.ndarray, tokens: list[int], crop: CropBox) -> dict[
     return {t: p[[(start + k) % n for k in range(a, b)]] for t, a, b in zip(tokens, rel, ends, strict=True)}
 
 
+def _exact_scorer(
+    iou_of: Callable[[list[np.ndarray]], float],
+    grid_iou: Callable[[list[int]], float],
+    crop: CropBox,
+    mask_poly: np.ndarray | None,
+    initial: list[int] | None,
+) -> Callable[[list[int]], float]:
+    """IoU of a token polygon where vertices kept from the mask model's polygon keep their exact place, and
+    the exact outline to the next one where that is kept too (as in the editor); model and annotator
+    vertices are cell centres. Without a mask polygon: the grid polygon's IoU."""
+    runs = outline_runs(mask_poly, initial, crop) if initial is not None and mask_poly is not None else {}
+    if not runs:
+        return grid_iou
+    ring = initial or []
+    successor = dict(zip(ring, ring[1:] + ring[:1], strict=True))
+
+    def score(tokens: list[int]) -> float:
+        centres = crop.cells_to_image(crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))
+        pts: list[np.ndarray] = []
+        for j, t in enumerate(tokens):
+            if t not in runs:
+                pts.append(centres[j : j + 1])
+            elif successor[t] == tokens[(j + 1) % len(tokens)]:
+                pts.append(runs[t])
+            else:
+                pts.append(runs[t][:1])
+        return iou_of([np.concatenate(pts)])
+
+    return score
+
+
+def _baselines(
+    res: InstanceResult,
+    inst: Instance,
+    image: np.ndarray,
+    options: EvalOptions,
+    iou_of: Callable[[list[np.ndarray]], float],
+) -> None:
+    """The box and GrabCut baselines (IoU and milliseconds) into ``res``."""
+    if "box" in options.baselines:
+        t0 = time.perf_counter()
+        res.baselines["box"] = iou_of([box_polygon(inst.box)])
+        res.ms["box"] = (time.perf_counter() - t0) * 1000
+    if "grabcut" in options.baselines:
+        t0 = time.perf_counter()
+        gc, res.grabcut_collapsed = grabcut_mask(image, inst)
+        res.ms["grabcut"] = (time.perf_counter() - t0) * 1000
+        res.baselines["grabcut"] = mask_iou(gc, inst.mask(), inst.ignore_mask())
+
+
 def evaluate_instance(
     model: PolygonRNN,
     inst: Instance,
@@ -173,28 +223,12 @@ def evaluate_instance(
     )
     auto_tokens = session.complete([session.first()])
     res.ms["model"] = (time.perf_counter() - t0) * 1000 + (res.ms.get("mask", 0.0) if initial else 0.0)
-
-    runs = outline_runs(mask_poly, initial, crop) if initial is not None and mask_poly is not None else {}
-    ring = initial or []
-    successor = dict(zip(ring, ring[1:] + ring[:1], strict=True))
+    exact = _exact_scorer(iou_of, grid_iou, crop, mask_poly, initial)
 
     def score(tokens: list[int]) -> float:
         if initial is not None and tokens == session.initial:  # the automatic polygon, not quantised
             return res.automatic
-        if not runs:
-            return grid_iou(tokens)
-        # vertices kept from the automatic polygon keep their exact place, and the exact outline to the
-        # next one where that is kept too (as in the editor); model and annotator vertices: cell centres
-        centres = crop.cells_to_image(crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))
-        pts: list[np.ndarray] = []
-        for j, t in enumerate(tokens):
-            if t not in runs:
-                pts.append(centres[j : j + 1])
-            elif successor[t] == tokens[(j + 1) % len(tokens)]:
-                pts.append(runs[t])
-            else:
-                pts.append(runs[t][:1])
-        return iou_of([np.concatenate(pts)])
+        return exact(tokens)
 
     if initial is not None and mask_poly is not None:
         res.automatic = iou_of([mask_poly])
@@ -216,16 +250,7 @@ def evaluate_instance(
     else:  # degenerate on the grid: nothing to correct towards
         res.annotator = {t: (res.automatic, 0) for t in options.thresholds}
         res.curve = [res.automatic] * (options.max_corrections + 1)
-
-    if "box" in options.baselines:
-        t0 = time.perf_counter()
-        res.baselines["box"] = iou_of([box_polygon(inst.box)])
-        res.ms["box"] = (time.perf_counter() - t0) * 1000
-    if "grabcut" in options.baselines:
-        t0 = time.perf_counter()
-        gc, res.grabcut_collapsed = grabcut_mask(image, inst)
-        res.ms["grabcut"] = (time.perf_counter() - t0) * 1000
-        res.baselines["grabcut"] = mask_iou(gc, gt_mask, ignore)
+    _baselines(res, inst, image, options, iou_of)
     return res
 
 
@@ -265,16 +290,10 @@ def _noc(curve: list[float], level: float, cap: int) -> int:
     return cap
 
 
-def summarize_results(results: Sequence[InstanceResult], options: EvalOptions) -> dict[str, Any]:
-    """The figures of the report (IoUs as fractions)."""
-    classes = [r.class_name for r in results]
-    out: dict[str, Any] = {"automatic": summarize([r.automatic for r in results], classes)}
-    rnn = [r.automatic_rnn for r in results]
-    if results and not any(math.isnan(v) for v in rnn):
-        out["automatic_rnn"] = summarize(rnn, classes)
-    ceil = summarize([r.ceiling for r in results], classes)
-    out["ceiling"] = {"mean_iou": ceil["mean_iou"], "class_mean_iou": ceil["class_mean_iou"]}
-    out["baselines"] = {}
+def _baseline_summary(
+    results: Sequence[InstanceResult], options: EvalOptions, classes: list[str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for name in options.baselines:
         vals = [r.baselines[name] for r in results if name in r.baselines]
         if len(vals) != len(results):
@@ -283,14 +302,20 @@ def summarize_results(results: Sequence[InstanceResult], options: EvalOptions) -
         s["ms_per_instance"] = float(np.mean([r.ms[name] for r in results])) if results else math.nan
         if name == "grabcut":
             s["collapsed"] = int(sum(r.grabcut_collapsed for r in results))
-        out["baselines"][name] = s
+        out[name] = s
+    return out
+
+
+def _annotator_rows(
+    results: Sequence[InstanceResult], options: EvalOptions, classes: list[str]
+) -> list[dict[str, Any]]:
     gt_vertices = sum(r.gt_vertices for r in results)
     human_vertices = sum(r.human_vertices for r in results)
-    out["annotator"] = []
+    rows = []
     for t in options.thresholds:
         ious = [r.annotator[t][0] for r in results]
         clicks = [r.annotator[t][1] for r in results]
-        out["annotator"].append(
+        rows.append(
             {
                 "threshold": t,
                 "mean_clicks": float(np.mean(clicks)) if clicks else math.nan,
@@ -300,26 +325,47 @@ def summarize_results(results: Sequence[InstanceResult], options: EvalOptions) -
                 "class_mean_iou": summarize(ious, classes)["class_mean_iou"],
             }
         )
-    curves = np.array([r.curve for r in results], dtype=np.float64) if results else np.zeros((0, 1))
+    return rows
+
+
+def _clicks_to_quality(results: Sequence[InstanceResult], options: EvalOptions) -> dict[str, Any]:
+    """NoC@level (mean corrections; ``max_corrections`` when never reached), the share reaching each level,
+    and the mean IoU after k corrections."""
+    curves = [list(r.curve) for r in results]
     cap = options.max_corrections
-    out["noc"] = {
-        str(level): float(np.mean([_noc(list(c), level / 100, cap) for c in curves]))
-        if len(curves)
-        else math.nan
-        for level in options.noc
+    if not curves:
+        return {
+            "noc": {str(v): math.nan for v in options.noc},
+            "noc_reached": {str(v): math.nan for v in options.noc},
+            "curve": {"corrections": [0], "mean_iou": []},
+        }
+    noc = {str(v): float(np.mean([_noc(c, v / 100, cap) for c in curves])) for v in options.noc}
+    reached = {
+        str(v): float(np.mean([_noc(c, v / 100, cap + 1) <= cap for c in curves])) for v in options.noc
     }
-    out["noc_reached"] = {
-        str(level): float(np.mean([_noc(list(c), level / 100, cap + 1) <= cap for c in curves]))
-        if len(curves)
-        else math.nan
-        for level in options.noc
+    mean = np.array(curves, dtype=np.float64).mean(axis=0)
+    return {
+        "noc": noc,
+        "noc_reached": reached,
+        "curve": {"corrections": list(range(len(mean))), "mean_iou": mean.tolist()},
     }
-    out["curve"] = {
-        "corrections": list(range(curves.shape[1])),
-        "mean_iou": curves.mean(axis=0).tolist() if len(curves) else [],
-    }
-    out["gt_vertices_mean"] = float(gt_vertices / max(len(results), 1))
-    out["human_vertices_mean"] = float(human_vertices / max(len(results), 1))
+
+
+def summarize_results(results: Sequence[InstanceResult], options: EvalOptions) -> dict[str, Any]:
+    """The figures of the report (IoUs as fractions)."""
+    classes = [r.class_name for r in results]
+    out: dict[str, Any] = {"automatic": summarize([r.automatic for r in results], classes)}
+    rnn = [r.automatic_rnn for r in results]
+    if results and not any(math.isnan(v) for v in rnn):
+        out["automatic_rnn"] = summarize(rnn, classes)
+    ceil = summarize([r.ceiling for r in results], classes)
+    out["ceiling"] = {"mean_iou": ceil["mean_iou"], "class_mean_iou": ceil["class_mean_iou"]}
+    out["baselines"] = _baseline_summary(results, options, classes)
+    out["annotator"] = _annotator_rows(results, options, classes)
+    out.update(_clicks_to_quality(results, options))
+    n = max(len(results), 1)
+    out["gt_vertices_mean"] = float(sum(r.gt_vertices for r in results) / n)
+    out["human_vertices_mean"] = float(sum(r.human_vertices for r in results) / n)
     out["timing_ms_per_instance"] = {
         "model": float(np.mean([r.ms["model"] for r in results])) if results else math.nan,
         **{name: b["ms_per_instance"] for name, b in out["baselines"].items()},
@@ -355,7 +401,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         "| method | mean IoU | class-mean IoU | ms / instance |",
         "|---|---:|---:|---:|",
-        f"| polyrnn | {_pct(report['automatic']['mean_iou'])} | {_pct(report['automatic']['class_mean_iou'])} | "
+        f"| polyrnn | {_pct(report['automatic']['mean_iou'])} | "
+        f"{_pct(report['automatic']['class_mean_iou'])} | "
         f"{report['timing_ms_per_instance']['model']:.0f} |",
     ]
     if "automatic_rnn" in report:
@@ -366,16 +413,18 @@ def report_markdown(report: dict[str, Any]) -> str:
     for name, b in report["baselines"].items():
         extra = f" ({b['collapsed']} collapsed → box)" if name == "grabcut" else ""
         lines.append(
-            f"| {name}{extra} | {_pct(b['mean_iou'])} | {_pct(b['class_mean_iou'])} | {b['ms_per_instance']:.0f} |"
+            f"| {name}{extra} | {_pct(b['mean_iou'])} | {_pct(b['class_mean_iou'])} | "
+            f"{b['ms_per_instance']:.0f} |"
         )
     c = report["ceiling"]
     lines += [f"| grid ceiling (28×28) | {_pct(c['mean_iou'])} | {_pct(c['class_mean_iou'])} | |", ""]
     lines += [
         "## Annotator in the loop (the paper's protocol)",
         "",
-        f"Ground-truth vertices per instance: {report['gt_vertices_mean']:.1f} on the grid (the human polygon "
-        f"quantised like the training targets: the vertices the annotator walks); the human-drawn polygons "
-        f"have {report['human_vertices_mean']:.1f} (their largest part), the clicks of drawing them by hand.",
+        f"Ground-truth vertices per instance: {report['gt_vertices_mean']:.1f} on the grid (the human "
+        f"polygon quantised like the training targets: the vertices the annotator walks); the human-drawn "
+        f"polygons have {report['human_vertices_mean']:.1f} (their largest part), the clicks of drawing them "
+        "by hand.",
         "",
         "| T (cells) | corrections / instance | corrections / GT vertex | corrections / human vertex "
         "| mean IoU | class-mean IoU |",

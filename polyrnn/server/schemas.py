@@ -1,0 +1,72 @@
+"""The server's typed messages (pydantic): what each endpoint reads and answers. Coordinates are image
+pixels (x, y), the continuous frame of :mod:`polyrnn.geometry`."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, Field, field_validator
+
+
+def _finite(values: list[float]) -> list[float]:
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("coordinates must be finite numbers")
+    return values
+
+
+Point = Annotated[list[float], Field(min_length=2, max_length=2), AfterValidator(_finite)]
+
+
+class PredictRequest(BaseModel):
+    image: str = Field(description="image name as listed by /api/images")
+    box: Annotated[list[float], AfterValidator(_finite)] = Field(
+        min_length=4, max_length=4, description="x1, y1, x2, y2 in image pixels"
+    )
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, v: list[float]) -> list[float]:
+        if not (v[2] > v[0] and v[3] > v[1]):
+            raise ValueError("box must be x1, y1, x2, y2 with x2 > x1 and y2 > y1")
+        return v
+
+
+class CorrectRequest(PredictRequest):
+    index: int = Field(ge=0, description="the corrected vertex; == len(polygon) appends")
+    point: Point = Field(description="where the annotator put it (x, y)")
+    polygon: list[Point] = Field(min_length=1, max_length=500, description="the polygon as the page shows it")
+
+
+class PolygonResponse(BaseModel):
+    polygon: list[list[float]]
+    probs: list[float]
+    fixed: int = Field(description="vertices 0..fixed-1 were set by the annotator or kept")
+    ms: float = Field(description="server time of the model call")
+
+
+class Shape(BaseModel):
+    label: str = Field(min_length=1, max_length=200)
+    points: list[Point] = Field(min_length=3, max_length=5000)
+    group_id: int | None = None
+    description: str = ""
+
+
+class Annotations(BaseModel):
+    shapes: list[Shape]
+
+
+class ImageInfo(BaseModel):
+    name: str
+    annotated: int
+
+
+class Labels(BaseModel):
+    labels: list[str] = Field(min_length=1, max_length=500)
+
+
+class ExportResponse(BaseModel):
+    format: str
+    path: str
+    instances: int
+    images: int
