@@ -326,6 +326,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    _check_weights(args.weights, args.mask_weights)
     from polyrnn.build import CheckpointError
     from polyrnn.predictor import PolygonPredictor
 
