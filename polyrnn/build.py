@@ -26,6 +26,7 @@ from polyrnn.modeling.encoder import (
 from polyrnn.modeling.first_vertex import FirstVertex
 from polyrnn.modeling.mask_net import MaskHead, MaskNet
 from polyrnn.modeling.polygon_rnn import PolygonRNN
+from polyrnn.modeling.refiner import Refiner
 
 Model = PolygonRNN | MaskNet
 
@@ -69,12 +70,14 @@ class WeightRecord:
             are used (None: the polygon model's own decoder starts). Chosen by measurement on held-out
             training images (``docs/evaluation.md``).
         command: how the weights were made.
+        refiner: the shipped correction refiner that reads ``automatic``'s features (None: none).
     """
 
     variant: str
     file: str
     automatic: str | None
     command: str
+    refiner: str | None = None
 
 
 SHIPPED: dict[str, WeightRecord] = {
@@ -83,12 +86,19 @@ SHIPPED: dict[str, WeightRecord] = {
         file="lite.pt",
         automatic="lite-mask",
         command="polyrnn train --config lite (last epoch, 30), then build.ship_weights(..., 'lite')",
+        refiner="refiner",
     ),
     "lite-mask": WeightRecord(
         variant="lite-mask",
         file="lite-mask.pt",
         automatic=None,
         command="polyrnn train --config lite-mask-ft (best epoch, 11), then ship_weights(..., 'lite-mask')",
+    ),
+    "refiner": WeightRecord(
+        variant="refiner",
+        file="refiner.pt",
+        automatic=None,
+        command="polyrnn train-refiner (best epoch on the held-out split), then refine_training.ship_refiner",
     ),
 }
 
@@ -321,13 +331,19 @@ class Models:
     polygon_path: Path
     mask: MaskNet | None = None
     mask_path: Path | None = None
+    refiner: Refiner | None = None
+    refiner_path: Path | None = None
 
 
 NO_MASK = "none"
 
 
 def load_models(
-    weights: str | Path | None = None, mask_weights: str | Path | None = None, *, variant: str = "lite"
+    weights: str | Path | None = None,
+    mask_weights: str | Path | None = None,
+    *,
+    variant: str = "lite",
+    refiner_weights: str | Path | None = None,
 ) -> Models:
     """The one pairing rule every entry point uses (CLI ``predict``, ``evaluate``, ``serve``, the Python API).
 
@@ -336,6 +352,8 @@ def load_models(
     - ``weights`` a file: that polygon model alone: your own checkpoint is what you get.
     - ``mask_weights`` a file: that mask model gives the automatic polygon, whatever ``weights`` is;
       ``"none"`` pairs no mask model, also with the shipped weights.
+    - ``refiner_weights`` a file: the correction refiner (it must have been trained on the mask model's
+      features); None: the shipped refiner when the shipped mask model is paired; ``"none"``: no refiner.
 
     Raises :class:`CheckpointError` naming the file that cannot be used.
     """
@@ -347,7 +365,30 @@ def load_models(
         paired = SHIPPED[variant].automatic
         mask_path = default_weights(paired) if paired else None
     mask = load_mask_model(mask_path) if mask_path is not None else None
-    return Models(polygon=polygon, polygon_path=path, mask=mask, mask_path=mask_path)
+    ref_path: Path | None = None
+    if refiner_weights is not None and str(refiner_weights) != NO_MASK:
+        ref_path = Path(refiner_weights)
+    elif refiner_weights is None and mask_weights is None and weights is None and variant in SHIPPED:
+        name = SHIPPED[variant].refiner
+        if name and (WEIGHTS_DIR / SHIPPED[name].file).is_file():
+            ref_path = default_weights(name)
+    refiner = None
+    if ref_path is not None:
+        if mask_path is None:
+            raise CheckpointError(
+                f"{ref_path}: a refiner needs the mask model it was trained with (mask_weights)"
+            )
+        from polyrnn.refine_training import load_refiner
+
+        refiner = load_refiner(ref_path, mask_path)
+    return Models(
+        polygon=polygon,
+        polygon_path=path,
+        mask=mask,
+        mask_path=mask_path,
+        refiner=refiner,
+        refiner_path=ref_path,
+    )
 
 
 def load_mask_model(weights: str | Path) -> MaskNet:

@@ -167,14 +167,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "source": p.source,
             "polygon": polygon,
         }
-        if p.source == "rnn":  # the mask's outline has no per-vertex probability
+        if p.probs is not None:  # the mask's outline has no per-vertex probability
             out["probs"] = [round(float(v), 4) for v in p.probs]
         print(json.dumps(out))
         return 0
     origin = "the mask model's outline" if p.source == "mask" else "recurrent decoder; probability per vertex"
     print(f"{len(p.vertices)} vertices (x, y image pixels; {origin}):")
     for k, (x, y) in enumerate(p.vertices):
-        print(f"  {x:8.2f} {y:8.2f}" + (f"  {p.probs[k]:.3f}" if p.source == "rnn" else ""))
+        print(f"  {x:8.2f} {y:8.2f}" + (f"  {p.probs[k]:.3f}" if p.probs is not None else ""))
     return 0
 
 
@@ -222,6 +222,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_refiner(args: argparse.Namespace) -> int:
+    from polyrnn.refine_training import load_refiner_config, train_refiner
+
+    overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
+    try:
+        cfg = load_refiner_config(args.config, overrides)
+        run = train_refiner(cfg, log=lambda m: print(m, flush=True))
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    print(f"run folder: {run}")
+    return 0
+
+
 def _int_list(text: str, what: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in text.split(",") if v.strip())
@@ -247,7 +260,14 @@ def _eval_options(args: argparse.Namespace, start: str) -> EvalOptions:
     bad = [b for b in baselines if b not in BASELINES]
     if bad:
         raise CLIError(f"--baselines: unknown {bad} (choose from {', '.join(BASELINES)})")
+    from polyrnn.session import ENGINES
+
+    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    bad = [e for e in engines if e not in ENGINES]
+    if bad or not engines:
+        raise CLIError(f"--engines: unknown {bad} (choose from {', '.join(ENGINES)})")
     return EvalOptions(
+        engines=engines,
         thresholds=_int_list(args.thresholds, "--thresholds"),
         noc=_int_list(args.noc, "--noc"),
         baselines=baselines,
@@ -288,13 +308,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not instances:
         raise CLIError(f"{args.dataset}: no instances to evaluate (after --min-size / --classes)")
     try:
-        models = load_models(args.weights, args.mask_weights)
+        models = load_models(args.weights, args.mask_weights, refiner_weights=args.refiner_weights)
     except CheckpointError as e:
         raise CLIError(str(e)) from e
     if args.start == "mask" and models.mask is None:
         raise CLIError("--start mask needs a mask model (--mask-weights)")
     start = args.start if args.start != "auto" else ("mask" if models.mask is not None else "rnn")
     options = _eval_options(args, start)
+    if "refine" in options.engines and models.refiner is None:
+        print(
+            "no refiner paired: the refine engine is left out (--refiner-weights adds one)", file=sys.stderr
+        )
+        options = replace(options, engines=tuple(e for e in options.engines if e != "refine"))
     if "mask" in options.baselines and models.mask is None:
         print(
             "no mask model paired: the mask baseline is left out (--mask-weights adds one)", file=sys.stderr
@@ -347,9 +372,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError(f"{folder}: no images (.jpg, .png, ...) in this folder")
     try:
         predictor = PolygonPredictor.from_weights(
-            args.weights, variant=args.variant, mask_weights=args.mask_weights
+            args.weights,
+            variant=args.variant,
+            mask_weights=args.mask_weights,
+            refiner_weights=args.refiner_weights,
+            engine=args.engine,
         )
-    except CheckpointError as e:
+    except (CheckpointError, ValueError) as e:
         raise CLIError(str(e)) from e
     name = str(args.weights or f"shipped {args.variant}")
     app = create_app(store, predictor, model_name=name)
@@ -468,6 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
+        parents=[common], name="train-refiner", help="train the correction engine's refiner (recipe refiner)"
+    )
+    p.add_argument("--config", default="refiner", help="YAML recipe: a path or a packaged name (refiner)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=4")
+    p.add_argument("--name", default=None, help="run folder name (default: the recipe's)")
+    p.set_defaults(func=cmd_train_refiner)
+
+    p = sub.add_parser(
         parents=[common],
         name="evaluate",
         help="IoU, simulated annotator, NoC and baselines on a dataset -> report",
@@ -497,7 +534,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", default="box,grabcut,mask", help="comma-separated: box, grabcut, mask")
     p.add_argument("--thresholds", default="1,2,3,4", help="simulated annotator thresholds T (grid cells)")
     p.add_argument("--noc", default="85,90", help="IoU levels (percent) for NoC")
-    p.add_argument("--max-corrections", type=int, default=20)
+    p.add_argument(
+        "--max-corrections", type=int, default=20, help="clicks to quality: corrections per object"
+    )
+    p.add_argument(
+        "--engines",
+        default="refine,rnn,manual",
+        help="correction engines for clicks to quality, the default first (refine, rnn, manual)",
+    )
+    p.add_argument(
+        "--refiner-weights",
+        default=None,
+        help="correction refiner (default: shipped, with the shipped mask model; none: no refiner)",
+    )
     p.add_argument("--eos-threshold", type=float, default=0.5, help="stop when p(end) >= this")
     p.add_argument(
         "--rejoin",
@@ -528,6 +577,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="polygon model checkpoint (default: the shipped model)")
     p.add_argument(
         "--mask-weights", default=None, help="mask model for the automatic polygon (default: shipped)"
+    )
+    p.add_argument(
+        "--refiner-weights",
+        default=None,
+        help="correction refiner (default: shipped, with the shipped mask model; none: no refiner)",
+    )
+    p.add_argument(
+        "--engine",
+        default=None,
+        choices=["refine", "rnn", "manual"],
+        help="how a dragged vertex updates the polygon (default: refine when a refiner is paired)",
     )
     p.add_argument("--variant", default="lite", choices=["tiny", "lite", "vgg16"])
     p.add_argument(

@@ -1,4 +1,4 @@
-from polyrnn.evaluation.annotator import chessboard, threshold_protocol, worst_vertex_protocol
+from polyrnn.evaluation.annotator import chessboard, threshold_protocol
 
 D = 28
 
@@ -47,19 +47,6 @@ def test_threshold_aligns_start_and_handles_short_and_long():
     assert clicks == 2 and poly == GT  # two missing vertices added
     poly, clicks = threshold_protocol(ShiftedModel(GT, shift=0, extra=3), GT, threshold=1, grid_size=D)
     assert clicks == 1 and poly == GT  # the tail cut once
-
-
-def test_worst_vertex_oracle_needs_no_clicks_and_errors_get_fixed():
-    def score(p):
-        return sum(t in GT for t in p) / len(set(p) | set(GT))
-
-    perfect = ShiftedModel(GT, shift=0)
-    scores = worst_vertex_protocol(perfect, GT, D, max_corrections=3, score=score)
-    assert scores == [1.0] * 4
-    wrong = ShiftedModel(GT, shift=3)
-    scores = worst_vertex_protocol(wrong, GT, D, max_corrections=6, score=score)
-    assert len(scores) == 7 and scores[0] == 0.0 and scores[-1] > 0.0
-    assert wrong.calls == 7  # the first prediction and one re-prediction per correction
 
 
 def test_chessboard():

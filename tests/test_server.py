@@ -59,7 +59,7 @@ def test_predict_then_correct_re_predicts_after_the_vertex(client):
     r = c.post("/api/predict", json={"image": "img0.png", "box": [20, 10, 140, 110]})
     assert r.status_code == 200
     poly = r.json()["polygon"]
-    assert len(poly) == 12 and r.json()["fixed"] == 0
+    assert len(poly) == 12 and r.json()["fixed"] == [False] * 12 and r.json()["source"] == "rnn"
     r = c.post(
         "/api/correct",
         json={
@@ -71,7 +71,7 @@ def test_predict_then_correct_re_predicts_after_the_vertex(client):
         },
     )
     out = r.json()
-    assert r.status_code == 200 and out["fixed"] == 4
+    assert r.status_code == 200 and out["fixed"][:4] == [False, False, False, True] and sum(out["fixed"]) == 1
     assert out["polygon"][:3] == poly[:3] and out["polygon"][3] == [100.0, 30.0]
 
 

@@ -8,22 +8,18 @@ replaced by the match and the model re-predicts everything after it (one correct
 before the last ground-truth vertex, the annotator adds the next one (one correction); if it runs past
 the last one, the annotator cuts the polygon there (one correction).
 
-``worst_vertex_protocol`` is the modern "clicks to quality" one: each correction takes the ground-truth
-vertex farthest from the current polygon, inserts it at its place in the sequence (after the predicted
-vertex nearest to its ground-truth predecessor) and re-predicts what follows.
+Clicks to quality, the annotator that acts in the editor, is :mod:`polyrnn.evaluation.clicks`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-from shapely.geometry import LineString, Point
 
 from polyrnn.data.sequence import chessboard
 
-__all__ = ["ModelSession", "Session", "chessboard", "threshold_protocol", "worst_vertex_protocol"]
+__all__ = ["ModelSession", "Session", "chessboard", "threshold_protocol"]
 
 
 class Session(Protocol):
@@ -81,37 +77,6 @@ def threshold_protocol(
         pred = pred[: len(gt)]
         corrections += 1
     return pred, corrections
-
-
-def worst_vertex_protocol(
-    session: Session,
-    gt_tokens: list[int],
-    grid_size: int,
-    *,
-    max_corrections: int = 20,
-    score: Callable[[list[int]], float],
-) -> list[float]:
-    """IoU after k = 0..max_corrections corrections (``score`` maps tokens to IoU); once the polygon
-    passes through every ground-truth vertex the score is repeated."""
-    d = grid_size
-    pred = session.complete([session.first()])
-    scores = [score(pred)]
-    gt_xy = _cells(gt_tokens, d).astype(np.float64)
-    for _ in range(max_corrections):
-        xy = _cells(pred, d).astype(np.float64)
-        ring = LineString(np.concatenate([xy, xy[:1]])) if len(xy) >= 2 else None
-        dist = [Point(p).distance(ring) if ring is not None else np.inf for p in gt_xy]
-        j = int(np.argmax(dist))
-        if dist[j] <= 0.0:
-            scores.append(scores[-1])
-            continue
-        # place it after the predicted vertex nearest to its ground-truth predecessor
-        prev = gt_xy[j - 1]
-        after = int(np.argmin(np.abs(xy - prev).max(axis=1)))
-        prefix = [t for t in pred[: after + 1] if t != gt_tokens[j]] + [gt_tokens[j]]
-        pred = session.complete(prefix)
-        scores.append(score(pred))
-    return scores
 
 
 class ModelSession:

@@ -25,13 +25,16 @@ from polyrnn.config import MASK_FLIP, REJOIN
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
-from polyrnn.evaluation.annotator import ModelSession, threshold_protocol, worst_vertex_protocol
+from polyrnn.evaluation.annotator import ModelSession, threshold_protocol
 from polyrnn.evaluation.baselines import box_polygon, grabcut_mask
+from polyrnn.evaluation.clicks import NEAR, clicks_to_quality
 from polyrnn.evaluation.metrics import summarize
 from polyrnn.geometry import mask_iou, rasterize, signed_area
 from polyrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.modeling.polygon_rnn import PolygonRNN
+from polyrnn.modeling.refiner import Refiner
+from polyrnn.session import CONFINE, ENGINES, BoxEncoding, BoxSession, EngineConfig
 
 BASELINES = ("box", "grabcut", "mask")
 
@@ -42,10 +45,12 @@ MATCHING = (
     "Walking k = 0, 1, ...: a predicted vertex farther than T cells (chessboard) from its match is replaced "
     "by the match and everything after it is re-predicted (one correction); if the model stops before the "
     "last ground-truth vertex the annotator adds the next one (one correction); if it runs past the last, "
-    "the annotator cuts it there (one correction). Clicks to quality: each correction inserts the "
-    "ground-truth vertex farthest from the current polygon after the predicted vertex nearest to its "
-    "ground-truth predecessor and re-predicts what follows; NoC@X is the number of corrections after which "
-    "the IoU first reaches X % (max_corrections when never)."
+    "the annotator cuts it there (one correction). Clicks to quality: in the largest error region between "
+    "the polygon's mask and the ground truth, at its innermost point, the annotator drags the nearest vertex "
+    "it did "
+    "not place onto the nearest ground-truth boundary point (or inserts a vertex there when none is within "
+    "`near` box long sides), through the editor's own session, each engine from the same automatic polygon; "
+    "NoC@X is the number of corrections after which the IoU first reaches X % (max_corrections when never)."
 )
 
 
@@ -63,6 +68,9 @@ class EvalOptions:
     mask_tolerance: float = 0.75  # mask polygon simplification, mask pixels (see mask_polygon)
     mask_flip: bool = MASK_FLIP  # mask test-time flip averaging
     rejoin: int | None = REJOIN  # rejoin the old polygon within this many cells after a correction
+    engines: tuple[str, ...] = ENGINES  # correction engines driven by the clicks-to-quality annotator
+    near: float = NEAR  # the annotator drags a vertex within this many box long sides, else inserts one
+    confine: float = CONFINE  # a correction changes the polygon within this many box long sides (guard rail)
 
 
 @dataclass
@@ -75,7 +83,7 @@ class InstanceResult:
     gt_vertices: int  # the ground truth's vertices on the grid (what the annotator walks)
     human_vertices: int = 0  # the human-drawn polygon's (its largest part), before quantisation
     annotator: dict[int, tuple[float, int]] = field(default_factory=dict)  # T -> (IoU, corrections)
-    curve: list[float] = field(default_factory=list)  # IoU after k = 0..max corrections
+    curves: dict[str, list[float]] = field(default_factory=dict)  # engine -> IoU after k = 0..max corrections
     automatic_rnn: float = math.nan  # the decoder's own automatic polygon (when the start is the mask's)
     baselines: dict[str, float] = field(default_factory=dict)
     ms: dict[str, float] = field(default_factory=dict)  # "model" and each baseline
@@ -172,6 +180,45 @@ def _baselines(
         res.baselines["grabcut"] = mask_iou(gc, inst.mask(), inst.ignore_mask())
 
 
+def _engine_curves(
+    model: PolygonRNN,
+    mask_model: MaskNet | None,
+    refiner: Refiner | None,
+    inst: Instance,
+    image: np.ndarray,
+    options: EvalOptions,
+    gt_mask: np.ndarray,
+    ignore: np.ndarray | None,
+) -> dict[str, list[float]]:
+    """Clicks to quality for each engine, each from the same automatic polygon and the same encodings."""
+    enc = BoxEncoding(
+        image,
+        inst.box_xyxy,
+        polygon_model=model,
+        mask_model=mask_model,
+        refiner=refiner,
+        context=options.context,
+        mask_flip=options.mask_flip,
+        eos_threshold=options.eos_threshold,
+        start=options.start,
+    )
+    curves = {}
+    for name in options.engines:
+        engine = EngineConfig(
+            name=name,
+            confine=options.confine,
+            rejoin=options.rejoin,
+            eos_threshold=options.eos_threshold,
+            mask_flip=options.mask_flip,
+            context=options.context,
+        )
+        session = BoxSession(enc, engine)
+        curves[name] = clicks_to_quality(
+            session, gt_mask, ignore, max_corrections=options.max_corrections, near=options.near
+        )
+    return curves
+
+
 def evaluate_instance(
     model: PolygonRNN,
     inst: Instance,
@@ -179,6 +226,7 @@ def evaluate_instance(
     options: EvalOptions,
     *,
     mask_model: MaskNet | None = None,
+    refiner: Refiner | None = None,
 ) -> InstanceResult:
     """Measure one instance: automatic IoU, the threshold protocol per T, the clicks-to-quality curve,
     the grid ceiling and the baselines, with timings."""
@@ -243,13 +291,10 @@ def evaluate_instance(
         for t in options.thresholds:
             tokens, clicks = threshold_protocol(session, gt_tokens, t, d)
             res.annotator[t] = (score(tokens), clicks)
-        if options.max_corrections >= 0:
-            res.curve = worst_vertex_protocol(
-                session, gt_tokens, d, max_corrections=options.max_corrections, score=score
-            )
     else:  # degenerate on the grid: nothing to correct towards
         res.annotator = {t: (res.automatic, 0) for t in options.thresholds}
-        res.curve = [res.automatic] * (options.max_corrections + 1)
+    if options.max_corrections >= 0:
+        res.curves = _engine_curves(model, mask_model, refiner, inst, image, options, gt_mask, ignore)
     _baselines(res, inst, image, options, iou_of)
     return res
 
@@ -260,6 +305,7 @@ def evaluate_dataset(
     options: EvalOptions,
     *,
     mask_model: MaskNet | None = None,
+    refiner: Refiner | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[InstanceResult]:
     """:func:`evaluate_instance` over ``instances`` (each image decoded once), with a progress bar (or a
@@ -276,7 +322,9 @@ def evaluate_dataset(
             inst = instances[i]
             if str(inst.image_path) != image_key:
                 image_key, image = str(inst.image_path), load_image(inst.image_path)
-            results[i] = evaluate_instance(model, inst, image, options, mask_model=mask_model)
+            results[i] = evaluate_instance(
+                model, inst, image, options, mask_model=mask_model, refiner=refiner
+            )
             if log is not None and not sys.stderr.isatty() and (n + 1) % 50 == 0:
                 rate = (n + 1) / (time.perf_counter() - t0)
                 log(f"evaluate: {n + 1}/{len(order)} instances, {rate:.2f} inst/s")
@@ -328,26 +376,35 @@ def _annotator_rows(
     return rows
 
 
-def _clicks_to_quality(results: Sequence[InstanceResult], options: EvalOptions) -> dict[str, Any]:
+def _engine_summary(curves: list[list[float]], options: EvalOptions) -> dict[str, Any]:
     """NoC@level (mean corrections; ``max_corrections`` when never reached), the share reaching each level,
-    and the mean IoU after k corrections."""
-    curves = [list(r.curve) for r in results]
+    the mean IoU after k corrections, and the share of instances below their start after k."""
     cap = options.max_corrections
     if not curves:
-        return {
-            "noc": {str(v): math.nan for v in options.noc},
-            "noc_reached": {str(v): math.nan for v in options.noc},
-            "curve": {"corrections": [0], "mean_iou": []},
-        }
-    noc = {str(v): float(np.mean([_noc(c, v / 100, cap) for c in curves])) for v in options.noc}
-    reached = {
-        str(v): float(np.mean([_noc(c, v / 100, cap + 1) <= cap for c in curves])) for v in options.noc
-    }
-    mean = np.array(curves, dtype=np.float64).mean(axis=0)
+        nan = {str(v): math.nan for v in options.noc}
+        return {"noc": nan, "noc_reached": dict(nan), "mean_iou": [], "below_start": []}
+    arr = np.array(curves, dtype=np.float64)
     return {
-        "noc": noc,
-        "noc_reached": reached,
-        "curve": {"corrections": list(range(len(mean))), "mean_iou": mean.tolist()},
+        "noc": {str(v): float(np.mean([_noc(c, v / 100, cap) for c in curves])) for v in options.noc},
+        "noc_reached": {
+            str(v): float(np.mean([_noc(c, v / 100, cap + 1) <= cap for c in curves])) for v in options.noc
+        },
+        "mean_iou": arr.mean(axis=0).tolist(),
+        "below_start": (arr < arr[:, :1] - 1e-9).mean(axis=0).tolist(),
+    }
+
+
+def _clicks_to_quality(results: Sequence[InstanceResult], options: EvalOptions) -> dict[str, Any]:
+    """Per engine (:func:`_engine_summary`), and for the first engine (the default) also at the top level."""
+    engines = {
+        e: _engine_summary([r.curves[e] for r in results if e in r.curves], options) for e in options.engines
+    }
+    first = engines[options.engines[0]] if options.engines else _engine_summary([], options)
+    return {
+        "engines": engines,
+        "noc": first["noc"],
+        "noc_reached": first["noc_reached"],
+        "curve": {"corrections": list(range(len(first["mean_iou"]))), "mean_iou": first["mean_iou"]},
     }
 
 
@@ -440,20 +497,31 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         "## Clicks to quality",
         "",
-        "| NoC@ | corrections (mean) | instances reaching it |",
-        "|---:|---:|---:|",
+        "Each engine starts from the same automatic polygon; `manual` is the drag alone (a plain editor).",
+        "",
     ]
-    for level, v in report["noc"].items():
-        lines.append(f"| {level} | {v:.2f} | {_pct(report['noc_reached'][level])} % |")
-    curve = report["curve"]["mean_iou"]
-    if curve:
-        ks = [k for k in (0, 1, 2, 5, 10, mc) if k < len(curve)]
-        lines += [
-            "",
-            "Mean IoU after k corrections: " + ", ".join(f"k={k}: {_pct(curve[k])}" for k in ks) + ".",
-            "",
-            "![IoU vs corrections](iou_vs_corrections.png)",
-        ]
+    ks = sorted({k for k in (0, 1, 2, 3, 5, 10, mc) if k <= mc})
+    levels = list(report["noc"])
+    lines += [
+        "| engine | "
+        + " | ".join(f"k={k}" for k in ks)
+        + " | "
+        + " | ".join(f"NoC@{v} (reached)" for v in levels)
+        + " | below start after 1 / 10 |",
+        "|---|" + "---:|" * (len(ks) + len(levels) + 1),
+    ]
+    for name, e in report.get("engines", {}).items():
+        if not e["mean_iou"]:
+            continue
+        below = e["below_start"]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_pct(e["mean_iou"][k]) for k in ks if k < len(e["mean_iou"]))
+            + " | "
+            + " | ".join(f"{e['noc'][v]:.2f} ({_pct(e['noc_reached'][v])} %)" for v in levels)
+            + f" | {_pct(below[min(1, len(below) - 1)])} % / {_pct(below[min(10, len(below) - 1)])} % |"
+        )
+    lines += ["", "![IoU vs corrections](iou_vs_corrections.png)"]
     lines += [
         "",
         "## Per class (automatic)",
@@ -487,8 +555,8 @@ def plot_curve(report: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
-    curve = report["curve"]
-    ax[0].plot(curve["corrections"], [100 * v for v in curve["mean_iou"]], marker="o", ms=3, label="polyrnn")
+    for name, e in report.get("engines", {}).items():
+        ax[0].plot(range(len(e["mean_iou"])), [100 * v for v in e["mean_iou"]], marker="o", ms=3, label=name)
     for i, (name, b) in enumerate(report["baselines"].items()):
         ax[0].axhline(100 * b["mean_iou"], ls="--", color=f"C{i + 1}", label=f"{name} baseline")
     ax[0].axhline(100 * report["ceiling"]["mean_iou"], ls=":", color="k", label="28×28 grid ceiling")

@@ -156,8 +156,8 @@ def put_labels(body: Labels, ctx: Ctx) -> Labels:
 def _response(pred: Prediction, t0: float) -> PolygonResponse:
     return PolygonResponse(
         polygon=[[round(float(x), 2), round(float(y), 2)] for x, y in pred.vertices],
-        probs=[round(float(p), 4) for p in pred.probs],
-        fixed=int(pred.fixed),
+        fixed=[bool(f) for f in pred.fixed],
+        source=pred.source,
         ms=round((time.perf_counter() - t0) * 1000, 2),
     )
 
@@ -177,16 +177,20 @@ def predict(req: PredictRequest, ctx: Ctx) -> PolygonResponse:
 @router.post("/api/correct", response_model=PolygonResponse)
 def correct(req: CorrectRequest, ctx: Ctx) -> PolygonResponse:
     t0 = time.perf_counter()
-    if req.index > len(req.polygon):
+    if req.index >= len(req.polygon):
         raise HTTPException(422, f"index {req.index} is past the polygon's {len(req.polygon)} vertices")
+    if req.fixed is not None and len(req.fixed) != len(req.polygon):
+        raise HTTPException(422, f"fixed has {len(req.fixed)} flags for {len(req.polygon)} vertices")
+    edit = ctx.predictor.correct if req.op == "move" else ctx.predictor.insert
     with ctx.lock:
         ctx.use_image(req.image)
         try:
-            pred = ctx.predictor.correct(
+            pred = edit(
                 req.index,
                 (req.point[0], req.point[1]),
                 box=tuple(req.box),  # type: ignore[arg-type]
                 vertices=np.array(req.polygon, dtype=np.float64),
+                fixed=None if req.fixed is None else np.array(req.fixed, dtype=bool),
             )
         except (ValueError, IndexError) as e:
             raise HTTPException(422, str(e)) from e

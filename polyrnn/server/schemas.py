@@ -4,7 +4,7 @@ pixels (x, y), the continuous frame of :mod:`polyrnn.geometry`."""
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
@@ -33,15 +33,23 @@ class PredictRequest(BaseModel):
 
 
 class CorrectRequest(PredictRequest):
-    index: int = Field(ge=0, description="the corrected vertex; == len(polygon) appends")
+    op: Literal["move", "insert"] = Field(
+        default="move", description="move: vertex `index` was dragged; insert: a vertex added after `index`"
+    )
+    index: int = Field(ge=0, description="the dragged vertex, or the edge (after vertex `index`) for insert")
     point: Point = Field(description="where the annotator put it (x, y)")
-    polygon: list[Point] = Field(min_length=1, max_length=500, description="the polygon as the page shows it")
+    polygon: list[Point] = Field(
+        min_length=3, max_length=5000, description="the polygon before the edit, as the page shows it"
+    )
+    fixed: list[bool] | None = Field(
+        default=None, max_length=5000, description="which vertices the annotator placed (default: none)"
+    )
 
 
 class PolygonResponse(BaseModel):
     polygon: list[list[float]]
-    probs: list[float]
-    fixed: int = Field(description="vertices 0..fixed-1 were set by the annotator or kept")
+    fixed: list[bool] = Field(description="per vertex: placed by the annotator (never moved by the model)")
+    source: str = Field(description="where the automatic polygon came from: mask or rnn")
     ms: float = Field(description="server time of the model call")
 
 

@@ -26,6 +26,7 @@ export const api = {
   labels: () => call("GET", "/api/labels"),
   setLabels: (labels) => call("PUT", "/api/labels", { labels }),
   predict: (image, box) => call("POST", "/api/predict", { image, box }),
-  correct: (image, box, index, point, polygon) => call("POST", "/api/correct", { image, box, index, point, polygon }),
+  correct: (image, box, index, point, polygon, fixed) =>
+    call("POST", "/api/correct", { image, box, op: "move", index, point, polygon, fixed }),
   exportAs: (fmt) => call("POST", `/api/export/${fmt}`),
 };

@@ -9,7 +9,7 @@ const S = {
   images: [], index: 0, name: null, width: 0, height: 0,
   labels: ["object"], label: 0,
   shapes: [],   // accepted polygons: {label, points}
-  cur: null,    // polygon being edited: {box, raw, fixed, label}
+  cur: null,    // polygon being edited: {box, raw, fixed (per vertex: placed by the annotator), label}
   detail: 0,    // simplification tolerance (image pixels); the raw polygon is kept
   selected: -1, undo: [], redo: [],
   view: { scale: 1, tx: 0, ty: 0 },
@@ -33,6 +33,13 @@ function restore(snap) { S.shapes = snap.shapes; S.cur = snap.cur; S.selected = 
 function undo() { if (S.undo.length) { S.redo.push(snapshot()); restore(S.undo.pop()); status("undo"); } }
 function redo() { if (S.redo.length) { S.undo.push(snapshot()); restore(S.redo.pop()); status("redo"); } }
 const shown = () => (S.cur ? simplify(S.cur.raw, S.detail) : []);
+// which shown vertices the annotator placed (the detail slider keeps raw points, so match by position)
+function shownFixed() {
+  if (!S.cur) return [];
+  const key = (p) => `${p[0]},${p[1]}`;
+  const f = new Set(S.cur.raw.filter((_, i) => S.cur.fixed[i]).map(key));
+  return shown().map((p) => f.has(key(p)));
+}
 function status(text, error = false) {
   const el = $("status");
   el.textContent = text;
@@ -90,9 +97,9 @@ function render() {
     e.addEventListener("mousedown", (ev) => { if (ev.button === 0 && !spaceDown) ev.stopPropagation(); });
     e.addEventListener("dblclick", (ev) => { ev.stopPropagation(); insertVertex(i, toImage(ev)); });
   });
-  const fixed = S.detail > 0 ? 0 : S.cur.fixed;
+  const fixed = shownFixed();
   pts.forEach((p, i) => {
-    const cls = "vertex" + (i < fixed ? " fixed" : "") + (i === S.selected ? " selected" : "");
+    const cls = "vertex" + (fixed[i] ? " fixed" : "") + (i === S.selected ? " selected" : "");
     const c = el("circle", { cx: p[0], cy: p[1], r, class: cls, "stroke-width": w, "data-vertex": i }, svg);
     c.addEventListener("mousedown", (ev) => startVertexDrag(ev, i));
     c.addEventListener("contextmenu", (ev) => { ev.preventDefault(); deleteVertex(i); });
@@ -133,11 +140,11 @@ async function predictBox(box) {
   } finally { S.busy--; }
 }
 
-async function correctVertex(index, point, before) {
+async function correctVertex(index, point, before, fixedBefore) {
   const t0 = performance.now();
   S.busy++;
   try {
-    const r = await api.correct(S.name, S.cur.box, index, point, before);
+    const r = await api.correct(S.name, S.cur.box, index, point, before, fixedBefore);
     S.cur.raw = r.polygon;
     S.cur.fixed = r.fixed;
     render();
@@ -157,6 +164,7 @@ function startVertexDrag(ev, index) {
   ev.stopPropagation();
   ev.preventDefault();
   const before = shown();
+  const fixedBefore = shownFixed();
   const snap = snapshot();
   const alt = ev.altKey;
   S.selected = index;
@@ -164,9 +172,11 @@ function startVertexDrag(ev, index) {
   const onMove = (e) => {
     moved = true;
     last = toImage(e);
-    const pts = shown();
+    const pts = before.map((p) => p.slice());
     pts[index] = last;
     S.cur.raw = pts;
+    S.cur.fixed = fixedBefore.slice();
+    S.cur.fixed[index] = true;
     render();
   };
   const onUp = async () => {
@@ -175,20 +185,28 @@ function startVertexDrag(ev, index) {
     if (!moved) { render(); return; }
     S.undo.push(snap); S.redo = [];
     if (alt) { status(`moved vertex ${index + 1} (no re-prediction)`); return; }
-    await correctVertex(index, last, before);
+    await correctVertex(index, last, before, fixedBefore);
   };
   window.addEventListener("mousemove", onMove);
   window.addEventListener("mouseup", onUp);
 }
 
 function insertVertex(edge, p) {
-  change(() => { const pts = shown(); pts.splice(edge + 1, 0, p); S.cur.raw = pts; S.selected = edge + 1; });
+  change(() => {
+    const pts = shown(), fx = shownFixed();
+    pts.splice(edge + 1, 0, p); fx.splice(edge + 1, 0, true);
+    S.cur.raw = pts; S.cur.fixed = fx; S.selected = edge + 1;
+  });
   status(`inserted vertex ${edge + 2}`);
 }
 function deleteVertex(i) {
   if (!S.cur) return;
   if (shown().length <= 3) { status("a polygon needs at least 3 vertices", true); return; }
-  change(() => { const pts = shown(); pts.splice(i, 1); S.cur.raw = pts; S.selected = -1; if (S.cur.fixed > i) S.cur.fixed--; });
+  change(() => {
+    const pts = shown(), fx = shownFixed();
+    pts.splice(i, 1); fx.splice(i, 1);
+    S.cur.raw = pts; S.cur.fixed = fx; S.selected = -1;
+  });
   status(`deleted vertex ${i + 1}`);
 }
 function accept() {
@@ -204,7 +222,7 @@ function editShape(i) {
   const box = [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)];
   change(() => {
     S.shapes.splice(i, 1);
-    S.cur = { box, raw: s.points, fixed: 0, label: Math.max(0, S.labels.indexOf(s.label)) };
+    S.cur = { box, raw: s.points, fixed: s.points.map(() => false), label: Math.max(0, S.labels.indexOf(s.label)) };
   }, { save: true });
   selectLabel(S.cur.label);
   status(`editing a ${s.label} polygon — Enter to accept again`);

@@ -1,0 +1,70 @@
+"""The correction engine's network: refines an object's mask from the annotator's corrections.
+
+In the spirit of RITM (Sofiiuk et al. 2021): a small convolutional network reads a mask model's (frozen)
+features of the crop, the current polygon's mask and the annotator's points, and predicts a refined mask.
+A dragged or inserted vertex is a point on the true boundary; whether it lies outside or inside the polygon
+before the correction says which side was missed (a positive or a negative correction).
+
+All maps are over the crop window at ``size`` x ``size`` (twice the feature grid: 56 for a 28-cell grid, one
+map pixel = 4 crop pixels).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAP_CHANNELS = 5  # current mask, mask model's probability, fixed vertices, positive, negative corrections
+
+
+class Refiner(nn.Module):
+    """(B, C, D, D) features + (B, 5, S, S) maps -> (B, S, S) refined-mask logits (S = 2 D).
+
+    Maps, in order: the current polygon's mask (0/1), the mask model's probability, disks at every fixed
+    vertex (points on the true boundary), disks at the positive corrections (the boundary lies beyond the
+    polygon there) and at the negative ones (inside it).
+    """
+
+    def __init__(
+        self,
+        *,
+        feat_channels: int = 128,
+        reduce: int = 32,
+        hidden: int = 40,
+        size: int = 56,
+        dilations: tuple[int, ...] = (1, 2, 4, 8),
+    ) -> None:
+        super().__init__()
+        self.size = size
+        self.feat_channels = feat_channels
+        self.reduce = nn.Sequential(nn.Conv2d(feat_channels, reduce, 1), nn.BatchNorm2d(reduce), nn.ReLU())
+        layers: list[nn.Module] = []
+        c = reduce + MAP_CHANNELS
+        for d in dilations:
+            layers += [nn.Conv2d(c, hidden, 3, padding=d, dilation=d), nn.BatchNorm2d(hidden), nn.ReLU()]
+            c = hidden
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(hidden, 1, 3, padding=1)
+        # the current mask passes through with this weight: where nothing is learnt the polygon is kept
+        self.keep = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        f = F.interpolate(
+            self.reduce(features), size=(self.size, self.size), mode="bilinear", align_corners=False
+        )
+        h = self.body(torch.cat([f, maps], dim=1))
+        return self.out(h)[:, 0] + self.keep * (2 * maps[:, 0] - 1)
+
+
+def point_maps(points: torch.Tensor, weights: torch.Tensor, size: int, sigma: float = 1.5) -> torch.Tensor:
+    """Gaussian disks: (B, K, 2) points (x, y) in map pixels (continuous frame) with (B, K) weights in {0, 1}
+    (0 = padding) -> (B, size, size), the maximum over the points."""
+    b = points.shape[0]
+    if points.shape[1] == 0:
+        return points.new_zeros(b, size, size)
+    c = torch.arange(size, dtype=points.dtype, device=points.device) + 0.5
+    dx = c.view(1, 1, 1, size) - points[..., 0].view(b, -1, 1, 1)
+    dy = c.view(1, 1, size, 1) - points[..., 1].view(b, -1, 1, 1)
+    g = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2)) * weights.view(b, -1, 1, 1)
+    return g.amax(dim=1)

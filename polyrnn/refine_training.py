@@ -1,0 +1,423 @@
+"""Training the correction engine's :class:`~polyrnn.modeling.refiner.Refiner` (``polyrnn train-refiner``).
+
+The mask model is frozen, so its features and its probability are computed once per crop and cached in memory
+(a canonical crop and augmented ones per instance). Corrections are simulated on the refiner's own errors, as
+RITM trains (iterative sampling): each batch first takes a random number of corrections with the network
+itself (no gradient), then one training step on the next correction. A simulated correction is a point on the
+ground-truth boundary beside the largest error region (its point farthest from the region's border), positive
+where the object was missed, negative where the polygon spilled over.
+
+A run folder ``OUT/<name>/`` holds ``config.yaml``, ``weights/last.pt`` and ``weights/best.pt`` (best mean IoU
+after 1..5 simulated corrections on held-out training images), ``results.csv`` and ``results.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from polyrnn.build import CheckpointError, default_weights, load_mask_model
+from polyrnn.config import AugmentConfig
+from polyrnn.data.instance import Instance
+from polyrnn.evaluation.clicks import boundary_points, worst_error
+from polyrnn.io import atomic_write_bytes, atomic_write_text, sha256_file
+from polyrnn.modeling.mask_net import MaskNet
+from polyrnn.modeling.refiner import Refiner, point_maps
+from polyrnn.provenance import git_sha, versions
+
+REFINER_FORMAT = "polyrnn-refiner"
+DATASETS = (
+    "../shared/datasets/coco128-seg",
+    "../shared/datasets/coco-mini/train2017",
+    "../shared/datasets/coco-mval",
+)
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    mask_weights: str = ""  # the mask model whose features the refiner reads ("" = the shipped lite-mask)
+    train: tuple[str, ...] = DATASETS  # training datasets (any supported format)
+    val_split: float = 0.1  # held-out fraction of the training images (choosing the epoch)
+    min_size: float = 20.0  # keep boxes whose longer side is at least this (pixels)
+    limit_train: int = 0  # at most this many training instances (0 = all; smoke runs)
+    copies: int = 3  # crops per instance in the cache: the canonical one and copies - 1 augmented ones
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    max_clicks: int = 6  # corrections simulated with the network before a training step: 0 .. max_clicks - 1
+    val_clicks: int = 5  # held-out figure: mean IoU after 1 .. val_clicks corrections
+    reduce: int = 32  # refiner: feature channels after the 1x1 reduction
+    hidden: int = 40  # refiner: channels of its dilated convolutions
+    seed: int = 0
+    out: str = "runs/train"
+    name: str = "refiner"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_refiner_config(path: str | None, overrides: list[str] | None = None) -> RefinerConfig:
+    """Like :func:`polyrnn.config.load_train_config`, for :class:`RefinerConfig` (recipe ``refiner``)."""
+    import yaml
+
+    from polyrnn.config import RECIPES, _build, _set_dotted
+
+    tree: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file() and (RECIPES / f"{path}.yaml").is_file():
+            p = RECIPES / f"{path}.yaml"
+        if not p.is_file():
+            raise ValueError(f"{path}: no such config file")
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{p}: a config must be a mapping of keys to values")
+        tree = loaded
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' must be key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "")
+    return _build(RefinerConfig, tree, "")  # type: ignore[no-any-return]
+
+
+# --- simulated corrections -----------------------------------------------------------------------------
+def simulated_click(
+    pred: np.ndarray, gt: np.ndarray, gt_boundary: np.ndarray
+) -> tuple[float, float, int] | None:
+    """A correction as the annotator makes it: the ground-truth boundary point nearest to the worst error
+    (x, y) and its sign (+1: the object was missed there, -1: the polygon spilled over); None without
+    error."""
+    e = worst_error(pred, gt)
+    if e is None or not len(gt_boundary):
+        return None
+    x, y, missed, _ = e
+    j = int(np.argmin((gt_boundary[:, 0] - x) ** 2 + (gt_boundary[:, 1] - y) ** 2))
+    return float(gt_boundary[j, 0]), float(gt_boundary[j, 1]), 1 if missed else -1
+
+
+def refiner_maps(
+    current: torch.Tensor, prob: torch.Tensor, clicks: list[list[tuple[float, float, int]]], size: int
+) -> torch.Tensor:
+    """(B, 5, S, S) refiner input from (B, S, S) current masks, (B, S, S) mask-model probabilities and each
+    sample's corrections [(x, y, sign)] in map pixels (every correction is also a fixed vertex)."""
+    b = current.shape[0]
+    k = max((len(c) for c in clicks), default=0)
+    pts = torch.zeros(b, k, 2)
+    pos = torch.zeros(b, k)
+    neg = torch.zeros(b, k)
+    for i, cs in enumerate(clicks):
+        for j, (x, y, s) in enumerate(cs):
+            pts[i, j, 0], pts[i, j, 1] = x, y
+            (pos if s > 0 else neg)[i, j] = 1.0
+    fixed = point_maps(pts, pos + neg, size)
+    return torch.stack([current, prob, fixed, point_maps(pts, pos, size), point_maps(pts, neg, size)], dim=1)
+
+
+# --- the cache ---------------------------------------------------------------------------------------
+@dataclass
+class Cache:
+    """Per crop: mask-model ``features`` (N, C, D, D) fp16, its flip-averaged ``prob`` (N, S, S) fp16, the
+    ground truth ``gt`` (N, S, S) bool, and ``image`` (N,) the index of its source image."""
+
+    features: torch.Tensor
+    prob: torch.Tensor
+    gt: torch.Tensor
+    image: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+
+@torch.no_grad()
+def build_cache(
+    mask_model: MaskNet, instances: list[Instance], *, copies: range, size: int, seed: int, log: Any = print
+) -> Cache:
+    """Run the frozen mask model once over crops ``copies`` of each instance (copy 0: the canonical crop;
+    1, 2, ...: augmented ones: flips, random context 10-20 %, scale and shift jitter)."""
+    from polyrnn.data.dataset import PolygonDataset
+
+    mask_model.eval()
+    images = {p: i for i, p in enumerate(sorted({str(x.image_path) for x in instances}))}
+    aug = AugmentConfig(scale_jitter=0.1, shift_jitter=0.05, color_jitter=0.2)
+    feats, probs, gts, owner = [], [], [], []
+    t0 = time.perf_counter()
+    for copy in copies:
+        ds = PolygonDataset(instances, train=copy > 0, augment=aug, seed=seed, mask_size=size, image_cache=4)
+        ds.set_epoch(copy)
+        for start in range(0, len(ds), 32):
+            batch = [ds.sample(i) for i in range(start, min(start + 32, len(ds)))]
+            x = torch.from_numpy(np.stack([b["image"] for b in batch])).permute(0, 3, 1, 2).float()
+            f = mask_model.encoder(x)
+            p = mask_model.predict_masks(x, flip=True)
+            feats.append(f.half())
+            probs.append(F.adaptive_avg_pool2d(p[:, None], size)[:, 0].half())
+            gts.append(torch.from_numpy(np.stack([b["mask"] for b in batch]) > 0.5))
+            owner += [images[str(instances[b["index"]].image_path)] for b in batch]
+        log(f"cache: copy {copy}, {len(owner)} crops ({time.perf_counter() - t0:.0f} s)")
+    return Cache(torch.cat(feats), torch.cat(probs), torch.cat(gts), np.array(owner))
+
+
+# --- training ------------------------------------------------------------------------------------------
+def _loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    t = gt.float()
+    bce = F.binary_cross_entropy_with_logits(logits, t)
+    p = torch.sigmoid(logits).flatten(1)
+    dice = 1 - (2 * (p * t.flatten(1)).sum(1) + 1) / (p.sum(1) + t.flatten(1).sum(1) + 1)
+    return bce + dice.mean()
+
+
+def _add_clicks(
+    current: torch.Tensor,
+    gt: torch.Tensor,
+    bounds: list[np.ndarray],
+    clicks: list[list[tuple[float, float, int]]],
+) -> None:
+    cur, g = current.numpy() > 0.5, gt.numpy()
+    for i in range(len(clicks)):
+        c = simulated_click(cur[i], g[i], bounds[i])
+        if c is not None:
+            clicks[i].append(c)
+
+
+def _start(prob: torch.Tensor) -> torch.Tensor:
+    return (prob.float() > 0.5).float()
+
+
+def train_one_epoch(
+    model: Refiner,
+    cache: Cache,
+    index: np.ndarray,
+    optimizer: torch.optim.Optimizer,
+    *,
+    cfg: RefinerConfig,
+    rng: np.random.Generator,
+    bounds: list[np.ndarray],
+) -> dict[str, float]:
+    """One pass over ``index`` (cache rows) in random batches; returns the mean loss and seconds."""
+    model.train()
+    order = rng.permutation(index)
+    total, n, t0 = 0.0, 0, time.perf_counter()
+    for s in range(0, len(order), cfg.batch_size):
+        rows = order[s : s + cfg.batch_size]
+        if len(rows) < 2:
+            continue
+        feats, prob, gt = cache.features[rows].float(), cache.prob[rows].float(), cache.gt[rows]
+        current = _start(prob)
+        clicks: list[list[tuple[float, float, int]]] = [[] for _ in rows]
+        b_bounds = [bounds[r] for r in rows]
+        for _ in range(int(rng.integers(0, cfg.max_clicks))):  # the network's own earlier corrections
+            _add_clicks(current, gt, b_bounds, clicks)
+            model.eval()
+            with torch.no_grad():
+                current = (model(feats, refiner_maps(current, prob, clicks, model.size)) > 0).float()
+            model.train()
+        _add_clicks(current, gt, b_bounds, clicks)
+        loss = _loss(model(feats, refiner_maps(current, prob, clicks, model.size)), gt)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        total += float(loss.detach()) * len(rows)
+        n += len(rows)
+    return {"loss": total / max(n, 1), "seconds": time.perf_counter() - t0, "instances": float(n)}
+
+
+@torch.no_grad()
+def click_curve(
+    model: Refiner, cache: Cache, index: np.ndarray, *, clicks: int, bounds: list[np.ndarray]
+) -> list[float]:
+    """Mean IoU (map resolution) after k = 0..clicks simulated corrections on cache rows ``index``."""
+    model.eval()
+    ious = np.zeros(clicks + 1)
+    for s in range(0, len(index), 64):
+        rows = index[s : s + 64]
+        feats, prob, gt = cache.features[rows].float(), cache.prob[rows].float(), cache.gt[rows]
+        current = _start(prob)
+        hist: list[list[tuple[float, float, int]]] = [[] for _ in rows]
+        for k in range(clicks + 1):
+            if k:
+                _add_clicks(current, gt, [bounds[r] for r in rows], hist)
+                current = (model(feats, refiner_maps(current, prob, hist, model.size)) > 0).float()
+            inter = (current.bool() & gt).flatten(1).sum(1).float()
+            union = (current.bool() | gt).flatten(1).sum(1).float()
+            ious[k] += float(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).sum())
+    return (ious / max(len(index), 1)).tolist()
+
+
+def refiner_checkpoint(model: Refiner, cfg: RefinerConfig, mask_path: Path, **extra: Any) -> dict[str, Any]:
+    from polyrnn import __version__
+
+    return {
+        "format": REFINER_FORMAT,
+        "version": __version__,
+        "refiner_config": {
+            "feat_channels": model.feat_channels,
+            "reduce": cfg.reduce,
+            "hidden": cfg.hidden,
+            "size": model.size,
+        },
+        "mask_sha256": sha256_file(mask_path),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+
+
+def _plot(rows: list[dict[str, Any]], png: Path, clicks: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    ep = [r["epoch"] for r in rows]
+    ax[0].plot(ep, [r["train_loss"] for r in rows])
+    ax[0].set_title("training loss")
+    for k in range(1, clicks + 1):
+        ax[1].plot(ep, [100 * r[f"val_iou_{k}"] for r in rows], label=f"after {k}")
+    ax[1].set_title("held-out mean IoU (%) after k corrections")
+    ax[1].legend(fontsize=8)
+    for a in ax:
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(png, buf.getvalue())
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _instances(cfg: RefinerConfig) -> tuple[list[Instance], list[Instance]]:
+    from polyrnn.data import load_datasets
+    from polyrnn.training import split_by_image
+
+    insts = load_datasets(list(cfg.train), None, min_size=cfg.min_size).instances
+    insts = [i for i in insts if not i.iscrowd]
+    train, val = split_by_image(insts, cfg.val_split, seed=cfg.seed) if cfg.val_split > 0 else (insts, [])
+    return (train[: cfg.limit_train] if cfg.limit_train else train), val
+
+
+def train_refiner(cfg: RefinerConfig, *, log: Any = print) -> Path:
+    """Train per ``cfg`` into ``cfg.out/cfg.name``; returns the run folder."""
+    from polyrnn.config import config_to_yaml
+
+    run = Path(cfg.out) / cfg.name
+    if (run / "weights" / "last.pt").is_file():
+        raise ValueError(f"{run} already holds a run: choose another name=")
+    mask_path = Path(cfg.mask_weights) if cfg.mask_weights else default_weights("lite-mask")
+    try:
+        mask_model = load_mask_model(mask_path)
+    except CheckpointError as e:
+        raise ValueError(str(e)) from e
+    (run / "weights").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / "config.yaml", config_to_yaml(cfg))  # type: ignore[arg-type]
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    train, val = _instances(cfg)
+    log(f"refiner: {len(train)} training and {len(val)} held-out instances, mask model {mask_path}")
+    size = 2 * mask_model.grid_size
+    cache = build_cache(mask_model, train + val, copies=range(1), size=size, seed=cfg.seed, log=log)
+    if cfg.copies > 1:
+        extra = build_cache(mask_model, train, copies=range(1, cfg.copies), size=size, seed=cfg.seed, log=log)
+        cache = Cache(
+            torch.cat([cache.features, extra.features]),
+            torch.cat([cache.prob, extra.prob]),
+            torch.cat([cache.gt, extra.gt]),
+            np.concatenate([cache.image, extra.image]),
+        )
+    bounds = [boundary_points(g.numpy()) for g in cache.gt]
+    train_rows = np.array([i for i in range(len(cache)) if not (len(train) <= i < len(train) + len(val))])
+    val_rows = np.arange(len(train), len(train) + len(val))
+    model = Refiner(
+        feat_channels=mask_model.encoder.out_channels, reduce=cfg.reduce, hidden=cfg.hidden, size=size
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    rows: list[dict[str, Any]] = []
+    best = -math.inf
+    for epoch in range(1, cfg.epochs + 1):
+        tr = train_one_epoch(model, cache, train_rows, optimizer, cfg=cfg, rng=rng, bounds=bounds)
+        scheduler.step()
+        curve = (
+            click_curve(model, cache, val_rows, clicks=cfg.val_clicks, bounds=bounds) if len(val_rows) else []
+        )
+        metric = float(np.mean(curve[1:])) if curve else -tr["loss"]
+        row = {
+            "epoch": epoch,
+            "train_loss": tr["loss"],
+            "seconds": tr["seconds"],
+            **{f"val_iou_{k}": v for k, v in enumerate(curve)},
+        }
+        rows.append(row)
+        ckpt = refiner_checkpoint(
+            model,
+            cfg,
+            mask_path,
+            epoch=epoch,
+            metric=metric,
+            train_config=cfg.to_dict(),
+            git_sha=git_sha(),
+            versions=versions(),
+        )
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        atomic_write_bytes(run / "weights" / "last.pt", buf.getvalue())
+        if metric > best:
+            best = metric
+            atomic_write_bytes(run / "weights" / "best.pt", buf.getvalue())
+        _write_csv(run / "results.csv", rows)
+        if curve:
+            _plot(rows, run / "results.png", cfg.val_clicks)
+        shown = " ".join(f"{100 * v:.1f}" for v in curve)
+        log(
+            f"epoch {epoch}/{cfg.epochs}: loss {tr['loss']:.4f}, held-out IoU after 0..{cfg.val_clicks} "
+            f"corrections {shown} ({tr['seconds']:.0f} s){' *' if metric >= best else ''}"
+        )
+        sys.stdout.flush()
+    return run
+
+
+def load_refiner(path: str | Path, mask_path: str | Path | None = None) -> Refiner:
+    """A trained refiner (strict, ``weights_only``); with ``mask_path``, checks that it was trained on that
+    mask model's features (:class:`~polyrnn.build.CheckpointError` otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such refiner weights file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds on a corrupt or foreign file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e.__class__.__name__})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != REFINER_FORMAT:
+        raise CheckpointError(f"{path}: not a polyrnn refiner checkpoint (field 'format')")
+    if mask_path is not None and ckpt.get("mask_sha256") != sha256_file(mask_path):
+        raise CheckpointError(f"{path}: trained on another mask model's features than {mask_path}")
+    c = ckpt["refiner_config"]
+    model = Refiner(
+        feat_channels=int(c["feat_channels"]),
+        reduce=int(c["reduce"]),
+        hidden=int(c["hidden"]),
+        size=int(c["size"]),
+    )
+    from polyrnn.build import load_weights
+
+    load_weights(model, ckpt["model"], str(path))
+    return model.eval()
