@@ -20,7 +20,7 @@ from polyrnn.config import MASK_FLIP, REJOIN
 from polyrnn.modeling.mask_net import MaskNet
 from polyrnn.modeling.polygon_rnn import PolygonRNN
 from polyrnn.modeling.refiner import Refiner
-from polyrnn.session import CONFINE, ENGINES, BoxEncoding, BoxSession, EngineConfig, State
+from polyrnn.session import CONFINE, ENGINES, BoxEncoding, BoxSession, Click, EngineConfig, State
 
 Box = tuple[float, float, float, float]
 
@@ -44,6 +44,18 @@ class Prediction:
     box: Box
     source: str = "mask"
     probs: np.ndarray | None = None
+
+
+def _clicks_of(points: np.ndarray, start: np.ndarray | None) -> list[Click]:
+    """Corrections for fixed vertices whose drags are unknown: at the vertex, outward when it lies outside
+    the automatic polygon ``start``."""
+    from shapely.geometry import Point, Polygon
+
+    area = Polygon(start).buffer(0) if start is not None and len(start) >= 3 else None
+    return [
+        Click((float(x), float(y)), 1 if area is None or not area.covers(Point(x, y)) else -1)
+        for x, y in points
+    ]
 
 
 class PolygonPredictor:
@@ -202,8 +214,16 @@ class PolygonPredictor:
                 raise ValueError(f"fixed has {len(f)} flags for {len(v)} vertices")
             if len(v) < 3:
                 raise ValueError("a polygon needs at least 3 vertices")
-            s.history.append(State(s.polygon.copy(), s.fixed.copy()))
-            s.state = State(v, f)
+            known = [st for st in (s.state, *reversed(s.history)) if st is not None and st.same(v, f)]
+            if known:  # a state this session produced (the caller undid to it, or it is the current one)
+                if known[0] is not s.state:
+                    s.history.append(s.state.copy() if s.state is not None else known[0].copy())
+                    s.state = known[0].copy()
+            else:  # edited elsewhere: each fixed vertex counts as a correction on its side of the start
+                s.history.append(
+                    State(s.polygon.copy(), s.fixed.copy(), list(s.state.clicks if s.state else []))
+                )
+                s.state = State(v, f, _clicks_of(v[f], s.start))
         return s
 
     def correct(

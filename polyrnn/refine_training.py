@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from polyrnn.build import CheckpointError, default_weights, load_mask_model
 from polyrnn.config import AugmentConfig
 from polyrnn.data.instance import Instance
-from polyrnn.evaluation.clicks import boundary_points, worst_error
+from polyrnn.evaluation.clicks import boundary_points, nearest_point, worst_error
 from polyrnn.io import atomic_write_bytes, atomic_write_text, sha256_file
 from polyrnn.modeling.mask_net import MaskNet
 from polyrnn.modeling.refiner import Refiner, point_maps
@@ -93,36 +93,48 @@ def load_refiner_config(path: str | None, overrides: list[str] | None = None) ->
 
 
 # --- simulated corrections -----------------------------------------------------------------------------
-def simulated_click(
-    pred: np.ndarray, gt: np.ndarray, gt_boundary: np.ndarray
-) -> tuple[float, float, int] | None:
-    """A correction as the annotator makes it: the ground-truth boundary point nearest to the worst error
-    (x, y) and its sign (+1: the object was missed there, -1: the polygon spilled over); None without
-    error."""
+Click = tuple[float, float, float, float, int]  # (vx, vy) boundary point, (mx, my) the drag's middle, sign
+
+
+def simulated_click(pred: np.ndarray, gt: np.ndarray, gt_boundary: np.ndarray) -> Click | None:
+    """A correction as the annotator makes it in the editor: at the worst error's innermost point, the
+    outline runs at ``u`` (the predicted boundary point nearest to it) and should run at ``v`` (the
+    ground-truth boundary point nearest to it); the annotator drags from ``u`` to ``v``. Returns ``v``, the
+    drag's middle ``(u + v) / 2`` (inside the error region) and the sign (+1: the object was missed there,
+    -1: the polygon spilled over); None without error."""
     e = worst_error(pred, gt)
     if e is None or not len(gt_boundary):
         return None
     x, y, missed, _ = e
-    j = int(np.argmin((gt_boundary[:, 0] - x) ** 2 + (gt_boundary[:, 1] - y) ** 2))
-    return float(gt_boundary[j, 0]), float(gt_boundary[j, 1]), 1 if missed else -1
+    vx, vy = nearest_point(gt_boundary, x, y)
+    own = boundary_points(pred)
+    ux, uy = nearest_point(own, x, y) if len(own) else (x, y)
+    return vx, vy, (ux + vx) / 2, (uy + vy) / 2, 1 if missed else -1
 
 
 def refiner_maps(
-    current: torch.Tensor, prob: torch.Tensor, clicks: list[list[tuple[float, float, int]]], size: int
+    current: torch.Tensor,
+    prob: torch.Tensor,
+    fixed: list[list[tuple[float, float]]],
+    clicks: list[list[tuple[float, float, int]]],
+    size: int,
 ) -> torch.Tensor:
-    """(B, 5, S, S) refiner input from (B, S, S) current masks, (B, S, S) mask-model probabilities and each
-    sample's corrections [(x, y, sign)] in map pixels (every correction is also a fixed vertex)."""
+    """(B, 5, S, S) refiner input from (B, S, S) current masks, (B, S, S) mask-model probabilities, each
+    sample's fixed vertices [(x, y)] and corrections [(x, y, sign)] (the drags' middles), in map pixels."""
     b = current.shape[0]
-    k = max((len(c) for c in clicks), default=0)
-    pts = torch.zeros(b, k, 2)
-    pos = torch.zeros(b, k)
-    neg = torch.zeros(b, k)
-    for i, cs in enumerate(clicks):
-        for j, (x, y, s) in enumerate(cs):
-            pts[i, j, 0], pts[i, j, 1] = x, y
-            (pos if s > 0 else neg)[i, j] = 1.0
-    fixed = point_maps(pts, pos + neg, size)
-    return torch.stack([current, prob, fixed, point_maps(pts, pos, size), point_maps(pts, neg, size)], dim=1)
+
+    def disks(points: list[list[tuple[float, float]]], weights: list[list[float]]) -> torch.Tensor:
+        k = max((len(p) for p in points), default=0)
+        pts, w = torch.zeros(b, k, 2), torch.zeros(b, k)
+        for i, (ps, ws) in enumerate(zip(points, weights, strict=True)):
+            for j, ((x, y), v) in enumerate(zip(ps, ws, strict=True)):
+                pts[i, j, 0], pts[i, j, 1], w[i, j] = x, y, v
+        return point_maps(pts, w, size)
+
+    mids = [[(x, y) for x, y, _ in c] for c in clicks]
+    pos = disks(mids, [[float(s > 0) for *_, s in c] for c in clicks])
+    neg = disks(mids, [[float(s < 0) for *_, s in c] for c in clicks])
+    return torch.stack([current, prob, disks(fixed, [[1.0] * len(f) for f in fixed]), pos, neg], dim=1)
 
 
 # --- the cache ---------------------------------------------------------------------------------------
@@ -179,16 +191,18 @@ def _loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 
 def _add_clicks(
-    current: torch.Tensor,
-    gt: torch.Tensor,
-    bounds: list[np.ndarray],
-    clicks: list[list[tuple[float, float, int]]],
+    current: torch.Tensor, gt: torch.Tensor, bounds: list[np.ndarray], clicks: list[list[Click]]
 ) -> None:
     cur, g = current.numpy() > 0.5, gt.numpy()
     for i in range(len(clicks)):
         c = simulated_click(cur[i], g[i], bounds[i])
         if c is not None:
             clicks[i].append(c)
+
+
+def _maps(current: torch.Tensor, prob: torch.Tensor, clicks: list[list[Click]], size: int) -> torch.Tensor:
+    fixed = [[(c[0], c[1]) for c in cs] for cs in clicks]
+    return refiner_maps(current, prob, fixed, [[(c[2], c[3], c[4]) for c in cs] for cs in clicks], size)
 
 
 def _start(prob: torch.Tensor) -> torch.Tensor:
@@ -215,16 +229,16 @@ def train_one_epoch(
             continue
         feats, prob, gt = cache.features[rows].float(), cache.prob[rows].float(), cache.gt[rows]
         current = _start(prob)
-        clicks: list[list[tuple[float, float, int]]] = [[] for _ in rows]
+        clicks: list[list[Click]] = [[] for _ in rows]
         b_bounds = [bounds[r] for r in rows]
         for _ in range(int(rng.integers(0, cfg.max_clicks))):  # the network's own earlier corrections
             _add_clicks(current, gt, b_bounds, clicks)
             model.eval()
             with torch.no_grad():
-                current = (model(feats, refiner_maps(current, prob, clicks, model.size)) > 0).float()
+                current = (model(feats, _maps(current, prob, clicks, model.size)) > 0).float()
             model.train()
         _add_clicks(current, gt, b_bounds, clicks)
-        loss = _loss(model(feats, refiner_maps(current, prob, clicks, model.size)), gt)
+        loss = _loss(model(feats, _maps(current, prob, clicks, model.size)), gt)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -245,11 +259,11 @@ def click_curve(
         rows = index[s : s + 64]
         feats, prob, gt = cache.features[rows].float(), cache.prob[rows].float(), cache.gt[rows]
         current = _start(prob)
-        hist: list[list[tuple[float, float, int]]] = [[] for _ in rows]
+        hist: list[list[Click]] = [[] for _ in rows]
         for k in range(clicks + 1):
             if k:
                 _add_clicks(current, gt, [bounds[r] for r in rows], hist)
-                current = (model(feats, refiner_maps(current, prob, hist, model.size)) > 0).float()
+                current = (model(feats, _maps(current, prob, hist, model.size)) > 0).float()
             inter = (current.bool() & gt).flatten(1).sum(1).float()
             union = (current.bool() | gt).flatten(1).sum(1).float()
             ious[k] += float(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).sum())

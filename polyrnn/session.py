@@ -141,45 +141,49 @@ class BoxEncoding:
             size / self.crop.crop_size
         )
 
-    def refined_mask(self, before: np.ndarray, fixed_points: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    def refined_mask(self, before: np.ndarray, fixed_points: np.ndarray, clicks: list[Click]) -> np.ndarray:
         """The refiner's mask over the crop, bool (crop_size, crop_size), for the polygon ``before`` the edit
-        (image pixels), the fixed vertices (K, 2) and their signs (K,) (+1 beyond the automatic polygon)."""
+        (image pixels), the fixed vertices (K, 2) and the corrections (:data:`Click`, image pixels)."""
         assert self.refiner is not None
-        from polyrnn.modeling.refiner import point_maps
+        from polyrnn.refine_training import refiner_maps
 
         s = self.refiner.size
         feats, prob = self._mask
         current = torch.from_numpy(rasterize([self.to_map(before, s)], s, s).astype(np.float32))[None]
         p = F.adaptive_avg_pool2d(prob[:, None], s)[:, 0]
-        pts = torch.from_numpy(self.to_map(fixed_points, s)).float()[None]
-        sg = torch.from_numpy(np.asarray(signs, dtype=np.float32))[None]
-        maps = torch.stack(
-            [
-                current,
-                p,
-                point_maps(pts, torch.ones_like(sg), s),
-                point_maps(pts, (sg > 0).float(), s),
-                point_maps(pts, (sg < 0).float(), s),
-            ],
-            dim=1,
-        )
+        fixed = [tuple(q) for q in self.to_map(fixed_points, s)]
+        mids = [(*self.to_map(np.array([c.middle]), s)[0], c.sign) for c in clicks]
+        maps = refiner_maps(current, p, [fixed], [mids], s)  # type: ignore[list-item]
+        c = self.crop.crop_size
+        fine = torch.from_numpy(rasterize([self.to_map(before, c)], c, c).astype(np.float32))[None]
         with torch.inference_mode():
-            logits = self.refiner(feats, maps)
-            up = F.interpolate(
-                logits[:, None], size=self.crop.crop_size, mode="bilinear", align_corners=False
-            )
-        return up[0, 0].numpy() > 0
+            logits = self.refiner.refine(self.refiner.residual(feats, maps), fine)
+        return logits[0].numpy() > 0
+
+
+@dataclass(frozen=True)
+class Click:
+    """One correction as the refiner reads it: the drag's ``middle`` (x, y image pixels, between where the
+    outline ran and where the annotator put it) and its ``sign`` (+1 outward: the object was missed)."""
+
+    middle: tuple[float, float]
+    sign: int
 
 
 @dataclass
 class State:
-    """A polygon (N, 2) in image pixels and which of its vertices the annotator placed (N,) bool."""
+    """A polygon (N, 2) in image pixels, which of its vertices the annotator placed (N,) bool, and the
+    corrections that led to it."""
 
     polygon: np.ndarray
     fixed: np.ndarray
+    clicks: list[Click] = field(default_factory=list)
 
     def copy(self) -> State:
-        return State(self.polygon.copy(), self.fixed.copy())
+        return State(self.polygon.copy(), self.fixed.copy(), list(self.clicks))
+
+    def same(self, polygon: np.ndarray, fixed: np.ndarray) -> bool:
+        return bool(np.array_equal(self.polygon, polygon) and np.array_equal(self.fixed, fixed))
 
 
 @dataclass
@@ -197,7 +201,7 @@ class BoxSession:
     state: State | None = None
     source: str = "mask"
     history: list[State] = field(default_factory=list)
-    start: np.ndarray | None = None  # the automatic polygon: which side of it a fixed vertex lies on
+    start: np.ndarray | None = None  # the automatic polygon
 
     def __post_init__(self) -> None:
         if self.engine.name not in ENGINES:
@@ -233,17 +237,30 @@ class BoxSession:
         if not 0 <= index < n:
             raise IndexError(f"vertex index {index} out of range 0..{n - 1}")
         poly, fixed = self.polygon.copy(), self.fixed.copy()
+        u = poly[index].copy()
         poly[index], fixed[index] = _point(xy), True
-        return self._apply(State(poly, fixed), index)
+        return self._apply(State(poly, fixed, self._clicks(u, poly[index])), index)
 
     def insert(self, edge: int, xy: tuple[float, float]) -> State:
         """Insert a vertex at ``xy`` on edge ``edge`` (after vertex ``edge``); it becomes fixed."""
         n = len(self.polygon)
         if not 0 <= edge < n:
             raise IndexError(f"edge index {edge} out of range 0..{n - 1}")
-        poly = np.insert(self.polygon, edge + 1, _point(xy), axis=0)
+        v = _point(xy)
+        a, b = self.polygon[edge], self.polygon[(edge + 1) % n]
+        ab = b - a
+        u = a + np.clip(float(np.dot(v - a, ab) / max(float(np.dot(ab, ab)), 1e-12)), 0.0, 1.0) * ab
+        poly = np.insert(self.polygon, edge + 1, v, axis=0)
         fixed = np.insert(self.fixed, edge + 1, True)
-        return self._apply(State(poly, fixed), edge + 1)
+        return self._apply(State(poly, fixed, self._clicks(u, v)), edge + 1)
+
+    def _clicks(self, u: np.ndarray, v: np.ndarray) -> list[Click]:
+        """The corrections so far and the drag from ``u`` (where the outline ran) to ``v``."""
+        from shapely.geometry import Point, Polygon
+
+        outward = not Polygon(self.polygon).buffer(0).covers(Point(float(v[0]), float(v[1])))
+        mid = (float(u[0] + v[0]) / 2, float(u[1] + v[1]) / 2)
+        return [*self.state.clicks, Click(mid, 1 if outward else -1)] if self.state else [Click(mid, 1)]
 
     def delete(self, index: int) -> State:
         """Remove vertex ``index`` (no model: deleting says nothing about where the boundary is)."""
@@ -254,7 +271,9 @@ class BoxSession:
             raise IndexError(f"vertex index {index} out of range 0..{n - 1}")
         assert self.state is not None
         self.history.append(self.state.copy())
-        self.state = State(np.delete(self.polygon, index, axis=0), np.delete(self.fixed, index))
+        self.state = State(
+            np.delete(self.polygon, index, axis=0), np.delete(self.fixed, index), self.state.clicks
+        )
         return self.state
 
     def undo(self) -> State:
@@ -275,6 +294,7 @@ class BoxSession:
             proposal = self._rnn(manual, index)
         self.history.append(before.copy())
         self.state = self._guard(manual, proposal, index)
+        self.state.clicks = list(manual.clicks)
         return self.state
 
     def _guard(self, manual: State, proposal: State | None, index: int) -> State:
@@ -295,13 +315,7 @@ class BoxSession:
 
     def _refine(self, before: State, manual: State, index: int) -> State | None:
         enc, p = self.encoding, manual.polygon
-        assert self.start is not None
-        from shapely.geometry import Point, Polygon
-
-        start = Polygon(self.start)
-        pts = p[manual.fixed]
-        signs = np.array([1 if not start.buffer(0).covers(Point(*q)) else -1 for q in pts])
-        refined = enc.refined_mask(before.polygon, pts, signs)
+        refined = enc.refined_mask(before.polygon, p[manual.fixed], manual.clicks)
         # outside the neighbourhood of the edit the polygon stays as it is
         reach_crop = self.engine.confine * enc.long_side * enc.crop.crop_size / enc.crop.side
         c = enc.to_map(p[index], enc.crop.crop_size)[0]
@@ -375,17 +389,15 @@ def _point(xy: tuple[float, float]) -> np.ndarray:
 
 
 def _contour_near(mask: np.ndarray, c: np.ndarray) -> np.ndarray | None:
-    """The outer contour (K, 2) of the component of ``mask`` nearest to ``c`` (crop pixels, pixel centres)."""
+    """The outer contour (K, 2) of the object's component of ``mask``: the largest one passing within a tenth
+    of the map's side of ``c`` (the annotator's point, crop pixels), else the largest."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    best, dist = None, np.inf
-    for k in contours:
-        q = k.reshape(-1, 2).astype(np.float64) + 0.5
-        if len(q) < 3:
-            continue
-        d = float(np.min(np.linalg.norm(q - c, axis=1)))
-        if d < dist:
-            best, dist = q, d
-    return best
+    parts = [k.reshape(-1, 2).astype(np.float64) + 0.5 for k in contours if len(k) >= 3]
+    if not parts:
+        return None
+    parts.sort(key=lambda q: -abs(signed_area(q)))
+    near = [q for q in parts if float(np.min(np.linalg.norm(q - c, axis=1))) <= 0.1 * mask.shape[0]]
+    return (near or parts)[0]
 
 
 def splice(manual: State, contour: np.ndarray, index: int, *, reach: float, tolerance: float) -> State | None:

@@ -49,12 +49,20 @@ class Refiner(nn.Module):
         # the current mask passes through with this weight: where nothing is learnt the polygon is kept
         self.keep = nn.Parameter(torch.tensor(1.0))
 
+    def residual(self, features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """(B, S, S): what the network adds to the current mask's ``keep * (2 * mask - 1)``."""
+        size = (self.size, self.size)
+        f = F.interpolate(self.reduce(features), size=size, mode="bilinear", align_corners=False)
+        return self.out(self.body(torch.cat([f, maps], dim=1)))[:, 0]
+
     def forward(self, features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        f = F.interpolate(
-            self.reduce(features), size=(self.size, self.size), mode="bilinear", align_corners=False
-        )
-        h = self.body(torch.cat([f, maps], dim=1))
-        return self.out(h)[:, 0] + self.keep * (2 * maps[:, 0] - 1)
+        return self.residual(features, maps) + self.keep * (2 * maps[:, 0] - 1)
+
+    def refine(self, residual: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """Refined-mask logits at any resolution: the (B, S, S) residual upsampled to the (B, H, W) current
+        mask's size and added to it, so the current outline's detail is kept wherever nothing changes."""
+        up = F.interpolate(residual[:, None], size=current.shape[-2:], mode="bilinear", align_corners=False)
+        return up[:, 0] + self.keep * (2 * current - 1)
 
 
 def point_maps(points: torch.Tensor, weights: torch.Tensor, size: int, sigma: float = 1.5) -> torch.Tensor:

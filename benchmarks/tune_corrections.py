@@ -1,0 +1,86 @@
+"""Choose the correction engine's rules on held-out *training* images (never coco-mini/val2017).
+
+The held-out images are the refiner recipe's ``val_split`` (10 % of the training images, the split the refiner
+never trained on), boxes with a long side of at least 32 px, as ``polyrnn evaluate`` counts them:
+
+    python benchmarks/tune_corrections.py --refiner runs/train/refiner/weights/best.pt --confine 0.25,0.5,1
+
+prints, for each engine and setting, the mean IoU after k corrections of the clicks-to-quality annotator
+(``polyrnn.evaluation.clicks``), NoC@85 / @90 and the share of instances below their start after k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from polyrnn.build import load_models
+from polyrnn.data.instance import load_image
+from polyrnn.evaluation.clicks import NEAR, clicks_to_quality
+from polyrnn.refine_training import _instances, load_refiner_config
+from polyrnn.session import BoxEncoding, BoxSession, EngineConfig
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--refiner", default=None, help="refiner weights (default: the shipped one)")
+    ap.add_argument("--engines", default="refine,rnn,manual")
+    ap.add_argument("--confine", default="0.5", help="guard-rail reach in box long sides, list")
+    ap.add_argument("--near", type=float, default=NEAR)
+    ap.add_argument("--corrections", type=int, default=10)
+    ap.add_argument("--limit", type=int, default=0, help="first N held-out instances only")
+    ap.add_argument("--min-size", type=float, default=32.0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    models = load_models(refiner_weights=args.refiner)
+    _, held = _instances(load_refiner_config("refiner"))
+    held = [i for i in held if i.long_side >= args.min_size]
+    held = held[: args.limit] if args.limit else held
+    print(f"{len(held)} held-out training instances (box long side >= {args.min_size:g} px)")
+    ks = [k for k in (0, 1, 2, 3, 5, 10, 20) if k <= args.corrections]
+    for engine in args.engines.split(","):
+        for confine in [float(c) for c in args.confine.split(",")]:
+            t0, curves = time.perf_counter(), []
+            image_key, image = "", None
+            for inst in held:
+                if str(inst.image_path) != image_key:
+                    image_key, image = str(inst.image_path), load_image(inst.image_path)
+                assert image is not None
+                enc = BoxEncoding(
+                    image,
+                    inst.box_xyxy,
+                    polygon_model=models.polygon,
+                    mask_model=models.mask,
+                    refiner=models.refiner,
+                )
+                session = BoxSession(enc, EngineConfig(name=engine, confine=confine))
+                curves.append(
+                    clicks_to_quality(
+                        session,
+                        inst.mask(),
+                        inst.ignore_mask(),
+                        max_corrections=args.corrections,
+                        near=args.near,
+                    )
+                )
+            c = np.array(curves)
+            noc = {
+                lv: np.mean(
+                    [next((k for k, v in enumerate(r) if v >= lv / 100), args.corrections) for r in c]
+                )
+                for lv in (85, 90)
+            }
+            below = (c < c[:, :1] - 1e-9).mean(0)
+            print(
+                f"{engine:7s} confine {confine:g}: "
+                + " ".join(f"k={k} {100 * c[:, k].mean():.1f}" for k in ks)
+                + f" | NoC@85 {noc[85]:.2f} NoC@90 {noc[90]:.2f} | below start k=1 {100 * below[1]:.0f} % "
+                f"k={args.corrections} {100 * below[-1]:.0f} % | {time.perf_counter() - t0:.0f} s"
+            )
+
+
+if __name__ == "__main__":
+    main()
