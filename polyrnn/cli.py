@@ -395,8 +395,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from polyrnn.server.store import AnnotationStore
 
     src = Path(args.folder)
-    labels = AnnotationStore(src).labels() if (src / "labels.json").is_file() else []
-    summary = export_folder(src, args.to, Path(args.out), exclude=[src / "export"], labels=labels)
+    if not src.is_dir():
+        raise CLIError(f"{src}: not a folder")
+    store = AnnotationStore(src)
+    labels = store.labels() if (store.state_dir / "labels.json").is_file() else []
+    summary = export_folder(src, args.to, Path(args.out), exclude=[store.state_dir], labels=labels)
     for s in summary["skipped"][:10]:
         print(f"skipped {s.where}: {s.reason}", file=sys.stderr)
     print(

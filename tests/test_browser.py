@@ -151,12 +151,13 @@ def test_annotate_correct_undo_label_accept_reload_export(server, browser):
     page.keyboard.press("Escape")
     assert not page.locator("#help").is_visible()
 
-    # export COCO from the page and read it back with pycocotools
-    page.click("button[data-export='coco']")
-    page.wait_for_function("window.polyrnn.lastExport !== undefined")
+    # export COCO from the page: the browser downloads it; read it back with pycocotools
+    with page.expect_download() as download:
+        page.click("button[data-export='coco']")
     from pycocotools.coco import COCO
 
-    coco = COCO(str(store.image_dir / "export" / "coco" / "annotations.json"))
+    coco = COCO(str(download.value.path()))
+    assert coco.dataset["images"][0]["file_name"] == "img0.png"  # relative to the image folder
     assert len(coco.dataset["annotations"]) == 1
     assert coco.cats[coco.dataset["annotations"][0]["category_id"]]["name"] == "dog"
     assert not state(page, "stats.errors")

@@ -38,7 +38,7 @@ def tiny_predictor():
 @pytest.fixture
 def client(tmp_path):
     store = AnnotationStore(make_images(tmp_path / "imgs"))
-    return TestClient(create_app(store, tiny_predictor(), model_name="tiny")), store
+    return TestClient(create_app(store, tiny_predictor(), model_name="tiny"), base_url="http://127.0.0.1:8000"), store
 
 
 SQUARE = [[20, 20], [80, 20], [80, 80], [20, 80]]
@@ -104,7 +104,7 @@ def test_malformed_json_traversal_corrupt_and_oversized_images(client, tmp_path,
     monkeypatch.setattr(app_module, "MAX_PIXELS", 100)
     r = c.post("/api/predict", json={"image": "img1.png", "box": [1, 1, 20, 20]})
     assert r.status_code == 413 and "pixels" in r.json()["detail"]
-    bad = {"shapes": [{"label": "a", "points": [[0, 0], [1, 1]]}]}
+    bad = {"shapes": [{"label": "a", "points": [[0, 0, 5], [1, 1]]}]}
     assert c.put("/api/annotations/img0.png", json=bad).status_code == 422
     assert c.put("/api/labels", json={"labels": ["a", "a"]}).status_code == 422
 
@@ -124,7 +124,7 @@ def test_twenty_concurrent_predictions(client):
 
 def test_annotations_round_trip_as_labelme_and_atomic_save(client, monkeypatch):
     c, store = client
-    assert c.get("/api/annotations/img0.png").json() == {"shapes": []}
+    assert c.get("/api/annotations/img0.png").json() == {"shapes": [], "error": None}
     shapes = {"shapes": [{"label": "cat", "points": SQUARE}]}
     assert c.put("/api/annotations/img0.png", json=shapes).status_code == 200
     doc = json.loads((store.image_dir / "img0.json").read_text())
@@ -161,7 +161,7 @@ def test_export_from_api_and_cli(client, tmp_path):
     )
     r = c.post("/api/export/coco")
     assert r.status_code == 200 and r.json()["instances"] == 3
-    coco = COCO(str(store.image_dir / "export" / "coco" / "annotations.json"))
+    coco = COCO(str(store.state_dir / "export" / "coco" / "annotations.json"))
     assert [coco.cats[i]["name"] for i in sorted(coco.cats)] == ["cat", "dog"]
     ann = [a for a in coco.dataset["annotations"] if coco.cats[a["category_id"]]["name"] == "dog"][0]
     assert coco.annToMask(ann).sum() == pytest.approx(60 * 60, rel=0.05)

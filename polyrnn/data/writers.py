@@ -34,10 +34,16 @@ def _by_image(instances: Sequence[Instance]) -> dict[Path, list[Instance]]:
     return out
 
 
+def _clip(part: np.ndarray, w: int, h: int) -> np.ndarray:
+    """A polygon's vertices clipped to the image, like its box."""
+    return np.clip(np.asarray(part, dtype=np.float64).reshape(-1, 2), 0.0, [w, h])
+
+
 def write_coco(
     instances: Sequence[Instance], out_json: Path, *, root: Path, classes: Sequence[str]
 ) -> dict[str, Any]:
-    """A COCO instances JSON; ``file_name`` is each image's path relative to ``out_json``'s folder."""
+    """A COCO instances JSON; ``file_name`` is each image's path relative to ``root``, the image folder
+    (a trainer is pointed at it), and polygons are clipped to the image like the boxes."""
     cat_ids = {c: i + 1 for i, c in enumerate(classes)}
     images: list[dict[str, Any]] = []
     anns: list[dict[str, Any]] = []
@@ -46,13 +52,13 @@ def write_coco(
         images.append(
             {
                 "id": img_id,
-                "file_name": os.path.relpath(image.resolve(), out_json.parent.resolve()),
+                "file_name": Path(os.path.relpath(image.resolve(), root.resolve())).as_posix(),
                 "width": int(w),
                 "height": int(h),
             }
         )
         for inst in insts:
-            segs = [np.asarray(p, dtype=np.float64).reshape(-1).round(2).tolist() for p in inst.polygons]
+            segs = [_clip(p, w, h).reshape(-1).round(2).tolist() for p in inst.polygons]
             rle = mask_utils.merge(mask_utils.frPyObjects(segs, int(h), int(w)))
             x, y, bw, bh = inst.box
             anns.append(
@@ -138,10 +144,17 @@ def write_labelme(instances: Sequence[Instance], out: Path, *, root: Path) -> No
 
 
 def export_folder(
-    src: str | Path, fmt: str, out: str | Path, *, exclude: Sequence[Path] = (), labels: Sequence[str] = ()
+    src: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    exclude: Sequence[Path] = (),
+    labels: Sequence[str] = (),
+    image_root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Export a folder of LabelMe JSON files (what ``polyrnn serve`` saves) as ``fmt``. Class ids follow
-    ``labels`` (the tool's label list) and then any other label in sorted order."""
+    ``labels`` (the tool's label list) and then any other label in sorted order; COCO ``file_name`` is
+    relative to ``image_root`` (default ``src``)."""
     if fmt not in FORMATS:
         raise DataError(f"unknown export format '{fmt}' (one of {', '.join(FORMATS)})")
     src, out = Path(src), Path(out)
@@ -149,7 +162,7 @@ def export_folder(
     classes = list(dict.fromkeys([*labels, *sorted({i.class_name for i in ds.instances})]))
     if fmt == "coco":
         path = out / "annotations.json"
-        write_coco(ds.instances, path, root=src, classes=classes)
+        write_coco(ds.instances, path, root=Path(image_root or src), classes=classes)
     elif fmt == "yolo":
         path = out
         write_yolo(ds.instances, out, root=src, classes=classes)

@@ -2,9 +2,10 @@
 
 Endpoints (JSON unless said): ``GET /health``; ``GET /api/images``; ``GET /api/images/{name}/file`` (the
 image bytes); ``GET|PUT /api/annotations/{name}``; ``GET|PUT /api/labels``; ``POST /api/predict``;
-``POST /api/correct``; ``POST /api/export/{coco|yolo|labelme}``. The OpenAPI schema is at
-``/openapi.json`` and the docs at ``/docs``. Coordinates are image pixels (x, y), the continuous frame
-of :mod:`polyrnn.geometry`.
+``POST /api/correct``; ``POST /api/export/{coco|yolo|labelme}`` and ``GET /api/export/{fmt}/download``. The
+OpenAPI schema is at ``/openapi.json`` (every error answers ``{"detail": ...}``); the interactive docs are
+off (they load from a CDN). Coordinates are image pixels (x, y), the continuous frame of
+:mod:`polyrnn.geometry`. Who may call it and how much: :mod:`polyrnn.server.guard`.
 """
 
 from __future__ import annotations
@@ -18,28 +19,44 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from polyrnn.predictor import PolygonPredictor, Prediction
+from polyrnn.server.guard import Guard
 from polyrnn.server.schemas import (
     Annotations,
+    AnnotationsResponse,
     CorrectRequest,
+    ErrorResponse,
     ExportResponse,
     ImageInfo,
     Labels,
     PolygonResponse,
     PredictRequest,
+    SaveResponse,
 )
-from polyrnn.server.store import AnnotationStore, StoreError
+from polyrnn.server.store import AnnotationStore, StorageError, StoreError, UnknownImage, UnreadableFile
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_PIXELS = 64_000_000  # refuse larger images (decoded size)
 MAX_BYTES = 100 * 1024 * 1024
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "a host this server does not serve"),
+        (403, "a cross-site request, or the token is missing"),
+        (404, "unknown image or export"),
+        (409, "the existing annotation file cannot be parsed"),
+        (413, "request body or image too large"),
+        (507, "the disk refused the write; nothing was changed"),
+    )
+}
 
 
 class _Images:
-    """Decoded images (an LRU of a few) with size checks."""
+    """Decoded images (an LRU of a few) with size checks made on the header before decoding."""
 
     def __init__(self, store: AnnotationStore, size: int = 4) -> None:
         self.store, self.size = store, size
@@ -63,6 +80,8 @@ class _Images:
                         413, f"image '{name}' has {im.width}x{im.height} pixels (limit {MAX_PIXELS})"
                     )
                 arr = np.asarray(im.convert("RGB"))
+        except Image.DecompressionBombError as e:
+            raise HTTPException(413, f"image '{name}' has too many pixels (limit {MAX_PIXELS})") from e
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise HTTPException(422, f"image '{name}' cannot be decoded ({e.__class__.__name__})") from e
         with self._lock:
@@ -86,12 +105,13 @@ class ServerContext:
     def __post_init__(self) -> None:
         self.images = _Images(self.store)
 
-    def use_image(self, name: str) -> None:
-        """Make ``name`` the predictor's image (call with ``lock`` held)."""
+    def use_image(self, name: str) -> np.ndarray:
+        """Make ``name`` the predictor's image (call with ``lock`` held); returns it."""
         img = self.images.get(name)
         if self.image != name:
             self.predictor.set_image(img)
             self.image = name
+        return img
 
 
 def _ctx(request: Request) -> ServerContext:
@@ -99,7 +119,7 @@ def _ctx(request: Request) -> ServerContext:
 
 
 Ctx = Annotated[ServerContext, Depends(_ctx)]
-router = APIRouter()
+router = APIRouter(responses=ERRORS)
 
 
 @router.get("/health")
@@ -123,14 +143,14 @@ def image_file(name: str, ctx: Ctx) -> FileResponse:
     return FileResponse(ctx.store.image_path(name))
 
 
-@router.get("/api/annotations/{name:path}", response_model=Annotations)
+@router.get("/api/annotations/{name:path}", response_model=AnnotationsResponse)
 def get_annotations(name: str, ctx: Ctx) -> Any:
     ctx.store.image_path(name)
     return ctx.store.load(name)
 
 
-@router.put("/api/annotations/{name:path}")
-def put_annotations(name: str, body: Annotations, ctx: Ctx) -> dict[str, Any]:
+@router.put("/api/annotations/{name:path}", response_model=SaveResponse)
+def put_annotations(name: str, body: Annotations, ctx: Ctx) -> SaveResponse:
     from polyrnn.data.common import image_size
     from polyrnn.data.instance import DataError
 
@@ -138,8 +158,9 @@ def put_annotations(name: str, body: Annotations, ctx: Ctx) -> dict[str, Any]:
         size = image_size(ctx.store.image_path(name))  # the header only: no decoding to save a file
     except DataError as e:
         raise HTTPException(422, str(e)) from e
-    path = ctx.store.save(name, [s.model_dump() for s in body.shapes], size)
-    return {"saved": str(path), "shapes": len(body.shapes)}
+    shapes = [s.model_dump() for s in body.shapes]
+    path = ctx.store.save(name, shapes, size, replace_unreadable=body.replace_unreadable)
+    return SaveResponse(saved=path.relative_to(ctx.store.root).as_posix(), shapes=len(shapes))
 
 
 @router.get("/api/labels", response_model=Labels)
@@ -162,13 +183,23 @@ def _response(pred: Prediction, t0: float) -> PolygonResponse:
     )
 
 
+def _clipped(box: list[float], image: np.ndarray) -> tuple[float, float, float, float]:
+    """The box clipped to the image; a 422 when less than a pixel of it is inside."""
+    h, w = image.shape[:2]
+    x1, y1 = min(max(box[0], 0.0), w), min(max(box[1], 0.0), h)
+    x2, y2 = min(max(box[2], 0.0), w), min(max(box[3], 0.0), h)
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        raise HTTPException(422, f"the box lies outside the {w}x{h} image")
+    return x1, y1, x2, y2
+
+
 @router.post("/api/predict", response_model=PolygonResponse)
 def predict(req: PredictRequest, ctx: Ctx) -> PolygonResponse:
     t0 = time.perf_counter()
     with ctx.lock:
-        ctx.use_image(req.image)
+        image = ctx.use_image(req.image)
         try:
-            pred = ctx.predictor.predict(tuple(req.box))  # type: ignore[arg-type]
+            pred = ctx.predictor.predict(_clipped(req.box, image))
         except ValueError as e:
             raise HTTPException(422, str(e)) from e
     return _response(pred, t0)
@@ -183,12 +214,12 @@ def correct(req: CorrectRequest, ctx: Ctx) -> PolygonResponse:
         raise HTTPException(422, f"fixed has {len(req.fixed)} flags for {len(req.polygon)} vertices")
     edit = ctx.predictor.correct if req.op == "move" else ctx.predictor.insert
     with ctx.lock:
-        ctx.use_image(req.image)
+        image = ctx.use_image(req.image)
         try:
             pred = edit(
                 req.index,
                 (req.point[0], req.point[1]),
-                box=tuple(req.box),  # type: ignore[arg-type]
+                box=_clipped(req.box, image),
                 vertices=np.array(req.polygon, dtype=np.float64),
                 fixed=None if req.fixed is None else np.array(req.fixed, dtype=bool),
             )
@@ -206,38 +237,95 @@ def export(fmt: str, ctx: Ctx) -> ExportResponse:
 
     if fmt not in EXPORTS:
         raise HTTPException(404, f"unknown export format '{fmt}' (one of {', '.join(EXPORTS)})")
-    root = ctx.store.root
+    store = ctx.store
     try:
         summary = export_folder(
-            root, fmt, root / "export" / fmt, exclude=[root / "export"], labels=ctx.store.labels()
+            store.root,
+            fmt,
+            store.state_dir / "export" / fmt,
+            exclude=[store.state_dir],
+            labels=store.labels(),
+            image_root=store.image_dir,
         )
     except DataError as e:
         raise HTTPException(422, f"nothing to export yet ({e})") from e
+    except OSError as e:
+        raise HTTPException(507, f"export not written ({e.strerror or e})") from e
     return ExportResponse(
-        format=fmt, path=str(summary["path"]), instances=summary["instances"], images=summary["images"]
+        format=fmt,
+        path=str(summary["path"]),
+        instances=summary["instances"],
+        images=summary["images"],
+        download=f"/api/export/{fmt}/download",
     )
 
 
-@router.get("/api/export/coco.json")
-def export_coco_file(ctx: Ctx) -> FileResponse:
-    path = ctx.store.root / "export" / "coco" / "annotations.json"
-    if not path.is_file():
-        raise HTTPException(404, "nothing exported yet: POST /api/export/coco first")
-    return FileResponse(path, filename="annotations.json")
+@router.get("/api/export/{fmt}/download")
+def export_download(fmt: str, ctx: Ctx) -> FileResponse:
+    """The last export as one file: ``annotations.json`` (COCO) or a zip (YOLO, LabelMe)."""
+    import shutil
+
+    from polyrnn.data.writers import FORMATS as EXPORTS
+
+    folder = ctx.store.state_dir / "export" / fmt
+    if fmt not in EXPORTS or not folder.is_dir():
+        raise HTTPException(404, f"nothing exported as '{fmt}' yet: POST /api/export/{fmt} first")
+    if fmt == "coco":
+        return FileResponse(folder / "annotations.json", filename="annotations.json")
+    tmp = shutil.make_archive(str(folder.parent / f".{fmt}-download"), "zip", folder)
+    final = folder.parent / f"{fmt}.zip"
+    Path(tmp).replace(final)
+    return FileResponse(final, filename=f"polyrnn-{fmt}.zip", media_type="application/zip")
 
 
+# --- errors and the app ----------------------------------------------------------------------------
 async def _store_error(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=404 if "unknown image" in str(exc) else 422)
+    status = 422
+    if isinstance(exc, UnknownImage):
+        status = 404
+    elif isinstance(exc, UnreadableFile):
+        status = 409
+    elif isinstance(exc, StorageError):
+        status = 507
+    return JSONResponse({"detail": str(exc)}, status_code=status)
 
 
-def create_app(store: AnnotationStore, predictor: PolygonPredictor, *, model_name: str = "") -> FastAPI:
-    """The app: ``store`` holds images and annotations, ``predictor`` the model (behind one lock)."""
-    app = FastAPI(title="polyrnn", version=_version(), description="Polygon-RNN annotation tool")
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    """422 with where and what, never the offending value (it may not even be valid JSON: NaN)."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def create_app(
+    store: AnnotationStore,
+    predictor: PolygonPredictor,
+    *,
+    model_name: str = "",
+    host: str = "127.0.0.1",
+    token: str | None = None,
+    max_body: int = 32 * 1024 * 1024,
+) -> Guard:
+    """The app: ``store`` holds images and annotations, ``predictor`` the model (behind one lock), behind a
+    :class:`~polyrnn.server.guard.Guard` for ``host`` (the bound address) with ``token`` and ``max_body``.
+    The FastAPI app itself is the guard's ``app``."""
+    app = FastAPI(
+        title="polyrnn",
+        version=_version(),
+        description="Polygon-RNN annotation tool",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.ctx = ServerContext(store=store, predictor=predictor, model_name=model_name)
     app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(StorageError, _store_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.include_router(router)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
-    return app
+    return Guard(app, bind_host=host, token=token, max_body=max_body)
 
 
 def _version() -> str:

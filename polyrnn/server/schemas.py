@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
 def _finite(values: list[float]) -> list[float]:
@@ -53,15 +53,44 @@ class PolygonResponse(BaseModel):
     ms: float = Field(description="server time of the model call")
 
 
+MAX_VERTICES = 100_000  # per shape, and per polygon sent to the model
+MAX_SHAPES = 10_000  # per image
+
+
 class Shape(BaseModel):
-    label: str = Field(min_length=1, max_length=200)
-    points: list[Point] = Field(min_length=3, max_length=5000)
+    """A LabelMe shape. Every field a file holds comes back unchanged, unknown ones included."""
+
+    model_config = ConfigDict(extra="allow")
+
+    label: str = Field(max_length=10_000)
+    points: list[Point] = Field(max_length=MAX_VERTICES)
+    shape_type: str = "polygon"
     group_id: int | None = None
-    description: str = ""
+    description: str | None = ""
+    flags: dict[str, bool] | None = None
 
 
 class Annotations(BaseModel):
+    shapes: list[Shape] = Field(max_length=MAX_SHAPES)
+    replace_unreadable: bool = Field(
+        default=False, description="save over an existing file that cannot be parsed (it is kept aside)"
+    )
+
+
+class AnnotationsResponse(BaseModel):
     shapes: list[Shape]
+    error: str | None = Field(
+        default=None, description="why the existing file cannot be read (it is then not overwritten)"
+    )
+
+
+class SaveResponse(BaseModel):
+    saved: str
+    shapes: int
+
+
+class ErrorResponse(BaseModel):
+    detail: str
 
 
 class ImageInfo(BaseModel):
@@ -78,3 +107,4 @@ class ExportResponse(BaseModel):
     path: str
     instances: int
     images: int
+    download: str = Field(description="GET this for the export as one file")

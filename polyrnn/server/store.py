@@ -1,11 +1,24 @@
 """Where the tool reads images and keeps annotations: LabelMe JSON beside each image (or in an output
-folder), written atomically, so killing the server mid-save never loses or corrupts work."""
+folder), written atomically, so killing the server mid-save never loses or corrupts work.
+
+Round trip: a LabelMe file is read as it is (every shape type labelme writes, any label, unknown keys) and
+written back with everything the editor did not change: other shapes, ``group_id``, ``flags``,
+``description``, ``imageData`` and unknown keys, top level and per shape. A file that cannot be parsed is
+never overwritten unless the caller says so (it is then kept beside as ``<name>.unreadable-<time>``).
+
+Names: one annotation file per image. Two images sharing a stem in one folder (``pair.jpg``, ``pair.png``)
+get ``pair.jpg.json`` and ``pair.png.json``; labelme's ``pair.json`` is still read for the image its
+``imagePath`` names. The tool's own state (label list, exports) lives in a hidden ``.polyrnn/`` folder, never
+listed as images or annotations.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import threading
+import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +27,31 @@ from polyrnn.io import atomic_write_json
 
 LABELME_VERSION = "5.4.1"
 DEFAULT_LABELS = ["object"]
+STATE_DIR = ".polyrnn"
 
 
 class StoreError(ValueError):
     """A request the store refuses: unknown image, malformed annotation; the message says which."""
 
 
+class UnknownImage(StoreError):
+    """An image name that is not listed."""
+
+
+class UnreadableFile(StoreError):
+    """An existing annotation file that cannot be parsed: saving over it needs ``replace_unreadable``."""
+
+
+class StorageError(OSError):
+    """The disk refused a write (read-only, full, permissions): nothing was changed."""
+
+
 class AnnotationStore:
     """Images of ``image_dir`` (recursively, sorted) and their LabelMe JSON annotations.
 
     Args:
-        image_dir: the folder served; only files inside it are ever read.
+        image_dir: the folder served; only files inside it are ever read (symlinks leading out are skipped,
+            with a line in :attr:`warnings`).
         out_dir: where the JSON files go (mirroring the image tree); default: beside each image.
     """
 
@@ -34,94 +61,181 @@ class AnnotationStore:
             raise StoreError(f"{image_dir}: not a folder")
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else None
         self._lock = threading.Lock()
+        self.warnings: list[str] = []
         self.refresh()
+        self.cleaned = self._clean_temporaries()
 
     def refresh(self) -> None:
-        # hidden files and folders *inside* the image folder are skipped (the folder itself may be hidden)
-        rel = [p.relative_to(self.image_dir) for p in find_images(self.image_dir)]
-        self.names = [r.as_posix() for r in rel if not any(s.startswith(".") for s in r.parts)]
-        self._known = set(self.names)
+        """List the images: hidden files and folders inside the image folder are skipped (the folder itself
+        may be hidden), and so are links that lead out of it."""
+        names: list[str] = []
+        self.warnings = []
+        for p in find_images(self.image_dir):
+            rel = p.relative_to(self.image_dir)
+            if any(s.startswith(".") for s in rel.parts):
+                continue
+            if self.image_dir not in p.resolve().parents:
+                self.warnings.append(f"{p}: a link leading out of {self.image_dir}: skipped")
+                continue
+            names.append(rel.as_posix())
+        self.names = names
+        self._known = set(names)
+        stems: dict[tuple[str, str], int] = defaultdict(int)
+        for n in names:
+            stems[(str(Path(n).parent), Path(n).stem)] += 1
+        self._shared = {n for n in names if stems[(str(Path(n).parent), Path(n).stem)] > 1}
 
-    def image_path(self, name: str) -> Path:
-        """The file of a listed image; :class:`StoreError` for anything else (no path traversal)."""
-        if name not in self._known:
-            raise StoreError(f"unknown image '{name}'")
-        path = (self.image_dir / name).resolve()
-        if self.image_dir not in path.parents:
-            raise StoreError(f"unknown image '{name}'")
-        return path
-
-    def json_path(self, name: str) -> Path:
-        img = self.image_path(name)
-        if self.out_dir is None:
-            return img.with_suffix(".json")
-        return (self.out_dir / name).with_suffix(".json")
+    def _clean_temporaries(self) -> int:
+        """Remove the temporary files of saves that a killed server left behind; returns how many."""
+        n = 0
+        for folder in {self.root, self.state_dir}:
+            if not folder.is_dir():
+                continue
+            for tmp in folder.rglob(".*.tmp"):
+                try:
+                    tmp.unlink()
+                    n += 1
+                except OSError:
+                    pass
+        return n
 
     @property
     def root(self) -> Path:
-        """Folder of the JSON files (and ``labels.json``)."""
+        """Folder of the JSON files."""
         return self.out_dir or self.image_dir
 
-    # --- annotations -------------------------------------------------------------------------------
-    def load(self, name: str) -> dict[str, Any]:
-        """``{"shapes": [{"label", "points", "shape_type"}...]}`` of an image (empty when none saved)."""
-        path = self.json_path(name)
-        if not path.is_file():
-            return {"shapes": []}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise StoreError(f"{path}: unreadable annotation file ({e})") from e
-        shapes = [s for s in data.get("shapes", []) if isinstance(s, dict)]
-        return {"shapes": shapes}
+    @property
+    def state_dir(self) -> Path:
+        """The tool's own state: label list, exports."""
+        return self.root / STATE_DIR
 
-    def save(self, name: str, shapes: list[dict[str, Any]], size: tuple[int, int]) -> Path:
-        """Write the image's LabelMe JSON atomically. ``size`` is (width, height)."""
-        path = self.json_path(name)
-        image = self.image_path(name)
-        doc: dict[str, Any] = {
-            "version": LABELME_VERSION,
-            "flags": {},
-            "shapes": [
-                {
-                    "label": s["label"],
-                    "points": [[float(x), float(y)] for x, y in s["points"]],
-                    "group_id": s.get("group_id"),
-                    "description": s.get("description", ""),
-                    "shape_type": "polygon",
-                    "flags": {},
-                }
-                for s in shapes
-            ],
-            "imagePath": os.path.relpath(image, path.parent),
-            "imageData": None,
-            "imageHeight": int(size[1]),
-            "imageWidth": int(size[0]),
-        }
-        with self._lock:
-            atomic_write_json(path, doc)
+    def image_path(self, name: str) -> Path:
+        """The file of a listed image; :class:`UnknownImage` for anything else (no path traversal)."""
+        if name not in self._known:
+            raise UnknownImage(f"unknown image '{name}'")
+        path = (self.image_dir / name).resolve()
+        if self.image_dir not in path.parents:
+            raise UnknownImage(f"unknown image '{name}'")
         return path
 
-    def count(self, name: str) -> int:
+    def json_path(self, name: str) -> Path:
+        """Where the image's annotations are saved."""
+        img = self.image_path(name)
+        base = (self.out_dir / name) if self.out_dir is not None else img
+        if name in self._shared:  # another image has this stem: keep the extension in the name
+            return base.with_name(base.name + ".json")
+        return base.with_suffix(".json")
+
+    def _read_path(self, name: str) -> Path:
+        """The file to read: :meth:`json_path`, or labelme's ``<stem>.json`` when it names this image."""
         path = self.json_path(name)
-        if not path.is_file():
-            return 0
+        if path.is_file() or name not in self._shared:
+            return path
+        plain = path.with_name(Path(name).stem + ".json")
         try:
-            return len(self.load(name)["shapes"])
-        except StoreError:
-            return 0
+            doc = json.loads(plain.read_text(encoding="utf-8"))
+            if Path(str(doc.get("imagePath", ""))).name == Path(name).name:
+                return plain
+        except (OSError, ValueError, AttributeError):
+            pass
+        return path
+
+    # --- annotations -------------------------------------------------------------------------------
+    def read_document(self, name: str) -> dict[str, Any] | None:
+        """The image's LabelMe document as it is on disk; None when there is none; :class:`UnreadableFile`
+        when it cannot be parsed."""
+        path = self._read_path(name)
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UnreadableFile(f"{path.name}: cannot be read as JSON ({e.__class__.__name__}: {e})") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("shapes", []), list):
+            raise UnreadableFile(f"{path.name}: not a LabelMe file (field 'shapes' is not a list)")
+        return doc
+
+    def load(self, name: str) -> dict[str, Any]:
+        """``{"shapes": [...], "error": None}``: every shape that is an object, with all its fields; or
+        ``{"shapes": [], "error": message}`` when the file cannot be parsed (it is then never overwritten
+        without ``replace_unreadable``)."""
+        try:
+            doc = self.read_document(name)
+        except UnreadableFile as e:
+            return {"shapes": [], "error": str(e)}
+        shapes = [s for s in (doc or {}).get("shapes", []) if isinstance(s, dict)]
+        return {"shapes": shapes, "error": None}
+
+    def save(
+        self,
+        name: str,
+        shapes: list[dict[str, Any]],
+        size: tuple[int, int],
+        *,
+        replace_unreadable: bool = False,
+    ) -> Path:
+        """Write the image's shapes into its LabelMe JSON, atomically, keeping every other field of the
+        existing file. ``size`` is (width, height), written only where the file has none.
+
+        Raises :class:`UnreadableFile` (existing file unparseable, ``replace_unreadable`` False) and
+        :class:`StorageError` (the disk refused the write; the old file is intact)."""
+        path = self.json_path(name)
+        image = self.image_path(name)
+        with self._lock:
+            try:
+                old = self.read_document(name)
+            except UnreadableFile:
+                if not replace_unreadable:
+                    raise
+                old = None
+                self._keep_unreadable(self._read_path(name))
+            doc: dict[str, Any] = dict(old) if old is not None else {"version": LABELME_VERSION, "flags": {}}
+            doc["shapes"] = [_shape(s) for s in shapes]
+            doc.setdefault("imagePath", os.path.relpath(image, path.parent))
+            doc.setdefault("imageData", None)
+            doc.setdefault("imageHeight", int(size[1]))
+            doc.setdefault("imageWidth", int(size[0]))
+            try:
+                atomic_write_json(path, doc)
+            except OSError as e:
+                raise StorageError(e.errno, f"{path}: not saved ({e.strerror or e})") from e
+        return path
+
+    def _keep_unreadable(self, path: Path) -> None:
+        if path.is_file():
+            try:
+                os.replace(path, path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"))
+            except OSError as e:
+                raise StorageError(e.errno, f"{path}: could not be moved aside ({e.strerror or e})") from e
+
+    def count(self, name: str) -> int:
+        return len(self.load(name)["shapes"])
 
     # --- labels ------------------------------------------------------------------------------------
     def labels(self) -> list[str]:
-        path = self.root / "labels.json"
-        if path.is_file():
-            try:
-                labels = json.loads(path.read_text(encoding="utf-8"))
-                if isinstance(labels, list) and all(isinstance(v, str) for v in labels) and labels:
-                    return labels
-            except (OSError, json.JSONDecodeError):
-                pass
-        return list(DEFAULT_LABELS)
+        """The tool's label list (``.polyrnn/labels.json``); before one is saved, the labels the folder's
+        annotation files already use (first seen first), else ``["object"]``."""
+        for path in (self.state_dir / "labels.json", self._legacy_labels()):
+            if path is not None and path.is_file():
+                try:
+                    labels = json.loads(path.read_text(encoding="utf-8"))
+                    if isinstance(labels, list) and labels and all(isinstance(v, str) for v in labels):
+                        return labels
+                except (OSError, ValueError):
+                    pass
+        seen: dict[str, None] = {}
+        for name in self.names:
+            for s in self.load(name)["shapes"]:
+                label = s.get("label")
+                if isinstance(label, str) and label.strip():
+                    seen.setdefault(label, None)
+        return list(seen) or list(DEFAULT_LABELS)
+
+    def _legacy_labels(self) -> Path | None:
+        """``labels.json`` in the root, where earlier versions kept the list (unless an image owns it)."""
+        if any(Path(n).stem == "labels" and Path(n).parent == Path(".") for n in self.names):
+            return None
+        return self.root / "labels.json"
 
     def set_labels(self, labels: list[str]) -> list[str]:
         clean = [str(v).strip() for v in labels if str(v).strip()]
@@ -130,5 +244,19 @@ class AnnotationStore:
         if len(set(clean)) != len(clean):
             raise StoreError("labels must be unique")
         with self._lock:
-            atomic_write_json(self.root / "labels.json", clean)
+            try:
+                atomic_write_json(self.state_dir / "labels.json", clean)
+            except OSError as e:
+                raise StorageError(e.errno, f"labels not saved ({e.strerror or e})") from e
         return clean
+
+
+def _shape(s: dict[str, Any]) -> dict[str, Any]:
+    """A shape as written: every field it came with, LabelMe's defaults where missing."""
+    out = dict(s)
+    out["points"] = [[float(x), float(y)] for x, y in s["points"]]
+    out.setdefault("group_id", None)
+    out.setdefault("description", "")
+    out.setdefault("shape_type", "polygon")
+    out.setdefault("flags", {})
+    return out

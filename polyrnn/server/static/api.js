@@ -22,7 +22,8 @@ export const api = {
   images: () => call("GET", "/api/images"),
   imageUrl: (name) => `/api/images/${enc(name)}/file`,
   annotations: (name) => call("GET", `/api/annotations/${enc(name)}`),
-  save: (name, shapes, extra) => call("PUT", `/api/annotations/${enc(name)}`, { shapes }, extra),
+  save: (name, shapes, { replace = false, keepalive = false } = {}) =>
+    call("PUT", `/api/annotations/${enc(name)}`, { shapes, replace_unreadable: replace }, keepalive ? { keepalive } : {}),
   labels: () => call("GET", "/api/labels"),
   setLabels: (labels) => call("PUT", "/api/labels", { labels }),
   predict: (image, box) => call("POST", "/api/predict", { image, box }),

@@ -8,7 +8,9 @@ const SVG = "http://www.w3.org/2000/svg";
 const S = {
   images: [], index: 0, name: null, width: 0, height: 0,
   labels: ["object"], label: 0,
-  shapes: [],   // accepted polygons: {label, points}
+  shapes: [],   // the file's shapes as read (every field kept); polygons are editable, the rest shown read-only
+  readError: null, // why the image's annotation file could not be read (then it is not overwritten unasked)
+  unsaved: false,
   cur: null,    // polygon being edited: {box, raw, fixed (per vertex: placed by the annotator), label}
   detail: 0,    // simplification tolerance (image pixels); the raw polygon is kept
   selected: -1, undo: [], redo: [],
@@ -56,18 +58,49 @@ function showLatency() {
 }
 const nextFrame = () => new Promise((r) => requestAnimationFrame(() => r()));
 
-let saveTimer = null;
+let saveTimer = null, retryTimer = null;
 let saving = Promise.resolve();
+function markUnsaved(on, why = "") {
+  S.unsaved = on;
+  document.body.dataset.unsaved = on ? "1" : "";
+  $("unsaved").hidden = !on;
+  $("unsaved").title = why;
+}
+async function saveNow(name, shapes) {
+  let replace = false;
+  if (S.readError && name === S.name) {
+    replace = confirm(`${S.readError}\n\nThe existing file is kept aside (renamed …unreadable-<time>) and a new one is saved. Continue?`);
+    if (!replace) { markUnsaved(true, "not saved: the existing file could not be read"); status("not saved: the existing annotation file could not be read", true); return; }
+  }
+  try {
+    await api.save(name, shapes, { replace });
+    if (name === S.name) S.readError = null;
+    markUnsaved(false);
+    status(`saved ${shapes.length} shape(s) of ${name}`);
+    markCount(name, shapes.length);
+  } catch (e) {
+    markUnsaved(true, e.message);
+    status(`NOT SAVED (${e.message}) — retrying in 5 s; your polygons stay on screen`, true);
+    clearTimeout(retryTimer);
+    if (!e.message.startsWith("409")) {
+      retryTimer = setTimeout(() => {  // the image's latest shapes, even after moving to another image
+        const latest = S.name === name ? clone(S.shapes) : shapes;
+        saving = saveNow(name, latest).catch(() => {});
+      }, 5000);
+    }
+    throw e;
+  }
+}
 function persist() {
   const name = S.name, shapes = clone(S.shapes);
   clearTimeout(saveTimer);
-  saveTimer = setTimeout(() => {
-    saving = api.save(name, shapes)
-      .then(() => { status(`saved ${shapes.length} polygon(s) of ${name}`); markCount(name, shapes.length); })
-      .catch((e) => status(`save failed: ${e.message}`, true));
-  }, 150);
+  markUnsaved(true, "saving…");
+  saveTimer = setTimeout(() => { saveTimer = null; saving = saveNow(name, shapes).catch(() => {}); }, 150);
 }
-window.polyrnn.flush = async () => { if (saveTimer) { clearTimeout(saveTimer); saveTimer = null; await api.save(S.name, clone(S.shapes)); markCount(S.name, S.shapes.length); } await saving; };
+window.polyrnn.flush = async () => {
+  if (saveTimer) { clearTimeout(saveTimer); saveTimer = null; saving = saveNow(S.name, clone(S.shapes)); }
+  await saving;
+};
 
 // --- drawing ------------------------------------------------------------------------------------
 function el(tag, attrs, parent) {
@@ -83,8 +116,13 @@ function render() {
   svg.replaceChildren();
   const r = 5 / S.view.scale, w = 1.5 / S.view.scale;
   S.shapes.forEach((s, i) => {
-    const poly = el("polygon", { points: ptsAttr(s.points), class: "shape", "stroke-width": w, "data-shape": i }, svg);
-    poly.addEventListener("mousedown", (ev) => { if (ev.button === 0 && !S.cur && !spaceDown) { ev.stopPropagation(); editShape(i); } });
+    if (!s.points || !s.points.length) return;
+    if (editable(s)) {
+      const poly = el("polygon", { points: ptsAttr(s.points), class: "shape", "stroke-width": w, "data-shape": i }, svg);
+      poly.addEventListener("mousedown", (ev) => { if (ev.button === 0 && !S.cur && !spaceDown) { ev.stopPropagation(); editShape(i); } });
+    } else {
+      drawReadOnly(s, i, svg, w);
+    }
     const t = el("text", { x: s.points[0][0], y: s.points[0][1] - 4 / S.view.scale, class: "shape-label", "font-size": 12 / S.view.scale, "stroke-width": 3 / S.view.scale }, svg);
     t.textContent = s.label;
   });
@@ -104,6 +142,23 @@ function render() {
     c.addEventListener("mousedown", (ev) => startVertexDrag(ev, i));
     c.addEventListener("contextmenu", (ev) => { ev.preventDefault(); deleteVertex(i); });
   });
+}
+
+// shapes the editor can edit: polygons; the others (rectangle, circle, point, line, linestrip, mask) are kept
+const editable = (s) => (s.shape_type ?? "polygon") === "polygon" && Array.isArray(s.points) && s.points.length >= 3;
+function drawReadOnly(s, i, svg, w) {
+  const p = s.points, kind = s.shape_type ?? "polygon", a = { class: "shape readonly", "stroke-width": w, "data-shape": i };
+  if ((kind === "rectangle" || kind === "mask") && p.length >= 2) {
+    el("rect", { ...a, x: Math.min(p[0][0], p[1][0]), y: Math.min(p[0][1], p[1][1]), width: Math.abs(p[1][0] - p[0][0]), height: Math.abs(p[1][1] - p[0][1]) }, svg);
+  } else if (kind === "circle" && p.length >= 2) {
+    el("circle", { ...a, cx: p[0][0], cy: p[0][1], r: Math.hypot(p[1][0] - p[0][0], p[1][1] - p[0][1]) }, svg);
+  } else if (kind === "point" || p.length === 1) {
+    el("circle", { ...a, cx: p[0][0], cy: p[0][1], r: 4 / S.view.scale }, svg);
+  } else if (kind === "polygon") {
+    el("polygon", { ...a, points: ptsAttr(p) }, svg);
+  } else {
+    el("polyline", { ...a, points: ptsAttr(p), fill: "none" }, svg);
+  }
 }
 
 function applyView() {
@@ -211,8 +266,9 @@ function deleteVertex(i) {
 }
 function accept() {
   if (!S.cur) return;
-  const label = S.labels[S.cur.label] ?? S.labels[0];
-  change(() => { S.shapes.push({ label, points: shown() }); S.cur = null; S.selected = -1; }, { save: true });
+  const label = S.labels[S.cur.label] ?? S.cur.name ?? S.labels[0];
+  const base = S.cur.base ?? { group_id: null, description: "", shape_type: "polygon", flags: {} };
+  change(() => { S.shapes.splice(S.cur.at ?? S.shapes.length, 0, { ...base, label, points: shown() }); S.cur = null; S.selected = -1; }, { save: true });
   status(`accepted a ${label} polygon`);
 }
 function cancel() { if (S.cur) { change(() => { S.cur = null; S.selected = -1; }); status("cancelled"); } }
@@ -220,9 +276,10 @@ function editShape(i) {
   const s = S.shapes[i];
   const xs = s.points.map((p) => p[0]), ys = s.points.map((p) => p[1]);
   const box = [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)];
+  const { points, label, ...base } = s;
   change(() => {
     S.shapes.splice(i, 1);
-    S.cur = { box, raw: s.points, fixed: s.points.map(() => false), label: Math.max(0, S.labels.indexOf(s.label)) };
+    S.cur = { box, raw: points, fixed: points.map(() => false), label: Math.max(0, S.labels.indexOf(label)), base, at: i, name: label };
   }, { save: true });
   selectLabel(S.cur.label);
   status(`editing a ${s.label} polygon — Enter to accept again`);
@@ -269,7 +326,7 @@ async function openImage(i) {
   if (window.polyrnn.flush && S.name) await window.polyrnn.flush().catch(() => {});
   S.index = i;
   S.name = S.images[i].name;
-  S.cur = null; S.shapes = []; S.undo = []; S.redo = []; S.selected = -1;
+  S.cur = null; S.shapes = []; S.undo = []; S.redo = []; S.selected = -1; S.readError = null;
   $("image-name").textContent = `${S.name} (${i + 1}/${S.images.length})`;
   history.replaceState(null, "", `#${encodeURIComponent(S.name)}`);
   listImages();
@@ -280,12 +337,16 @@ async function openImage(i) {
   const svg = $("overlay");
   svg.setAttribute("width", S.width); svg.setAttribute("height", S.height);
   svg.setAttribute("viewBox", `0 0 ${S.width} ${S.height}`);
+  let problem = null;
   try {
     const a = await api.annotations(S.name);
-    S.shapes = a.shapes.filter((s) => Array.isArray(s.points) && s.points.length >= 3).map((s) => ({ label: s.label, points: s.points }));
-  } catch (e) { status(`could not read annotations: ${e.message}`, true); }
+    S.shapes = a.shapes;
+    S.readError = a.error;
+    problem = a.error;
+  } catch (e) { problem = `could not read annotations: ${e.message}`; S.readError = problem; }
   fit();
-  status(`${S.name}: ${S.shapes.length} polygon(s) — drag a box around an object`);
+  if (problem) status(`${problem} — it will not be overwritten unless you confirm`, true);
+  else status(`${S.name}: ${S.shapes.length} shape(s) — drag a box around an object`);
   document.body.dataset.ready = S.name;
 }
 
@@ -381,12 +442,17 @@ document.querySelectorAll("[data-export]").forEach((b) => {
       const r = await api.exportAs(b.dataset.export);
       status(`exported ${r.instances} polygons on ${r.images} images as ${r.format}: ${r.path}`);
       window.polyrnn.lastExport = r;
+      const a = document.createElement("a");
+      a.href = r.download; a.download = ""; document.body.appendChild(a); a.click(); a.remove();
     } catch (e) { status(`export failed: ${e.message}`, true); }
   };
 });
 window.addEventListener("resize", fit);
 // a save still pending when the page goes away is sent with keepalive, so it outlives the page
-window.addEventListener("beforeunload", () => { if (saveTimer) { clearTimeout(saveTimer); api.save(S.name, clone(S.shapes), { keepalive: true }); } });
+window.addEventListener("beforeunload", (ev) => {
+  if (saveTimer) { clearTimeout(saveTimer); api.save(S.name, clone(S.shapes), { keepalive: true }); }
+  else if (S.unsaved) { ev.preventDefault(); ev.returnValue = ""; }
+});
 
 // --- start --------------------------------------------------------------------------------------
 (async () => {

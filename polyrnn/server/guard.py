@@ -1,0 +1,152 @@
+"""Who may talk to the server, and how much: an ASGI middleware in front of the app.
+
+* **Host allow-list.** Bound to loopback, only requests addressed to ``localhost``, ``127.0.0.1`` or
+  ``[::1]`` (with any port) are served: a web page that rebinds its own domain name to 127.0.0.1 (DNS
+  rebinding) gets a 400.
+* **Same origin for changes.** A POST, PUT, PATCH or DELETE whose ``Origin`` (or, without one, ``Referer``)
+  is another site gets a 403, so a page the annotator visits cannot submit a form to the tool.
+* **A token off loopback.** Bound to any other address, every request needs the session token (a
+  ``?token=`` query, which also sets a cookie for the page's own requests, the cookie, or the
+  ``X-Polyrnn-Token`` header), as Jupyter does.
+* **Body limit.** A request body over ``max_body`` bytes gets a 413 before it is read into memory.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+CHANGES = {"POST", "PUT", "PATCH", "DELETE"}
+TOKEN_HEADER = "x-polyrnn-token"
+TOKEN_COOKIE = "polyrnn_token"
+
+
+def is_loopback(host: str) -> bool:
+    return host.strip("[]") in LOOPBACK
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Guard:
+    """The middleware (see the module docstring).
+
+    Args:
+        app: the ASGI app behind it.
+        bind_host: the address the server listens on.
+        token: required on every request when not None.
+        max_body: largest request body in bytes.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        bind_host: str = "127.0.0.1",
+        token: str | None = None,
+        max_body: int = 32 * 1024 * 1024,
+    ) -> None:
+        self.app = app
+        self.loopback = is_loopback(bind_host)
+        self.hosts = LOOPBACK | {bind_host.strip("[]")}
+        self.token = token
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            await _reply(send, *refusal)
+            return
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            await _reply(send, 413, f"request body over {self.max_body // 2**20} MB")
+            return
+        seen = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise _TooLarge
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        query_token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+        tracked: Send = tracked_send
+        if self.token is not None and query_token and hmac.compare_digest(query_token, self.token):
+            tracked = _with_cookie(tracked_send, self.token)
+        try:
+            await self.app(scope, limited, tracked)
+        except _TooLarge:
+            if not started:
+                await _reply(send, 413, f"request body over {self.max_body // 2**20} MB")
+
+    def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
+        host = urlsplit("//" + headers.get("host", "")).hostname or ""
+        if self.loopback and host not in self.hosts:
+            return 400, f"host '{host}' is not served here (use http://127.0.0.1 or http://localhost)"
+        if scope["method"] in CHANGES:
+            origin = headers.get("origin") or headers.get("referer") or ""
+            if origin and origin != "null":
+                if urlsplit(origin).netloc != headers.get("host", ""):
+                    return 403, "cross-site request refused"
+            elif origin == "null":
+                return 403, "cross-site request refused"
+        if self.token is not None and not self._has_token(scope, headers):
+            return 403, "this server needs its token: open the address it printed (…/?token=…)"
+        return None
+
+    def _has_token(self, scope: Scope, headers: dict[str, str]) -> bool:
+        assert self.token is not None
+        candidates = [headers.get(TOKEN_HEADER, "")]
+        cookie = SimpleCookie(headers.get("cookie", ""))
+        if TOKEN_COOKIE in cookie:
+            candidates.append(cookie[TOKEN_COOKIE].value)
+        candidates += parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+        return any(c and hmac.compare_digest(c, self.token) for c in candidates)
+
+
+def _with_cookie(send: Send, token: str) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            cookie = f"{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+            message = dict(message)
+            message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie.encode("latin-1"))]
+        await send(message)
+
+    return wrapped
+
+
+async def _reply(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
