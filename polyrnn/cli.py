@@ -380,12 +380,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     except (CheckpointError, ValueError) as e:
         raise CLIError(str(e)) from e
+    from polyrnn.server.guard import is_loopback
+
+    token = args.token
+    if not is_loopback(args.host):
+        import secrets
+
+        token = token or secrets.token_urlsafe(18)
+        print(
+            f"warning: serving on {args.host}, not only this machine: every request needs the token below",
+            file=sys.stderr,
+        )
     name = str(args.weights or f"shipped {args.variant}")
-    app = create_app(store, predictor, model_name=name)
+    app = create_app(store, predictor, model_name=name, host=args.host, token=token)
+    for line in store.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if store.cleaned:
+        print(f"removed {store.cleaned} temporary file(s) left by an interrupted save", file=sys.stderr)
     print(
         f"polyrnn serve: {len(store.names)} images in {folder}; annotations -> {store.root}", file=sys.stderr
     )
-    print(f"open http://{args.host}:{args.port}/ (Ctrl+C to stop)", file=sys.stderr)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    query = f"?token={token}" if token else ""
+    print(f"open http://{shown}:{args.port}/{query} (Ctrl+C to stop)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -597,6 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="folder for the LabelMe JSON files (default: beside each image)"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="session token required on every request (generated when --host is not loopback)",
+    )
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
 

@@ -163,3 +163,57 @@ def test_annotate_correct_undo_label_accept_reload_export(server, browser):
     assert not state(page, "stats.errors")
     print(f"correction round trip in the browser: {latency:.1f} ms (tiny model)")
     page.close()
+
+
+@pytest.fixture()
+def labelme_server(tmp_path):
+    from test_server_hardening import every_shape_file
+
+    folder = make_images(tmp_path / "existing", 1)
+    original = every_shape_file()
+    (folder / "img0.json").write_text(json.dumps(original))
+    app = create_app(AnnotationStore(folder), tiny_predictor(), model_name="tiny")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", folder, original
+    srv.should_exit = True
+    t.join(timeout=5)
+
+
+def test_an_existing_labelme_folder_keeps_every_shape_after_editing(labelme_server, browser):
+    url, folder, original = labelme_server
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='img0.png']")
+    n = len(original["shapes"])
+    assert len(state(page, "state.shapes")) == n
+    assert page.locator(".shape.readonly").count() == 6  # rectangle, circle, point, line, linestrip, mask
+    # add a polygon, accept it, reload
+    drag(page, screen(page, 20, 10), screen(page, 140, 110))
+    page.wait_for_selector("#current-polygon")
+    page.keyboard.press("Enter")
+    page.evaluate("() => window.polyrnn.flush()")
+    page.reload()
+    page.wait_for_selector("body[data-ready='img0.png']")
+    assert len(state(page, "state.shapes")) == n + 1
+    saved = json.loads((folder / "img0.json").read_text())
+    assert saved["shapes"][:n] == json.loads(json.dumps(original["shapes"]))  # every shape, group_id, flag
+    assert saved["flags"] == {"reviewed": True} and saved["imageData"] == original["imageData"]
+    assert [s["group_id"] for s in saved["shapes"][:2]] == [7, 7]
+    # editing one part of the two-part person keeps it in its group, with its flags
+    page.locator("polygon[data-shape='0']").dispatch_event("mousedown", {"button": 0})
+    page.keyboard.press("Enter")
+    page.evaluate("() => window.polyrnn.flush()")
+    saved = json.loads((folder / "img0.json").read_text())
+    assert state(page, "state.labels")[0] == "person"  # the label list comes from the folder's files
+    person = [s for s in saved["shapes"] if s["label"] == "person" and s.get("group_id") == 7]
+    assert len(person) == 2
+    assert any(s.get("flags") == {"occluded": True} and s.get("description") == "left part" for s in person)
+    assert not state(page, "stats.errors")
+    page.close()

@@ -38,7 +38,9 @@ def tiny_predictor():
 @pytest.fixture
 def client(tmp_path):
     store = AnnotationStore(make_images(tmp_path / "imgs"))
-    return TestClient(create_app(store, tiny_predictor(), model_name="tiny"), base_url="http://127.0.0.1:8000"), store
+    return TestClient(
+        create_app(store, tiny_predictor(), model_name="tiny"), base_url="http://127.0.0.1:8000"
+    ), store
 
 
 SQUARE = [[20, 20], [80, 20], [80, 80], [20, 80]]

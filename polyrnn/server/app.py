@@ -143,7 +143,9 @@ def image_file(name: str, ctx: Ctx) -> FileResponse:
     return FileResponse(ctx.store.image_path(name))
 
 
-@router.get("/api/annotations/{name:path}", response_model=AnnotationsResponse)
+@router.get(
+    "/api/annotations/{name:path}", response_model=AnnotationsResponse, response_model_exclude_unset=True
+)
 def get_annotations(name: str, ctx: Ctx) -> Any:
     ctx.store.image_path(name)
     return ctx.store.load(name)
@@ -158,7 +160,7 @@ def put_annotations(name: str, body: Annotations, ctx: Ctx) -> SaveResponse:
         size = image_size(ctx.store.image_path(name))  # the header only: no decoding to save a file
     except DataError as e:
         raise HTTPException(422, str(e)) from e
-    shapes = [s.model_dump() for s in body.shapes]
+    shapes = [s.model_dump(exclude_unset=True) for s in body.shapes]  # absent fields stay absent
     path = ctx.store.save(name, shapes, size, replace_unreadable=body.replace_unreadable)
     return SaveResponse(saved=path.relative_to(ctx.store.root).as_posix(), shapes=len(shapes))
 

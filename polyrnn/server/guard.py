@@ -36,10 +36,6 @@ def is_loopback(host: str) -> bool:
     return host.strip("[]") in LOOPBACK
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class Guard:
     """The middleware (see the module docstring).
 
@@ -77,32 +73,35 @@ class Guard:
         if length.isdigit() and int(length) > self.max_body:
             await _reply(send, 413, f"request body over {self.max_body // 2**20} MB")
             return
-        seen = 0
-        started = False
+        if not length.isdigit() and scope["method"] in CHANGES:  # chunked: read it here, up to the limit
+            body, more = bytearray(), True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                body += message.get("body", b"")
+                more = bool(message.get("more_body"))
+                if len(body) > self.max_body:
+                    await _reply(send, 413, f"request body over {self.max_body // 2**20} MB")
+                    return
+            sent = False
 
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise _TooLarge
-            return message
+            async def replay() -> Message:
+                nonlocal sent
+                if sent:
+                    return await receive()
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+            receive = replay
+        send = self._with_token_cookie(scope, send)
+        await self.app(scope, receive, send)
 
+    def _with_token_cookie(self, scope: Scope, send: Send) -> Send:
         query_token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
-        tracked: Send = tracked_send
         if self.token is not None and query_token and hmac.compare_digest(query_token, self.token):
-            tracked = _with_cookie(tracked_send, self.token)
-        try:
-            await self.app(scope, limited, tracked)
-        except _TooLarge:
-            if not started:
-                await _reply(send, 413, f"request body over {self.max_body // 2**20} MB")
+            return _with_cookie(send, self.token)
+        return send
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
         host = urlsplit("//" + headers.get("host", "")).hostname or ""

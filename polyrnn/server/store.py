@@ -252,11 +252,7 @@ class AnnotationStore:
 
 
 def _shape(s: dict[str, Any]) -> dict[str, Any]:
-    """A shape as written: every field it came with, LabelMe's defaults where missing."""
+    """A shape as written: every field it came with, nothing added, points as numbers."""
     out = dict(s)
     out["points"] = [[float(x), float(y)] for x, y in s["points"]]
-    out.setdefault("group_id", None)
-    out.setdefault("description", "")
-    out.setdefault("shape_type", "polygon")
-    out.setdefault("flags", {})
     return out
