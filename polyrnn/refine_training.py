@@ -435,3 +435,39 @@ def load_refiner(path: str | Path, mask_path: str | Path | None = None) -> Refin
 
     load_weights(model, ckpt["model"], str(path))
     return model.eval()
+
+
+def ship_refiner(src: str | Path, *, folder: Path | None = None) -> Path:
+    """Write a refiner run's checkpoint as the shipped ``refiner.pt`` (half precision, training state
+    dropped) and its line in ``SHA256SUMS``. Returns the written file."""
+    from polyrnn.build import SHA256SUMS, WEIGHTS_DIR, _read_sums, _verified
+
+    folder = folder or WEIGHTS_DIR
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != REFINER_FORMAT:
+        raise CheckpointError(f"{src}: not a polyrnn refiner checkpoint")
+    keep = {
+        k: ckpt[k]
+        for k in (
+            "format",
+            "version",
+            "refiner_config",
+            "mask_sha256",
+            "epoch",
+            "metric",
+            "git_sha",
+            "train_config",
+        )
+        if k in ckpt
+    }
+    keep["model"] = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
+    keep["source"] = Path(src).name
+    dst = folder / "refiner.pt"
+    buf = io.BytesIO()
+    torch.save(keep, buf)
+    atomic_write_bytes(dst, buf.getvalue())
+    sums = folder / SHA256SUMS
+    digests = {**_read_sums(sums), dst.name: sha256_file(dst)}
+    atomic_write_text(sums, "".join(f"{digests[name]}  {name}\n" for name in sorted(digests)))
+    _verified.discard(dst)
+    return dst

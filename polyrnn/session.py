@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from polyrnn.modeling.refiner import Refiner
 
 ENGINES = ("refine", "rnn", "manual")
-CONFINE = 0.5  # a correction changes the polygon within this many box long sides of the edit (guard rail)
+CONFINE = 1.0  # a correction changes the polygon within this many box long sides of the edit (guard rail)
 
 
 @dataclass
@@ -307,9 +307,12 @@ class BoxSession:
         if not is_simple(proposal.polygon):
             return manual
         old = {tuple(p) for p in manual.polygon}
+        kept = {tuple(p) for p in proposal.polygon}
         new = np.array([p for p in proposal.polygon if tuple(p) not in old]).reshape(-1, 2)
+        gone = np.array([p for p in manual.polygon if tuple(p) not in kept]).reshape(-1, 2)
+        changed = np.concatenate([new, gone])  # vertices added and vertices dropped
         reach = self.engine.confine * self.encoding.long_side
-        if len(new) and float(np.max(np.linalg.norm(new - manual.polygon[index], axis=1))) > reach:
+        if len(changed) and float(np.max(np.linalg.norm(changed - manual.polygon[index], axis=1))) > reach:
             return manual
         return proposal
 
@@ -322,7 +325,7 @@ class BoxSession:
         yy, xx = np.mgrid[: enc.crop.crop_size, : enc.crop.crop_size]
         near = (xx + 0.5 - c[0]) ** 2 + (yy + 0.5 - c[1]) ** 2 <= reach_crop**2
         current = rasterize([enc.to_map(p, enc.crop.crop_size)], enc.crop.crop_size, enc.crop.crop_size)
-        contour = _contour_near(np.where(near, refined, current), c)
+        contour = _object_contour(np.where(near, refined, current), current, c)
         if contour is None:
             return None
         contour = enc.crop.crop_to_image(contour)
@@ -388,16 +391,23 @@ def _point(xy: tuple[float, float]) -> np.ndarray:
     return v
 
 
-def _contour_near(mask: np.ndarray, c: np.ndarray) -> np.ndarray | None:
-    """The outer contour (K, 2) of the object's component of ``mask``: the largest one passing within a tenth
-    of the map's side of ``c`` (the annotator's point, crop pixels), else the largest."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    parts = [k.reshape(-1, 2).astype(np.float64) + 0.5 for k in contours if len(k) >= 3]
-    if not parts:
+def _object_contour(mask: np.ndarray, current: np.ndarray, c: np.ndarray) -> np.ndarray | None:
+    """The outer contour (K, 2, crop pixels through pixel centres) of the component of ``mask`` that is the
+    object being edited: the one overlapping the ``current`` polygon's mask most (nearest to ``c``, the
+    annotator's point, when none overlaps)."""
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
         return None
-    parts.sort(key=lambda q: -abs(signed_area(q)))
-    near = [q for q in parts if float(np.min(np.linalg.norm(q - c, axis=1))) <= 0.1 * mask.shape[0]]
-    return (near or parts)[0]
+    overlap = np.bincount(labels[current.astype(bool)].ravel(), minlength=n)[1:]
+    if overlap.max() > 0:
+        k = 1 + int(np.argmax(overlap))
+    else:
+        ys, xs = np.nonzero(labels)
+        j = int(np.argmin((xs + 0.5 - c[0]) ** 2 + (ys + 0.5 - c[1]) ** 2))
+        k = int(labels[ys[j], xs[j]])
+    contours, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    parts = [q.reshape(-1, 2).astype(np.float64) + 0.5 for q in contours if len(q) >= 3]
+    return max(parts, key=lambda q: abs(signed_area(q))) if parts else None
 
 
 def splice(manual: State, contour: np.ndarray, index: int, *, reach: float, tolerance: float) -> State | None:

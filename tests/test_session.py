@@ -1,0 +1,181 @@
+"""The interactive session (editor and evaluation alike), its guard rails, the clicks-to-quality annotator and
+the refiner's training."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from polyrnn.build import VARIANTS, build_model, checkpoint_dict, save_checkpoint
+from polyrnn.evaluation.clicks import clicks_to_quality, next_correction, worst_error
+from polyrnn.geometry import is_simple, mask_iou, rasterize
+from polyrnn.modeling.refiner import Refiner
+from polyrnn.session import BoxEncoding, BoxSession, EngineConfig, State, splice
+
+SQUARE = np.array([[40.0, 30.0], [120.0, 30.0], [120.0, 100.0], [40.0, 100.0]])
+
+
+def _encoding(refiner=None, mask_model=None):
+    torch.manual_seed(0)
+    img = (np.random.default_rng(0).random((140, 180, 3)) * 255).astype(np.uint8)
+    return BoxEncoding(
+        img,
+        (30.0, 20.0, 130.0, 110.0),
+        polygon_model=build_model("tiny"),
+        mask_model=mask_model,
+        refiner=refiner,
+        eos_threshold=2.0,
+    )
+
+
+def _session(engine="manual", **kw):
+    enc = _encoding(**kw)
+    start = State(SQUARE.copy(), np.zeros(4, bool))
+    return BoxSession(enc, EngineConfig(name=engine), state=start)
+
+
+def test_editor_operations_fix_the_annotators_vertices_and_undo_restores_exactly():
+    s = _session()
+    s.move(1, (125.0, 25.0))
+    assert s.polygon[1].tolist() == [125.0, 25.0] and s.fixed.tolist() == [False, True, False, False]
+    s.insert(2, (130.0, 70.0))
+    assert len(s.polygon) == 5 and s.polygon[3].tolist() == [130.0, 70.0] and s.fixed[3]
+    assert len(s.state.clicks) == 2 and s.state.clicks[-1].sign == 1  # dragged outward
+    s.delete(0)
+    assert len(s.polygon) == 4 and s.fixed.tolist() == [True, False, True, False]
+    for expected in (5, 4, 4):
+        s.undo()
+        assert len(s.polygon) == expected
+    assert np.array_equal(s.polygon, SQUARE) and not s.fixed.any() and not s.state.clicks
+    with pytest.raises(ValueError, match="nothing to undo"):
+        s.undo()
+    with pytest.raises(IndexError):
+        s.move(9, (1.0, 1.0))
+    with pytest.raises(ValueError, match="finite"):
+        s.move(0, (float("nan"), 1.0))
+
+
+def test_guard_refuses_moved_fixed_vertices_self_intersections_and_far_changes():
+    s = _session()
+    manual = State(SQUARE.copy(), np.array([True, False, False, True]))
+    ok = State(np.array([[40.0, 30.0], [110.0, 35.0], [118.0, 95.0], [40.0, 100.0]]), manual.fixed.copy())
+    assert s._guard(manual, ok, 1) is ok
+    moved_fixed = State(ok.polygon.copy(), ok.fixed.copy())
+    moved_fixed.polygon[0] = [41.0, 30.0]
+    assert s._guard(manual, moved_fixed, 1) is manual
+    crossed = State(
+        np.array([[40.0, 30.0], [120.0, 100.0], [120.0, 30.0], [40.0, 100.0]]), manual.fixed.copy()
+    )
+    assert not is_simple(crossed.polygon) and s._guard(manual, crossed, 1) is manual
+    s.engine.confine = 0.1  # changes only within 10 px of the edit
+    assert s._guard(manual, ok, 1) is manual
+
+
+def test_splice_replaces_only_the_stretch_between_fixed_vertices():
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    poly = np.column_stack([100 + 50 * np.cos(t), 100 + 50 * np.sin(t)])
+    fixed = np.zeros(24, bool)
+    fixed[[3, 9]] = True
+    big = np.column_stack(
+        [
+            100 + 60 * np.cos(np.linspace(0, 2 * np.pi, 400, endpoint=False)),
+            100 + 60 * np.sin(np.linspace(0, 2 * np.pi, 400, endpoint=False)),
+        ]
+    )
+    manual = State(poly.copy(), fixed.copy())
+    manual.polygon[6] = big[100]  # the annotator dragged vertex 6 out to the bigger outline
+    out = splice(manual, big, 6, reach=1e9, tolerance=0.5)
+    assert out is not None and is_simple(out.polygon)
+    kept = [tuple(p) for p in out.polygon]
+    for k in [*range(0, 4), *range(9, 24)]:  # outside the stretch 3 .. 9: exactly where they were
+        assert tuple(poly[k]) in kept
+    assert tuple(big[100]) in kept and out.fixed.sum() == 3
+    inside = [p for p in out.polygon if tuple(p) not in {tuple(q) for q in poly}]
+    assert all(abs(np.hypot(*(p - 100)) - 60) < 1e-4 for p in inside if tuple(p) != tuple(big[100]))
+
+
+def test_worst_error_and_the_annotators_correction():
+    gt = np.zeros((60, 80), bool)
+    gt[10:50, 10:70] = True
+    pred = np.zeros_like(gt)
+    pred[10:50, 10:66] = True  # a strip on the right is missed
+    x, y, missed, dist = worst_error(pred, gt)
+    assert missed and 66 <= x <= 70 and 10 <= y <= 50 and dist >= 2
+    poly = np.array([[10.0, 10.0], [66.0, 10.0], [66.0, 50.0], [10.0, 50.0]])
+    from polyrnn.evaluation.clicks import boundary_points
+
+    c = next_correction(poly, np.zeros(4, bool), pred, gt, None, boundary_points(gt), near_px=0.0)
+    assert c is not None and c.op == "insert" and c.missed
+    assert c.point[0] >= 66 and (c.point[0] == 69.5 or c.point[1] in (10.5, 49.5))  # on the true boundary
+    c = next_correction(poly, np.zeros(4, bool), pred, gt, None, boundary_points(gt), near_px=100.0)
+    assert c is not None and c.op == "move" and c.index in (1, 2)
+    assert next_correction(poly, np.zeros(4, bool), gt, gt, None, boundary_points(gt), 3.0) is None
+
+
+def test_manual_clicks_to_quality_climbs_towards_the_ground_truth():
+    s = _session()
+    gt = rasterize([np.array([[30.0, 20.0], [135.0, 20.0], [135.0, 110.0], [30.0, 110.0]])], 140, 180)
+    curve = clicks_to_quality(s, gt, None, max_corrections=6)
+    assert len(curve) == 7 and curve[0] == pytest.approx(mask_iou(rasterize([SQUARE], 140, 180), gt))
+    assert curve[-1] > curve[0] + 0.1 and all(b >= a - 1e-9 for a, b in zip(curve, curve[1:], strict=False))
+    assert s.fixed.sum() >= 1 and np.all(s.polygon[s.fixed] >= 19)  # its vertices are on the true boundary
+
+
+def test_refine_engine_keeps_fixed_vertices_and_gives_a_simple_polygon():
+    mask_model = build_model("tiny-mask").eval()
+    refiner = Refiner(feat_channels=16, size=2 * 28).eval()
+    s = _session("refine", refiner=refiner, mask_model=mask_model)
+    s.move(1, (126.0, 24.0))
+    s.move(3, (35.0, 105.0))
+    assert is_simple(s.polygon)
+    placed = {(126.0, 24.0), (35.0, 105.0)}
+    assert {tuple(p) for p in s.polygon[s.fixed]} == placed and len(s.state.clicks) == 2
+
+
+def test_refiner_training_leaves_a_run_that_loads_for_its_mask_model(tmp_path):
+    from helpers import write_image
+
+    from polyrnn.build import CheckpointError
+    from polyrnn.refine_training import load_refiner, load_refiner_config, ship_refiner, train_refiner
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        write_image(data / f"im{i}.jpg", 96, 80, seed=i)
+        cx, cy, r = rng.uniform(35, 60), rng.uniform(30, 50), rng.uniform(14, 20)
+        t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+        pts = np.column_stack([cx + r * np.cos(t), cy + 0.8 * r * np.sin(t)])
+        shapes = [{"label": "blob", "points": pts.tolist(), "shape_type": "polygon"}]
+        (data / f"im{i}.json").write_text(json.dumps({"imagePath": f"im{i}.jpg", "shapes": shapes}))
+    torch.manual_seed(0)
+    mask = tmp_path / "mask.pt"
+    save_checkpoint(mask, checkpoint_dict(build_model("tiny-mask"), VARIANTS["tiny-mask"]))
+    cfg = load_refiner_config(
+        "refiner",
+        [
+            f"mask_weights={mask}",
+            f"train=[{data}]",
+            "val_split=0.34",
+            "copies=2",
+            "epochs=2",
+            "batch_size=4",
+            "hidden=8",
+            "reduce=8",
+            f"out={tmp_path / 'runs'}",
+            "min_size=10",
+        ],
+    )
+    run = train_refiner(cfg, log=lambda *_: None)
+    rows = (run / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and (run / "weights" / "best.pt").is_file() and (run / "results.png").is_file()
+    model = load_refiner(run / "weights" / "last.pt", mask)
+    assert isinstance(model, Refiner) and not model.training
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)
+    save_checkpoint(other, checkpoint_dict(build_model("tiny-mask"), VARIANTS["tiny-mask"]))
+    with pytest.raises(CheckpointError, match="another mask model"):
+        load_refiner(run / "weights" / "last.pt", other)
+    shipped = ship_refiner(run / "weights" / "best.pt", folder=tmp_path)
+    assert load_refiner(shipped, mask).keep.dtype == torch.float32
+    assert "refiner.pt" in (tmp_path / "SHA256SUMS").read_text()
