@@ -332,6 +332,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         instances,
         options,
         mask_model=models.mask,
+        refiner=models.refiner,
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     meta = build_meta(

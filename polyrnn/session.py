@@ -206,6 +206,10 @@ class BoxSession:
     def __post_init__(self) -> None:
         if self.engine.name not in ENGINES:
             raise ValueError(f"unknown engine '{self.engine.name}' (one of {', '.join(ENGINES)})")
+        if self.engine.name == "refine" and (
+            self.encoding.refiner is None or self.encoding.mask_model is None
+        ):
+            raise ValueError("the refine engine needs a mask model and its refiner")
         auto, self.source = self.encoding.automatic()
         if self.start is None:
             self.start = auto

@@ -240,3 +240,49 @@ def test_outline_runs_rebuild_the_exact_outline_from_its_tokens():
     grid = crop.cells_to_image(crop.tokens_to_cells(np.array(tokens)))
     assert (rasterize([grid], 160, 200) != a).any()  # the cell centres are not the outline
     assert outline_runs(blob, tokens[::-1], crop) == {}  # tokens that do not follow it: nothing
+
+
+@pytest.mark.shared
+def test_golden_figures_of_the_shipped_engines_on_three_val2017_objects(datasets):
+    """Pinned so that a refactor cannot change the evaluation's figures silently (shipped lite, lite-mask and
+    refiner; the first three coco-mini val2017 objects with a box side of at least 32 px)."""
+    import torch
+
+    from polyrnn.build import load_models
+    from polyrnn.data import load_dataset
+    from polyrnn.evaluation.evaluate import EvalOptions, evaluate_dataset
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = load_models()
+        insts = load_dataset(datasets / "coco-mini" / "val2017", None, min_size=32).instances[:3]
+        opts = EvalOptions(thresholds=(1,), baselines=("box",), max_corrections=3)
+        res = evaluate_dataset(m.polygon, insts, opts, mask_model=m.mask, refiner=m.refiner)
+    finally:
+        torch.set_num_threads(before)
+    golden = {
+        "automatic": [0.0772, 0.5417, 0.5562],
+        "T1": [(0.3777, 11), (0.9377, 18), (0.9094, 6)],
+        "refine": [
+            [0.0772, 0.0217, 0.0254, 0.025],
+            [0.5417, 0.7487, 0.8519, 0.8963],
+            [0.5562, 0.818, 0.8622, 0.8622],
+        ],
+        "rnn": [
+            [0.0772, 0.0217, 0.0229, 0.0232],
+            [0.5417, 0.6668, 0.7012, 0.7302],
+            [0.5562, 0.5716, 0.5891, 0.5963],
+        ],
+        "manual": [
+            [0.0772, 0.0217, 0.0254, 0.025],
+            [0.5417, 0.6668, 0.7012, 0.7302],
+            [0.5562, 0.5716, 0.5891, 0.5963],
+        ],
+    }
+    assert [r.automatic for r in res] == pytest.approx(golden["automatic"], abs=2e-3)
+    assert [r.annotator[1][1] for r in res] == [c for _, c in golden["T1"]]
+    assert [r.annotator[1][0] for r in res] == pytest.approx([v for v, _ in golden["T1"]], abs=2e-3)
+    for engine in ("refine", "rnn", "manual"):
+        for r, want in zip(res, golden[engine], strict=True):
+            assert r.curves[engine] == pytest.approx(want, abs=2e-3), engine

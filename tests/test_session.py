@@ -179,3 +179,8 @@ def test_refiner_training_leaves_a_run_that_loads_for_its_mask_model(tmp_path):
     shipped = ship_refiner(run / "weights" / "best.pt", folder=tmp_path)
     assert load_refiner(shipped, mask).keep.dtype == torch.float32
     assert "refiner.pt" in (tmp_path / "SHA256SUMS").read_text()
+
+
+def test_the_refine_engine_refuses_to_run_without_its_refiner():
+    with pytest.raises(ValueError, match="refiner"):
+        _session("refine")  # no mask model, no refiner: never a silent plain drag under the refine name
