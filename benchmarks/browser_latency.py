@@ -33,7 +33,9 @@ def main() -> None:
     from polyrnn.server.store import AnnotationStore
 
     folder = demo_folder(Path(tempfile.mkdtemp()) / "demo")
-    app = create_app(AnnotationStore(folder), PolygonPredictor.from_weights(args.weights), model_name="lite")
+    app = create_app(
+        AnnotationStore(folder), PolygonPredictor.from_weights(args.weights), model_name="lite"
+    )  # shipped models, default engine
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

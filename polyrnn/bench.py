@@ -53,7 +53,8 @@ def _interactive(models: Models, *, repeats: int, steps: int) -> dict[str, Any]:
     automatic polygon (what the editor shows: the mask model's when one is paired) and a correction."""
     model = models.polygon
     image = torch.rand(1, 3, model.crop_size, model.crop_size) * 255
-    pred = PolygonPredictor(model, mask_model=models.mask, eos_threshold=2.0)  # EOS off: fixed lengths
+    # EOS off: fixed lengths; corrections by the default engine (refine when a refiner is paired)
+    pred = PolygonPredictor(model, mask_model=models.mask, refiner=models.refiner, eos_threshold=2.0)
     rgb = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
     pred.set_image(rgb)
     model.max_len = steps
@@ -171,6 +172,7 @@ def run_bench(
         "variant": variant,
         "weights": str(models.polygon_path),
         "mask_weights": str(models.mask_path) if models.mask_path else None,
+        "engine": "refine" if models.refiner is not None and models.mask is not None else "rnn",
         "threads": torch.get_num_threads(),
         "repeats": repeats,
         "steps": steps,
@@ -198,7 +200,7 @@ def format_bench(r: dict[str, Any]) -> str:
         row("decoder step", "decoder_step"),
         row("decoder polygon", "rnn_polygon", f"  encoder + {r['steps']} vertices"),
         row("automatic polygon", "automatic", f"  a new box, as the editor: {automatic}"),
-        row("correction", "correction", "  move a vertex, re-predict after it"),
+        row("correction", "correction", f"  drag a vertex ({r['engine']} engine)"),
     ]
     if "train_instances_per_s" in r:
         t = r["train_instances_per_s"]
