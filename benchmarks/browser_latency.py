@@ -10,11 +10,9 @@ measurements (performance.now() from mouse-up to the frame after the new polygon
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import tempfile
-import threading
-import time
+from contextlib import ExitStack
 from pathlib import Path
 
 
@@ -24,25 +22,20 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     args = ap.parse_args()
 
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
     from polyrnn.predictor import PolygonPredictor
     from polyrnn.server.app import create_app
     from polyrnn.server.demo import demo_folder
+    from polyrnn.server.local import running
     from polyrnn.server.store import AnnotationStore
 
     folder = demo_folder(Path(tempfile.mkdtemp()) / "demo")
     app = create_app(
         AnnotationStore(folder), PolygonPredictor.from_weights(args.weights), model_name="lite"
     )  # shipped models, default engine
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    stack = ExitStack()
+    url = stack.enter_context(running(app))
 
     boxes = {
         "astronaut.png": (150, 20, 370, 250),
@@ -53,13 +46,13 @@ def main() -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(f"{url}/")
         done = 0
         stats: dict[str, list] = {"corrections": [], "predictions": []}
         names = [n for n in boxes if (folder / n).is_file()]
         while done < args.corrections:
             for name in names:
-                page.goto(f"http://127.0.0.1:{port}/#{name}")
+                page.goto(f"{url}/#{name}")
                 page.reload()
                 page.wait_for_selector(f"body[data-ready='{name}']")
                 v = page.evaluate("() => window.polyrnn.state.view")
@@ -94,7 +87,7 @@ def main() -> None:
                 if done >= args.corrections:
                     break
         browser.close()
-    server.should_exit = True
+    stack.close()
     corr = [c["ms"] for c in stats["corrections"]]
     srv = [c["server"] for c in stats["corrections"]]
     pred = [c["ms"] for c in stats["predictions"]]

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
 import tempfile
-import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 
@@ -20,28 +19,23 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "editor.png"))
     args = ap.parse_args()
 
-    import uvicorn
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
     from polyrnn.predictor import PolygonPredictor
     from polyrnn.server.app import create_app
     from polyrnn.server.demo import demo_folder
+    from polyrnn.server.local import running
     from polyrnn.server.store import AnnotationStore
 
     folder = demo_folder(Path(tempfile.mkdtemp()) / "demo")
     app = create_app(AnnotationStore(folder), PolygonPredictor.from_weights(), model_name="shipped lite")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    stack = ExitStack()
+    url = stack.enter_context(running(app))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1000, "height": 640})
-        page.goto(f"http://127.0.0.1:{port}/#motorcycle_left.png")
+        page.goto(f"{url}/#motorcycle_left.png")
         page.wait_for_selector("body[data-ready='motorcycle_left.png']")
 
         def screen(x: float, y: float) -> tuple[float, float]:
@@ -58,7 +52,7 @@ def main() -> None:
         time.sleep(0.3)
         png = page.screenshot()
         browser.close()
-    server.should_exit = True
+    stack.close()
     img = Image.open(io.BytesIO(png)).convert("P", palette=Image.Palette.ADAPTIVE, colors=128)
     img.save(args.out, optimize=True)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size // 1024} KB)")

@@ -153,13 +153,18 @@ def ship_weights(src: str | Path, variant: str, *, half: bool = True, folder: Pa
         for k in ("format", "version", "model_config", "epoch", "git_sha", "train_config")
         if k in ckpt
     }
-    dst = folder / f"{variant}.pt"
     out: dict[str, Any] = dict(keep)
     out.update(model=state, source=Path(src).name)
-    save_checkpoint(dst, out)
+    return write_shipped(folder, f"{variant}.pt", out)
+
+
+def write_shipped(folder: Path, name: str, ckpt: dict[str, Any]) -> Path:
+    """Save ``ckpt`` atomically as ``folder/name`` and record its sha256 in ``folder/SHA256SUMS``."""
+    dst = folder / name
+    save_checkpoint(dst, ckpt)
     sums = folder / SHA256SUMS
     digests = {**_read_sums(sums), dst.name: sha256_file(dst)}
-    atomic_write_text(sums, "".join(f"{digests[name]}  {name}\n" for name in sorted(digests)))
+    atomic_write_text(sums, "".join(f"{digests[n]}  {n}\n" for n in sorted(digests)))
     _verified.discard(dst)
     return dst
 

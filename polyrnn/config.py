@@ -208,10 +208,9 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML recipe (a path, or the name of a packaged recipe: tiny, lite, vgg16) and apply
-    ``key=value`` overrides (dotted keys for sections: ``model.hidden=32``, ``augment.flip=0``).
-    Unknown keys and badly typed values raise ``ValueError`` naming the key."""
+def read_recipe(path: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The key tree of a YAML recipe (a path, or the name of a packaged recipe) with ``key=value`` overrides
+    applied (dotted keys for sections); ``ValueError`` naming the file or the override."""
     import yaml
 
     tree: dict[str, Any] = {}
@@ -233,7 +232,19 @@ def load_train_config(path: str | None, overrides: list[str] | None = None) -> T
             raise ValueError(f"override '{item}' must be key=value")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "")
-    return _build(TrainConfig, tree, "")
+    return tree
+
+
+def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML recipe (a path, or the name of a packaged recipe: tiny, lite, vgg16) and apply
+    ``key=value`` overrides (dotted keys for sections: ``model.hidden=32``, ``augment.flip=0``).
+    Unknown keys and badly typed values raise ``ValueError`` naming the key."""
+    return _build(TrainConfig, read_recipe(path, overrides), "")  # type: ignore[no-any-return]
+
+
+def load_config(cls: type, path: str | None, overrides: list[str] | None = None) -> Any:
+    """A flat config dataclass ``cls`` from a recipe and its overrides (see :func:`load_train_config`)."""
+    return _build(cls, read_recipe(path, overrides), "")
 
 
 def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:

@@ -46,3 +46,16 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 def atomic_write_json(path: Path | str, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_write_csv(path: Path | str, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    """A CSV with a header of ``fields`` (missing values empty, floats to 6 significant digits)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in fields})
+    atomic_write_text(path, buf.getvalue())

@@ -13,7 +13,6 @@ after 1..5 simulated corrections on held-out training images), ``results.csv`` a
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import sys
@@ -69,27 +68,9 @@ class RefinerConfig:
 
 def load_refiner_config(path: str | None, overrides: list[str] | None = None) -> RefinerConfig:
     """Like :func:`polyrnn.config.load_train_config`, for :class:`RefinerConfig` (recipe ``refiner``)."""
-    import yaml
+    from polyrnn.config import load_config
 
-    from polyrnn.config import RECIPES, _build, _set_dotted
-
-    tree: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file() and (RECIPES / f"{path}.yaml").is_file():
-            p = RECIPES / f"{path}.yaml"
-        if not p.is_file():
-            raise ValueError(f"{path}: no such config file")
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{p}: a config must be a mapping of keys to values")
-        tree = loaded
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override '{item}' must be key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "")
-    return _build(RefinerConfig, tree, "")  # type: ignore[no-any-return]
+    return load_config(RefinerConfig, path, overrides)  # type: ignore[no-any-return]
 
 
 # --- simulated corrections -----------------------------------------------------------------------------
@@ -313,11 +294,9 @@ def _plot(rows: list[dict[str, Any]], png: Path, clicks: int) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    from polyrnn.io import atomic_write_csv
+
+    atomic_write_csv(path, rows, list(rows[0]))
 
 
 def _instances(cfg: RefinerConfig) -> tuple[list[Instance], list[Instance]]:
@@ -440,7 +419,7 @@ def load_refiner(path: str | Path, mask_path: str | Path | None = None) -> Refin
 def ship_refiner(src: str | Path, *, folder: Path | None = None) -> Path:
     """Write a refiner run's checkpoint as the shipped ``refiner.pt`` (half precision, training state
     dropped) and its line in ``SHA256SUMS``. Returns the written file."""
-    from polyrnn.build import SHA256SUMS, WEIGHTS_DIR, _read_sums, _verified
+    from polyrnn.build import WEIGHTS_DIR
 
     folder = folder or WEIGHTS_DIR
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
@@ -462,12 +441,7 @@ def ship_refiner(src: str | Path, *, folder: Path | None = None) -> Path:
     }
     keep["model"] = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
     keep["source"] = Path(src).name
-    dst = folder / "refiner.pt"
-    buf = io.BytesIO()
-    torch.save(keep, buf)
-    atomic_write_bytes(dst, buf.getvalue())
-    sums = folder / SHA256SUMS
-    digests = {**_read_sums(sums), dst.name: sha256_file(dst)}
-    atomic_write_text(sums, "".join(f"{digests[name]}  {name}\n" for name in sorted(digests)))
-    _verified.discard(dst)
+    from polyrnn.build import write_shipped
+
+    dst = write_shipped(folder, "refiner.pt", keep)
     return dst

@@ -246,12 +246,9 @@ def _plot(csv_path: Path, png_path: Path) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in CSV_FIELDS})
-    atomic_write_text(path, buf.getvalue())
+    from polyrnn.io import atomic_write_csv
+
+    atomic_write_csv(path, rows, CSV_FIELDS)
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:

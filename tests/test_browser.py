@@ -3,9 +3,6 @@ undo/redo, insert/delete, labels, accept, reload, export. CI requires Chromium (
 
 import json
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from test_server import make_images, tiny_predictor  # noqa: E402
 
 from polyrnn.server.app import create_app  # noqa: E402
+from polyrnn.server.local import running  # noqa: E402
 from polyrnn.server.store import AnnotationStore  # noqa: E402
 
 
@@ -29,20 +27,8 @@ def server(tmp_path_factory):
     folder = make_images(tmp_path_factory.mktemp("browser") / "imgs")
     store = AnnotationStore(folder)
     store.set_labels(["cat", "dog", "bird"])
-    app = create_app(store, tiny_predictor(), model_name="tiny")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    for _ in range(100):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", store
-    srv.should_exit = True
-    t.join(timeout=5)
+    with running(create_app(store, tiny_predictor(), model_name="tiny")) as url:
+        yield url, store
 
 
 @pytest.fixture(scope="module")
@@ -172,18 +158,8 @@ def labelme_server(tmp_path):
     folder = make_images(tmp_path / "existing", 1)
     original = every_shape_file()
     (folder / "img0.json").write_text(json.dumps(original))
-    app = create_app(AnnotationStore(folder), tiny_predictor(), model_name="tiny")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", folder, original
-    srv.should_exit = True
-    t.join(timeout=5)
+    with running(create_app(AnnotationStore(folder), tiny_predictor(), model_name="tiny")) as url:
+        yield url, folder, original
 
 
 def test_an_existing_labelme_folder_keeps_every_shape_after_editing(labelme_server, browser):
