@@ -59,3 +59,19 @@ def atomic_write_csv(path: Path | str, rows: list[dict[str, Any]], fields: list[
     for r in rows:
         w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in fields})
     atomic_write_text(path, buf.getvalue())
+
+
+def save_figure(fig: Any, axes: Any, path: Path | str) -> None:
+    """Label every axis "epoch" with a light grid, lay out, and write the figure atomically as a PNG."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    for a in axes:
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -283,14 +283,9 @@ def _plot(rows: list[dict[str, Any]], png: Path, clicks: int) -> None:
         ax[1].plot(ep, [100 * r[f"val_iou_{k}"] for r in rows], label=f"after {k}")
     ax[1].set_title("held-out mean IoU (%) after k corrections")
     ax[1].legend(fontsize=8)
-    for a in ax:
-        a.set_xlabel("epoch")
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(png, buf.getvalue())
+    from polyrnn.io import save_figure
+
+    save_figure(fig, ax, png)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -8,7 +8,6 @@ git SHA and versions), ``results.csv`` (one row per epoch) and ``results.png`` (
 from __future__ import annotations
 
 import csv
-import io
 import math
 import sys
 import time
@@ -233,16 +232,9 @@ def _plot(csv_path: Path, png_path: Path) -> None:
     ax[1, 0].legend()
     ax[1, 1].plot(ep, [100 * v for v in col("val_first_vertex_acc")], color="C3")
     ax[1, 1].set_title("first-vertex accuracy (%)")
-    for a in ax.flat:
-        a.set_xlabel("epoch")
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    from polyrnn.io import atomic_write_bytes
+    from polyrnn.io import save_figure
 
-    atomic_write_bytes(png_path, buf.getvalue())
+    save_figure(fig, ax.flat, png_path)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -193,3 +193,29 @@ def test_an_existing_labelme_folder_keeps_every_shape_after_editing(labelme_serv
     assert any(s.get("flags") == {"occluded": True} and s.get("description") == "left part" for s in person)
     assert not state(page, "stats.errors")
     page.close()
+
+
+def test_a_failed_save_is_marked_unsaved_and_retried(tmp_path, browser, monkeypatch):
+    import polyrnn.io
+
+    folder = make_images(tmp_path / "disk", 1)
+    with running(create_app(AnnotationStore(folder), tiny_predictor(), model_name="tiny")) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto(url + "/")
+        page.wait_for_selector("body[data-ready='img0.png']")
+        real = polyrnn.io.tempfile.mkstemp
+
+        def full(*a, **k):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(polyrnn.io.tempfile, "mkstemp", full)
+        drag(page, screen(page, 20, 10), screen(page, 140, 110))
+        page.wait_for_selector("#current-polygon")
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.getElementById('status').textContent.includes('NOT SAVED')")
+        assert page.locator("#unsaved").is_visible() and "507" in page.locator("#status").text_content()
+        assert len(state(page, "state.shapes")) == 1  # the polygon stays on screen
+        monkeypatch.setattr(polyrnn.io.tempfile, "mkstemp", real)  # the disk is back: the retry saves it
+        page.wait_for_selector("#unsaved[hidden]", state="attached", timeout=15000)
+        assert len(json.loads((folder / "img0.json").read_text())["shapes"]) == 1
+        page.close()
