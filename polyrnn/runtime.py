@@ -31,9 +31,13 @@ def resolve_threads(threads: int | None = None) -> int:
 
 
 def set_threads(threads: int | None = None) -> int:
-    """Apply :func:`resolve_threads` to torch (intra-op threads); returns the count in use."""
-    import torch
+    """Apply :func:`resolve_threads` to torch's intra-op threads; returns the count. Before torch is imported
+    this only sets ``OMP_NUM_THREADS`` (which torch reads when it starts), so a command that fails its cheap
+    checks never pays for importing torch."""
+    import sys
 
     n = resolve_threads(threads)
-    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
     return n
