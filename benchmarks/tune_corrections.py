@@ -20,7 +20,7 @@ import torch
 from polyrnn.build import load_models
 from polyrnn.data.instance import load_image
 from polyrnn.evaluation.clicks import NEAR, clicks_to_quality
-from polyrnn.refine_training import _instances, load_refiner_config
+from polyrnn.refine_training import load_refiner_config, split_instances
 from polyrnn.session import BoxEncoding, BoxSession, EngineConfig
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     models = load_models(refiner_weights=args.refiner)
-    _, held = _instances(load_refiner_config("refiner"))
+    _, held = split_instances(load_refiner_config("refiner"))
     held = [i for i in held if i.long_side >= args.min_size]
     held = held[: args.limit] if args.limit else held
     print(f"{len(held)} held-out training instances (box long side >= {args.min_size:g} px)")

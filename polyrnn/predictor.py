@@ -199,8 +199,8 @@ class PolygonPredictor:
         there is a mask model, else the first-vertex head and greedy decoding."""
         with self._lock:
             s = self.session(box)
-            auto, s.source = s.encoding.automatic()
-            s.state, s.start = State(auto, np.zeros(len(auto), dtype=bool)), auto
+            assert s.start is not None  # the automatic polygon, computed when the session was made
+            s.state, s.start = State(s.start.copy(), np.zeros(len(s.start), dtype=bool)), s.start
             s.history.clear()
             probs = s.encoding.decoder_polygon()[1] if s.source == "rnn" else None
             return self._result(s, probs)

@@ -74,10 +74,10 @@ def load_refiner_config(path: str | None, overrides: list[str] | None = None) ->
 
 
 # --- simulated corrections -----------------------------------------------------------------------------
-Click = tuple[float, float, float, float, int]  # (vx, vy) boundary point, (mx, my) the drag's middle, sign
+Drag = tuple[float, float, float, float, int]  # (vx, vy) boundary point, (mx, my) the drag's middle, sign
 
 
-def simulated_click(pred: np.ndarray, gt: np.ndarray, gt_boundary: np.ndarray) -> Click | None:
+def simulated_click(pred: np.ndarray, gt: np.ndarray, gt_boundary: np.ndarray) -> Drag | None:
     """A correction as the annotator makes it in the editor: at the worst error's innermost point, the
     outline runs at ``u`` (the predicted boundary point nearest to it) and should run at ``v`` (the
     ground-truth boundary point nearest to it); the annotator drags from ``u`` to ``v``. Returns ``v``, the
@@ -152,8 +152,7 @@ def build_cache(
         for start in range(0, len(ds), 32):
             batch = [ds.sample(i) for i in range(start, min(start + 32, len(ds)))]
             x = torch.from_numpy(np.stack([b["image"] for b in batch])).permute(0, 3, 1, 2).float()
-            f = mask_model.encoder(x)
-            p = mask_model.predict_masks(x, flip=True)
+            f, p = mask_model.features_and_masks(x, flip=True)
             feats.append(f.half())
             probs.append(F.adaptive_avg_pool2d(p[:, None], size)[:, 0].half())
             gts.append(torch.from_numpy(np.stack([b["mask"] for b in batch]) > 0.5))
@@ -172,7 +171,7 @@ def _loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 
 def _add_clicks(
-    current: torch.Tensor, gt: torch.Tensor, bounds: list[np.ndarray], clicks: list[list[Click]]
+    current: torch.Tensor, gt: torch.Tensor, bounds: list[np.ndarray], clicks: list[list[Drag]]
 ) -> None:
     cur, g = current.numpy() > 0.5, gt.numpy()
     for i in range(len(clicks)):
@@ -181,7 +180,7 @@ def _add_clicks(
             clicks[i].append(c)
 
 
-def _maps(current: torch.Tensor, prob: torch.Tensor, clicks: list[list[Click]], size: int) -> torch.Tensor:
+def _maps(current: torch.Tensor, prob: torch.Tensor, clicks: list[list[Drag]], size: int) -> torch.Tensor:
     fixed = [[(c[0], c[1]) for c in cs] for cs in clicks]
     return refiner_maps(current, prob, fixed, [[(c[2], c[3], c[4]) for c in cs] for cs in clicks], size)
 
@@ -210,7 +209,7 @@ def train_one_epoch(
             continue
         feats, prob, gt = cache.features[rows].float(), cache.prob[rows].float(), cache.gt[rows]
         current = _start(prob)
-        clicks: list[list[Click]] = [[] for _ in rows]
+        clicks: list[list[Drag]] = [[] for _ in rows]
         b_bounds = [bounds[r] for r in rows]
         for _ in range(int(rng.integers(0, cfg.max_clicks))):  # the network's own earlier corrections
             _add_clicks(current, gt, b_bounds, clicks)
@@ -240,7 +239,7 @@ def click_curve(
         rows = index[s : s + 64]
         feats, prob, gt = cache.features[rows].float(), cache.prob[rows].float(), cache.gt[rows]
         current = _start(prob)
-        hist: list[list[Click]] = [[] for _ in rows]
+        hist: list[list[Drag]] = [[] for _ in rows]
         for k in range(clicks + 1):
             if k:
                 _add_clicks(current, gt, [bounds[r] for r in rows], hist)
@@ -294,7 +293,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_csv(path, rows, list(rows[0]))
 
 
-def _instances(cfg: RefinerConfig) -> tuple[list[Instance], list[Instance]]:
+def split_instances(cfg: RefinerConfig) -> tuple[list[Instance], list[Instance]]:
     from polyrnn.data import load_datasets
     from polyrnn.training import split_by_image
 
@@ -320,7 +319,7 @@ def train_refiner(cfg: RefinerConfig, *, log: Any = print) -> Path:
     atomic_write_text(run / "config.yaml", config_to_yaml(cfg))  # type: ignore[arg-type]
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    train, val = _instances(cfg)
+    train, val = split_instances(cfg)
     log(f"refiner: {len(train)} training and {len(val)} held-out instances, mask model {mask_path}")
     size = 2 * mask_model.grid_size
     cache = build_cache(mask_model, train + val, copies=range(1), size=size, seed=cfg.seed, log=log)

@@ -100,9 +100,11 @@ class BoxEncoding:
         """(features (1, C, D, D), probability (1, M, M)) of the mask model, mirror-averaged."""
         assert self.mask_model is not None
         with torch.inference_mode():
-            feats = self.mask_model.encoder(self.pixels)
-            prob = self.mask_model.predict_masks(self.pixels, flip=self.mask_flip)
-        return feats, prob
+            return self.mask_model.features_and_masks(self.pixels, flip=self.mask_flip)
+
+    def mask_probability(self) -> np.ndarray:
+        """The mask model's (M, M) probability over the crop (mirror-averaged when asked)."""
+        return self._mask[1][0].numpy()
 
     @cached_property
     def _polygon(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,10 +118,18 @@ class BoxEncoding:
         """The mask model's polygon (N, 2) in image pixels, or None (no mask model, or an empty mask)."""
         if self.mask_model is None:
             return None
-        poly = mask_polygon(self._mask[1][0].numpy(), self.crop)
+        poly = mask_polygon(self.mask_probability(), self.crop)
         return poly if poly is not None and len(poly) >= 3 else None
 
+    @cached_property
+    def _decoded(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._decode()
+
     def decoder_polygon(self) -> tuple[np.ndarray, np.ndarray]:
+        """See :meth:`_decode` (computed once per box)."""
+        return self._decoded[0].copy(), self._decoded[1].copy()
+
+    def _decode(self) -> tuple[np.ndarray, np.ndarray]:
         """The recurrent decoder's automatic polygon: (N, 2) image pixels, (N,) probabilities."""
         static, vertex = self._polygon
         m = self.polygon_model

@@ -181,27 +181,9 @@ def _baselines(
 
 
 def _engine_curves(
-    model: PolygonRNN,
-    mask_model: MaskNet | None,
-    refiner: Refiner | None,
-    inst: Instance,
-    image: np.ndarray,
-    options: EvalOptions,
-    gt_mask: np.ndarray,
-    ignore: np.ndarray | None,
+    enc: BoxEncoding, options: EvalOptions, gt_mask: np.ndarray, ignore: np.ndarray | None
 ) -> dict[str, list[float]]:
     """Clicks to quality for each engine, each from the same automatic polygon and the same encodings."""
-    enc = BoxEncoding(
-        image,
-        inst.box_xyxy,
-        polygon_model=model,
-        mask_model=mask_model,
-        refiner=refiner,
-        context=options.context,
-        mask_flip=options.mask_flip,
-        eos_threshold=options.eos_threshold,
-        start=options.start,
-    )
     curves = {}
     for name in options.engines:
         engine = EngineConfig(
@@ -242,7 +224,7 @@ def evaluate_instance(
     def grid_iou(tokens: list[int]) -> float:
         return iou_of([crop.cells_to_image(crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))])
 
-    pixels, x = crop_tensor(crop, image)
+    pixels = crop.crop_image(image)
     # the grid ceiling: the quantised ground truth itself (as polyrnn.data.ceiling, on this crop)
     res = InstanceResult(
         class_name=inst.class_name,
@@ -254,9 +236,20 @@ def evaluate_instance(
 
     # the mask model: its polygon is a baseline and, with start "mask", the automatic polygon
     mask_poly: np.ndarray | None = None
+    enc = BoxEncoding(
+        image,
+        inst.box_xyxy,
+        polygon_model=model,
+        mask_model=mask_model,
+        refiner=refiner,
+        context=options.context,
+        mask_flip=options.mask_flip,
+        eos_threshold=options.eos_threshold,
+        start=options.start,
+    )
     if mask_model is not None:
         t0 = time.perf_counter()
-        prob = mask_model.predict_masks(x, flip=options.mask_flip)[0].numpy()
+        prob = enc.mask_probability()
         mask_poly = mask_polygon(prob, crop, tolerance=options.mask_tolerance)
         res.ms["mask"] = (time.perf_counter() - t0) * 1000
         if "mask" in options.baselines:
@@ -294,7 +287,7 @@ def evaluate_instance(
     else:  # degenerate on the grid: nothing to correct towards
         res.annotator = {t: (res.automatic, 0) for t in options.thresholds}
     if options.max_corrections >= 0:
-        res.curves = _engine_curves(model, mask_model, refiner, inst, image, options, gt_mask, ignore)
+        res.curves = _engine_curves(enc, options, gt_mask, ignore)
     _baselines(res, inst, image, options, iou_of)
     return res
 

@@ -65,11 +65,20 @@ class MaskNet(nn.Module):
     def predict_masks(self, images: torch.Tensor, *, flip: bool = False) -> torch.Tensor:
         """(B, 3, 224, 224) -> (B, M, M) probabilities; ``flip``: averaged with the prediction for the
         mirrored crop (test-time augmentation; the crop and its mirror run as one batch)."""
-        if not flip:
-            return torch.sigmoid(self(images)["mask_logits"])
+        return self.features_and_masks(images, flip=flip)[1]
+
+    @torch.no_grad()
+    def features_and_masks(
+        self, images: torch.Tensor, *, flip: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, 224, 224) -> the encoder's (B, C, D, D) features of ``images`` and the (B, M, M)
+        probabilities of :meth:`predict_masks`, from one encoder pass."""
         b = images.shape[0]
-        prob = torch.sigmoid(self(torch.cat([images, images.flip(-1)]))["mask_logits"])  # (2B, M, M)
-        return (prob[:b] + prob[b:].flip(-1)) / 2
+        feats = self.encoder(torch.cat([images, images.flip(-1)]) if flip else images)
+        prob = torch.sigmoid(self.head(feats))  # (B or 2B, M, M)
+        if flip:
+            prob = (prob[:b] + prob[b:].flip(-1)) / 2
+        return feats[:b], prob
 
 
 def mask_polygon(
