@@ -11,8 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from polyrnn.batch.boxes import BOX_FORMATS
 from polyrnn.config import MASK_FLIP, REJOIN
 from polyrnn.data import FORMATS, DataError, load_dataset
+from polyrnn.data.writers import FORMATS as EXPORT_FORMATS
 from polyrnn.runtime import THREADS_ENV, set_threads
 
 if TYPE_CHECKING:
@@ -139,7 +141,67 @@ def _check_box_in_image(box: tuple[float, float, float, float], size: tuple[int,
         raise CLIError(f"--box {x1:g},{y1:g},{x2:g},{y2:g} lies outside the {w}x{h} image")
 
 
+def cmd_predict_dataset(args: argparse.Namespace) -> int:
+    from polyrnn.batch.run import Shard, merge, predict_dataset
+    from polyrnn.runtime import resolve_threads
+
+    if args.image == "merge":
+        if not args.dir:
+            raise CLIError("polyrnn predict merge DIR: give the output folder")
+        summary = merge(Path(args.dir), review_below=args.review_below, allow_partial=args.allow_partial)
+        _print_predict_summary(summary)
+        return 0
+    if args.image or args.box:
+        raise CLIError("--dataset traces a whole dataset: give no IMAGE and no --box")
+    if not args.out:
+        raise CLIError("--dataset needs --out DIR (where the shards and outputs go)")
+    if args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    _check_weights(args.weights, args.mask_weights)
+    result = predict_dataset(
+        args.dataset,
+        args.out,
+        format=args.format,
+        image_dir=args.images,
+        weights=args.weights,
+        mask_weights=args.mask_weights,
+        variant=args.variant,
+        shard=Shard.parse(args.shard),
+        workers=args.workers,
+        threads=resolve_threads(args.threads),
+        engine=args.engine,
+        ray_address=args.ray_address,
+        review_below=args.review_below,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    rate = result["objects"] / result["seconds"] if result["seconds"] else 0.0
+    print(
+        f"shard {result['shard']}: {result['images']} images, {result['objects']} objects in "
+        f"{result['seconds']:.1f} s ({rate:.2f} objects/s); {result['errors']} unreadable images, "
+        f"{result['skipped_boxes']} boxes skipped; {result['done_before']} images were done before"
+    )
+    if "merged" in result:
+        _print_predict_summary(result["merged"])
+    else:
+        print(f"when every shard has finished: polyrnn predict merge {args.out}")
+    return 0
+
+
+def _print_predict_summary(summary: dict[str, Any]) -> None:
+    print(
+        f"{summary['objects']} objects on {summary['images']} images (mean score {summary['mean_score']}); "
+        f"{summary['skipped']} skipped (skipped.csv)"
+        + (f"; {summary['review']} to review first (review.csv)" if summary["review"] is not None else "")
+    )
+    for fmt, path in summary["outputs"].items():
+        print(f"  {fmt:12s} {path}")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.dataset or args.image == "merge":
+        return cmd_predict_dataset(args)
+    if not args.image or not args.box:
+        raise CLIError("give an IMAGE and --box x1,y1,x2,y2, or --dataset BOXES --out DIR")
     # cheap checks first: the model loads in seconds, a typo should not wait for it
     box = _parse_box(args.box)
     _check_box_in_image(box, _image_size(args.image))
@@ -477,9 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     data.set_defaults(func=data_help)
 
-    p = sub.add_parser(parents=[common], name="predict", help="trace one object in an image from its box")
-    p.add_argument("image", help="image file")
-    p.add_argument("--box", required=True, help="x1,y1,x2,y2 in image pixels")
+    p = sub.add_parser(
+        parents=[common],
+        name="predict",
+        help="trace objects from their boxes: one box in an image, or every box of a dataset",
+        description="polyrnn predict IMAGE --box x1,y1,x2,y2 | polyrnn predict --dataset BOXES --out DIR "
+        "[--shard i/n] | polyrnn predict merge DIR",
+    )
+    p.add_argument("image", nargs="?", help="image file (or 'merge' to merge the shards of DIR)")
+    p.add_argument("dir", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--box", default=None, help="x1,y1,x2,y2 in image pixels")
     p.add_argument("--weights", default=None, help="polyrnn checkpoint (default: the shipped model)")
     p.add_argument("--variant", default="lite", choices=["tiny", "lite", "vgg16"])
     p.add_argument(
@@ -488,6 +557,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="mask model for the automatic polygon (default: the one paired with the weights; none: no mask)",
     )
     p.add_argument("--json", action="store_true")
+    g = p.add_argument_group("whole datasets")
+    g.add_argument(
+        "--dataset",
+        default=None,
+        metavar="BOXES",
+        help="boxes: COCO JSON/folder, YOLO, LabelMe, Label Studio JSON export, CVAT XML",
+    )
+    g.add_argument(
+        "--format", default=None, choices=BOX_FORMATS, help="format of BOXES (detected when omitted)"
+    )
+    g.add_argument("--images", default=None, metavar="DIR", help="image folder (COCO, Label Studio, CVAT)")
+    g.add_argument("--out", default=None, metavar="DIR", help="output folder (resumed when it exists)")
+    g.add_argument(
+        "--shard", default="0/1", metavar="i/n", help="this job's share of the images (default 0/1)"
+    )
+    g.add_argument("--workers", type=int, default=1, help="processes on this machine, or Ray actors")
+    g.add_argument("--engine", default="local", choices=["local", "ray"], help="local processes or Ray Data")
+    g.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    g.add_argument(
+        "--review-below",
+        type=float,
+        default=None,
+        metavar="S",
+        help="list objects scored below S in review.csv",
+    )
+    g.add_argument("--allow-partial", action="store_true", help="merge: write what finished shards hold")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(parents=[common], name="bench", help="measure model speed on this machine")
@@ -629,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a folder of LabelMe annotations to COCO, YOLO or LabelMe",
     )
     p.add_argument("folder", help="folder of LabelMe JSON files (what polyrnn serve saves)")
-    p.add_argument("--to", required=True, choices=["coco", "yolo", "labelme"])
+    p.add_argument("--to", required=True, choices=EXPORT_FORMATS)
     p.add_argument("out", help="output folder")
     p.set_defaults(func=cmd_export)
     return parser

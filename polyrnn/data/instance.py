@@ -45,6 +45,7 @@ class Instance:
         mask_path: for mask datasets, the mask file: non-zero = object, 128 = ignore band. When set, it
             is the exact ground truth and ``polygons`` are traced from it.
         source: "file:field" of the annotation, for messages and exports.
+        score: a model's confidence in 0..1 for predicted instances (written by the exports), else None.
     """
 
     image_path: Path
@@ -57,6 +58,7 @@ class Instance:
     occluders: list[np.ndarray] = field(default_factory=list)
     mask_path: Path | None = None
     source: str = ""
+    score: float | None = None
 
     @property
     def width(self) -> int:

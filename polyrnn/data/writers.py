@@ -1,5 +1,7 @@
-"""Writers: instances -> COCO instances JSON, YOLO segmentation, LabelMe JSON (what ``polyrnn export``
-and the tool's export buttons produce). Every file is written atomically."""
+"""Writers: instances -> COCO instances JSON, YOLO segmentation, LabelMe JSON, Label Studio tasks with
+predictions, CVAT for images XML 1.1 (what ``polyrnn export``, ``polyrnn predict --dataset`` and the tool's
+export buttons produce). Every file is written atomically; a predicted instance's ``score`` is written where
+the format has a place for it (COCO ``score``, LabelMe shape ``score``, Label Studio result ``score``)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from pycocotools import mask as mask_utils
 
 from polyrnn.data.instance import DataError, Instance
 from polyrnn.data.labelme import read_labelme
-from polyrnn.io import atomic_write_json, atomic_write_text
+from polyrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-FORMATS = ("coco", "yolo", "labelme")
+FORMATS = ("coco", "yolo", "labelme", "labelstudio", "cvat")
+LS_LOCAL_FILES = "/data/local-files/?d="  # Label Studio's URL for files under its local-files root
 
 
 def _flat_name(image: Path, root: Path) -> str:
@@ -70,6 +73,7 @@ def write_coco(
                     "area": float(mask_utils.area(rle)),
                     "bbox": [round(float(v), 2) for v in (x, y, bw, bh)],
                     "iscrowd": 0,
+                    **({"score": round(float(inst.score), 4)} if inst.score is not None else {}),
                 }
             )
     doc = {
@@ -82,16 +86,29 @@ def write_coco(
     return doc
 
 
-def write_yolo(instances: Sequence[Instance], out: Path, *, root: Path, classes: Sequence[str]) -> None:
-    """YOLO segmentation: ``images/``, ``labels/`` (one line per polygon part: class, then x y pairs
-    normalised to 0–1) and ``data.yaml`` with the class names."""
+def _place_image(image: Path, dest: Path, mode: str) -> None:
+    """Put an image where a format expects it: ``copy``, or ``link`` (a symbolic link to the original)."""
+    if mode == "link":
+        if dest.is_symlink() or dest.exists():
+            dest.unlink()
+        dest.symlink_to(image.resolve())
+    else:
+        shutil.copyfile(image, dest)
+
+
+def write_yolo(
+    instances: Sequence[Instance], out: Path, *, root: Path, classes: Sequence[str], images: str = "copy"
+) -> None:
+    """YOLO segmentation: ``images/`` (copies, or with ``images="link"`` links to the originals),
+    ``labels/`` (one line per polygon part: class, then x y pairs normalised to 0–1) and ``data.yaml`` with
+    the class names."""
     import yaml
 
     ids = {c: i for i, c in enumerate(classes)}
     (out / "images").mkdir(parents=True, exist_ok=True)
     for image, insts in sorted(_by_image(instances).items()):
         name = _flat_name(image, root)
-        shutil.copyfile(image, out / "images" / name)
+        _place_image(image, out / "images" / name, images)
         w, h = insts[0].image_size
         lines = []
         for inst in insts:
@@ -108,13 +125,18 @@ def write_yolo(instances: Sequence[Instance], out: Path, *, root: Path, classes:
     )
 
 
-def write_labelme(instances: Sequence[Instance], out: Path, *, root: Path) -> None:
+def write_labelme(instances: Sequence[Instance], out: Path, *, root: Path, images: str = "copy") -> None:
     """LabelMe: each image copied into ``out`` with its JSON beside it (parts of one object share a
-    ``group_id``)."""
+    ``group_id``); with ``images="refer"`` the images stay where they are and ``imagePath`` leads to them
+    relative to the JSON."""
     out.mkdir(parents=True, exist_ok=True)
     for image, insts in sorted(_by_image(instances).items()):
         name = _flat_name(image, root)
-        shutil.copyfile(image, out / name)
+        if images == "refer":
+            image_path = Path(os.path.relpath(image.resolve(), out.resolve())).as_posix()
+        else:
+            shutil.copyfile(image, out / name)
+            image_path = name
         shapes = []
         for gid, inst in enumerate(insts):
             for part in inst.polygons:
@@ -126,6 +148,7 @@ def write_labelme(instances: Sequence[Instance], out: Path, *, root: Path) -> No
                         "description": "",
                         "shape_type": "polygon",
                         "flags": {},
+                        **({"score": round(float(inst.score), 4)} if inst.score is not None else {}),
                     }
                 )
         w, h = insts[0].image_size
@@ -135,12 +158,137 @@ def write_labelme(instances: Sequence[Instance], out: Path, *, root: Path) -> No
                 "version": "5.4.1",
                 "flags": {},
                 "shapes": shapes,
-                "imagePath": name,
+                "imagePath": image_path,
                 "imageData": None,
                 "imageHeight": int(h),
                 "imageWidth": int(w),
             },
         )
+
+
+def label_studio_config(classes: Sequence[str], *, from_name: str = "label", to_name: str = "image") -> str:
+    """The labelling configuration the Label Studio tasks of :func:`write_label_studio` match: an image and
+    polygon labels for ``classes``."""
+    from xml.sax.saxutils import quoteattr
+
+    labels = "".join(f"\n    <Label value={quoteattr(c)}/>" for c in classes)
+    return (
+        f'<View>\n  <Image name={quoteattr(to_name)} value="$image"/>\n'
+        f"  <PolygonLabels name={quoteattr(from_name)} toName={quoteattr(to_name)}>{labels}\n"
+        "  </PolygonLabels>\n</View>\n"
+    )
+
+
+def write_label_studio(
+    instances: Sequence[Instance],
+    out_json: Path,
+    *,
+    root: Path,
+    model_version: str = "polyrnn",
+    tasks: dict[Path, dict[str, Any]] | None = None,
+    url_prefix: str = LS_LOCAL_FILES,
+    from_name: str = "label",
+    to_name: str = "image",
+) -> list[dict[str, Any]]:
+    """Label Studio tasks with pre-annotations: one task per image, its ``predictions`` holding one
+    ``polygonlabels`` result per polygon part (points in percent of the image, ``closed``), each with the
+    instance's ``score``, and the prediction's ``model_version`` and mean ``score``. Without a score the
+    polygons are written as ``annotations`` instead (human work being moved between tools).
+
+    Args:
+        root: image folder; a task's image is ``url_prefix`` + the image's path relative to it (Label
+            Studio's local-files URL by default) unless ``tasks`` gives the task's ``data`` for that image.
+        from_name, to_name: the names of the PolygonLabels and Image tags (see :func:`label_studio_config`).
+    """
+    out: list[dict[str, Any]] = []
+    for image, insts in sorted(_by_image(instances).items()):
+        w, h = insts[0].image_size
+        data = dict((tasks or {}).get(image) or {"image": url_prefix + _rel(image, root)})
+        results: list[dict[str, Any]] = []
+        for inst in insts:
+            for part in inst.polygons:
+                pts = _clip(part, w, h) / (w, h) * 100.0
+                results.append(
+                    {
+                        "id": f"r{len(results)}",
+                        "type": "polygonlabels",
+                        "from_name": from_name,
+                        "to_name": to_name,
+                        "original_width": int(w),
+                        "original_height": int(h),
+                        "image_rotation": 0,
+                        "value": {
+                            "points": pts.round(4).tolist(),
+                            "closed": True,
+                            "polygonlabels": [inst.class_name],
+                        },
+                        **({"score": round(float(inst.score), 4)} if inst.score is not None else {}),
+                    }
+                )
+        scores = [float(i.score) for i in insts if i.score is not None]
+        if len(scores) == len(insts):
+            group = "predictions"
+            entry: dict[str, Any] = {
+                "model_version": model_version,
+                "score": round(float(np.mean(scores)), 4),
+            }
+        else:
+            group, entry = "annotations", {}
+        out.append({"data": data, group: [{**entry, "result": results}]})
+    atomic_write_json(out_json, out)
+    return out
+
+
+def _rel(image: Path, root: Path) -> str:
+    try:
+        return image.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return image.name
+
+
+def write_cvat(instances: Sequence[Instance], out_xml: Path, *, root: Path, classes: Sequence[str]) -> None:
+    """CVAT for images XML 1.1: the labels in ``<meta>``, one ``<image>`` per image (``name`` relative to
+    ``root``) with a ``<polygon>`` per part (``points`` "x,y;x,y;...", ``source`` "auto" for predicted
+    instances); parts of one object share a ``group_id``."""
+    import xml.etree.ElementTree as ET
+
+    ann = ET.Element("annotations")
+    ET.SubElement(ann, "version").text = "1.1"
+    task = ET.SubElement(ET.SubElement(ann, "meta"), "task")
+    by_image = sorted(_by_image(instances).items())
+    ET.SubElement(task, "size").text = str(len(by_image))
+    ET.SubElement(task, "mode").text = "annotation"
+    labels = ET.SubElement(task, "labels")
+    for c in classes:
+        lab = ET.SubElement(labels, "label")
+        ET.SubElement(lab, "name").text = c
+        ET.SubElement(lab, "type").text = "polygon"
+        ET.SubElement(lab, "attributes")
+    group = 0
+    for idx, (image, insts) in enumerate(by_image):
+        w, h = insts[0].image_size
+        el = ET.SubElement(
+            ann, "image", id=str(idx), name=_rel(image, root), width=str(int(w)), height=str(int(h))
+        )
+        for inst in insts:
+            if len(inst.polygons) > 1:
+                group += 1
+            for part in inst.polygons:
+                pts = ";".join(f"{x:.2f},{y:.2f}" for x, y in _clip(part, w, h))
+                attrs = {
+                    "label": inst.class_name,
+                    "source": "auto" if inst.score is not None else "manual",
+                    "occluded": "0",
+                    "points": pts,
+                    "z_order": "0",
+                }
+                if len(inst.polygons) > 1:
+                    attrs["group_id"] = str(group)
+                ET.SubElement(el, "polygon", attrs)
+    ET.indent(ann)
+    atomic_write_bytes(
+        out_xml, b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(ann, encoding="unicode").encode()
+    )
 
 
 def export_folder(
@@ -166,6 +314,13 @@ def export_folder(
     elif fmt == "yolo":
         path = out
         write_yolo(ds.instances, out, root=src, classes=classes)
+    elif fmt == "labelstudio":
+        path = out / "tasks.json"
+        write_label_studio(ds.instances, path, root=Path(image_root or src))
+        atomic_write_text(out / "config.xml", label_studio_config(classes))
+    elif fmt == "cvat":
+        path = out / "annotations.xml"
+        write_cvat(ds.instances, path, root=Path(image_root or src), classes=classes)
     else:
         path = out
         write_labelme(ds.instances, out, root=src)

@@ -73,12 +73,20 @@ class MaskNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, 224, 224) -> the encoder's (B, C, D, D) features of ``images`` and the (B, M, M)
         probabilities of :meth:`predict_masks`, from one encoder pass."""
+        feats, direct, mirrored = self.mask_views(images, flip=flip)
+        return feats, direct if mirrored is None else (direct + mirrored) / 2
+
+    @torch.no_grad()
+    def mask_views(
+        self, images: torch.Tensor, *, flip: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(B, 3, 224, 224) -> the encoder's (B, C, D, D) features, the (B, M, M) probabilities for the
+        crops and, with ``flip``, those for their mirror images flipped back (else None); the crops and
+        their mirrors run as one batch."""
         b = images.shape[0]
         feats = self.encoder(torch.cat([images, images.flip(-1)]) if flip else images)
         prob = torch.sigmoid(self.head(feats))  # (B or 2B, M, M)
-        if flip:
-            prob = (prob[:b] + prob[b:].flip(-1)) / 2
-        return feats[:b], prob
+        return feats[:b], prob[:b], prob[b:].flip(-1) if flip else None
 
 
 def mask_polygon(

@@ -1,0 +1,486 @@
+"""Pre-annotate a whole dataset: resumable, sharded runs and the merge that writes the outputs.
+
+Layout of an output folder ``DIR``::
+
+    DIR/manifest.json                  what is being run (boxes, models, shard count): a resumed or parallel
+                                       shard must match it
+    DIR/shards/part-00000-of-00002.jsonl  one line per finished image (its boxes, polygons, scores, errors)
+    DIR/shards/part-00000-of-00002.json   the shard's status, written when it finishes
+    DIR/coco/annotations.json          after the merge: COCO instances with a ``score`` per object
+    DIR/labelme/*.json                 LabelMe JSON per image (``imagePath`` leads to the original image)
+    DIR/yolo/                          YOLO-seg labels, ``images/`` linking to the originals, ``data.yaml``
+    DIR/labelstudio/tasks.json         Label Studio tasks with ``polygonlabels`` predictions (+ config.xml)
+    DIR/cvat/annotations.xml           CVAT for images XML 1.1 with ``<polygon>`` elements
+    DIR/review.csv                     objects below ``--review-below``, least confident first
+    DIR/skipped.csv                    every image and box left out, with the file and the reason
+
+An image is the unit of work: shard ``i/n`` takes the images whose key (path relative to the image folder)
+hashes to ``i`` (stable across machines and runs), a finished image is one JSON line (flushed as it is done),
+and a restarted run skips the images its shard file already holds. The merge reads every shard file and
+writes the outputs sorted by image, so they are identical however the work was split, ordered or restarted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polyrnn.batch.boxes import BoxSet, ImageBoxes
+from polyrnn.data.instance import DataError, Instance, Skip
+from polyrnn.io import atomic_write_csv, atomic_write_json, atomic_write_text
+
+MANIFEST = "manifest.json"
+OUTPUTS = ("coco", "labelme", "yolo", "labelstudio", "cvat")
+# what must be the same for every shard and every restart of one output folder
+JOB_KEYS = ("boxes", "format", "image_dir", "weights", "mask_weights", "variant", "context", "shards")
+
+
+class RunError(ValueError):
+    """A run that cannot start or a merge that cannot finish; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based), as ``--shard i/n`` gives it."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        try:
+            i, n = (int(v) for v in text.split("/"))
+        except ValueError:
+            raise RunError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+        if n < 1 or not 0 <= i < n:
+            raise RunError(f"--shard {text!r}: needs n >= 1 and 0 <= i < n")
+        return cls(i, n)
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:05d}-of-{self.count:05d}"
+
+    def holds(self, key: str) -> bool:
+        return shard_of(key, self.count) == self.index
+
+
+def shard_of(key: str, count: int) -> int:
+    """The shard of an image key: a hash, so the split does not depend on the listing order or machine."""
+    return int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:12], 16) % count
+
+
+# --- one image -------------------------------------------------------------------------------------------
+def trace_image(annotator: Any, job: ImageBoxes) -> dict[str, Any]:
+    """One image's record: every box with its polygon (None when the model found nothing), score and
+    source; the boxes left out and why; or the error that made the image unusable."""
+    from polyrnn.data.instance import load_image
+
+    record: dict[str, Any] = {"key": job.key, "image": str(job.path)}
+    if job.task is not None:
+        record["task"] = job.task
+    try:
+        image = load_image(job.path)
+    except DataError as e:
+        record["error"] = str(e)
+        return record
+    h, w = image.shape[:2]
+    record.update(width=w, height=h)
+    usable, skipped = job.pixel_boxes((w, h))
+    if job.size is not None and tuple(job.size) != (w, h):
+        skipped.insert(
+            0, Skip(job.key, f"the box file says {job.size[0]}x{job.size[1]}, the image is {w}x{h}")
+        )
+    traced = annotator.annotate(image, [b for _, b in usable]) if usable else []
+    record["objects"] = [
+        {
+            "ref": obj.ref,
+            "class": obj.class_name,
+            "box": [round(v, 3) for v in box],
+            "polygon": None if t.polygon is None else np.round(t.polygon, 3).tolist(),
+            "score": round(float(t.score), 4),
+            "source": t.source,
+        }
+        for (obj, box), t in zip(usable, traced, strict=True)
+    ]
+    record["skipped"] = [{"where": s.where, "reason": s.reason} for s in skipped]
+    return record
+
+
+# --- shard files -----------------------------------------------------------------------------------------
+def read_shard(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The records of a shard file. A last line cut off by a kill is dropped (and, with ``repair``, cut from
+    the file so appending continues cleanly); any other bad line is a :class:`RunError` naming it."""
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    records, good = [], 0
+    for n, line in enumerate(lines):
+        if not line.strip():
+            good += len(line) + 1
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines) - 1:  # the unfinished last line of a killed run
+                break
+            raise RunError(f"{path}: line {n + 1} is not JSON; the shard file is damaged") from None
+        good += len(line) + 1
+    if repair and good < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(min(good, len(raw)))
+    return records
+
+
+class ShardWriter:
+    """Appends records to a shard file, one line each, flushed at once and synced every few seconds."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._f = open(path, "a", encoding="utf-8")
+        self._synced = time.monotonic()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._f.flush()
+        if time.monotonic() - self._synced > 5:
+            os.fsync(self._f.fileno())
+            self._synced = time.monotonic()
+
+    def close(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+
+
+# --- the manifest ----------------------------------------------------------------------------------------
+def prepare(out: Path, job: dict[str, Any], boxes: BoxSet) -> dict[str, Any]:
+    """Write the manifest of a new output folder, or check that an existing one describes the same job
+    (:class:`RunError` naming the field that differs)."""
+    path = out / MANIFEST
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise RunError(f"{path}: unreadable manifest ({e})") from e
+        for k in JOB_KEYS:
+            if old.get("job", {}).get(k) != job.get(k):
+                raise RunError(
+                    f"{out} holds a run with {k}={old.get('job', {}).get(k)!r}, this one has {job.get(k)!r}: "
+                    "use another --out, or the same settings to resume"
+                )
+        return dict(old)
+    manifest = {
+        "format": "polyrnn-predict",
+        "version": 1,
+        "job": job,
+        "image_root": str(boxes.image_root),
+        "classes": boxes.classes,
+        "images": len(boxes.images),
+        "boxes": boxes.boxes,
+        "read_skipped": [{"where": s.where, "reason": s.reason} for s in boxes.skipped[:10000]],
+    }
+    atomic_write_json(path, manifest)
+    return manifest
+
+
+def todo(boxes: BoxSet, shard: Shard, shard_file: Path) -> tuple[list[ImageBoxes], int]:
+    """(images of this shard not yet in its file, how many are done), repairing a cut-off last line."""
+    done = {r["key"] for r in read_shard(shard_file, repair=True)}
+    mine = [i for i in boxes.images if shard.holds(i.key)]
+    return [i for i in mine if i.key not in done], len(mine) - len([i for i in mine if i.key not in done])
+
+
+def drive(
+    records: Iterable[dict[str, Any]],
+    writer: ShardWriter,
+    *,
+    total: int,
+    done: int,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Write ``records`` as they come, with a progress bar (images, objects/s, ETA) on a terminal and a line
+    every 30 s elsewhere; returns the counts."""
+    from tqdm import tqdm
+
+    counts: dict[str, Any] = {"images": 0, "objects": 0, "errors": 0, "skipped_boxes": 0}
+    bar = tqdm(total=total, initial=done, unit="img", desc="predict", disable=not sys.stderr.isatty())
+    t0 = last = time.perf_counter()
+    shown_errors = 0
+    for rec in records:
+        writer.write(rec)
+        counts["images"] += 1
+        counts["objects"] += len(rec.get("objects", []))
+        counts["skipped_boxes"] += len(rec.get("skipped", []))
+        if "error" in rec:
+            counts["errors"] += 1
+            if log is not None and shown_errors < 10:
+                log(f"skipped image {rec['image']}: {rec['error']}")
+                shown_errors += 1
+        dt = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(obj_s=f"{counts['objects'] / max(dt, 1e-9):.1f}", refresh=False)
+        if log is not None and bar.disable and time.perf_counter() - last > 30:
+            last = time.perf_counter()
+            n = done + counts["images"]
+            log(f"predict: {n}/{total} images, {counts['objects'] / dt:.2f} objects/s")
+    bar.close()
+    counts["seconds"] = round(time.perf_counter() - t0, 3)
+    return counts
+
+
+# --- running on this machine -----------------------------------------------------------------------------
+_ANNOTATOR: Any = None
+
+
+def _init_worker(models: dict[str, Any], threads: int) -> None:
+    global _ANNOTATOR
+    from polyrnn.runtime import set_threads
+
+    set_threads(threads)
+    from polyrnn.batch.annotate import Annotator
+
+    _ANNOTATOR = Annotator.from_weights(**models)
+
+
+def _work(job: ImageBoxes) -> dict[str, Any]:
+    return trace_image(_ANNOTATOR, job)
+
+
+def local_records(
+    jobs: list[ImageBoxes], *, models: dict[str, Any], workers: int, threads: int
+) -> Iterator[dict[str, Any]]:
+    """Records of ``jobs`` from ``workers`` processes (each loads the models once and uses ``threads``
+    threads), in the order they finish; one worker runs in this process."""
+    if not jobs:
+        return
+    if workers <= 1:
+        _init_worker(models, threads)
+        for job in jobs:
+            yield _work(job)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # a clean interpreter per worker: no torch thread pools inherited
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(models, threads)) as pool:
+        yield from pool.imap_unordered(_work, jobs, chunksize=1)
+
+
+def finish_shard(out: Path, shard: Shard, counts: dict[str, Any], total: int) -> None:
+    atomic_write_json(out / "shards" / f"{shard.name}.json", {"finished": True, "images": total, **counts})
+
+
+# --- merge -----------------------------------------------------------------------------------------------
+def _instances(records: list[dict[str, Any]]) -> list[Instance]:
+    """Instances for the writers; a box whose mask came out empty becomes its rectangle with score 0, so
+    every box has an answer to review."""
+    out = []
+    for rec in records:
+        for obj in rec.get("objects", []):
+            x1, y1, x2, y2 = obj["box"]
+            poly = obj["polygon"] or [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
+            out.append(
+                Instance(
+                    image_path=Path(rec["image"]),
+                    image_size=(int(rec["width"]), int(rec["height"])),
+                    class_name=obj["class"],
+                    box=(x1, y1, x2 - x1, y2 - y1),
+                    polygons=[np.asarray(poly, dtype=np.float64)],
+                    source=obj["ref"],
+                    score=float(obj["score"]),
+                )
+            )
+    return out
+
+
+def collect(out: Path, *, allow_partial: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(manifest, every image's record sorted by key) from all shard files of ``out``."""
+    path = out / MANIFEST
+    if not path.is_file():
+        raise RunError(f"{out}: no {MANIFEST} (not a polyrnn predict output folder)")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    n = int(manifest["job"]["shards"])
+    missing = [i for i in range(n) if not (out / "shards" / f"{Shard(i, n).name}.json").is_file()]
+    if missing and not allow_partial:
+        raise RunError(
+            f"{out}: shard(s) {', '.join(f'{i}/{n}' for i in missing[:20])} not finished; run them "
+            "(the same command with --shard i/n), or merge what is there with --allow-partial"
+        )
+    by_key: dict[str, dict[str, Any]] = {}
+    for i in range(n):
+        for rec in read_shard(out / "shards" / f"{Shard(i, n).name}.jsonl"):
+            by_key[rec["key"]] = rec
+    return manifest, [by_key[k] for k in sorted(by_key)]
+
+
+def merge(
+    out: Path,
+    *,
+    review_below: float | None = None,
+    formats: Iterable[str] = OUTPUTS,
+    allow_partial: bool = False,
+    model_version: str = "polyrnn",
+) -> dict[str, Any]:
+    """Write the outputs of ``out`` (see the module's docstring) from its shard files; returns a summary."""
+    from polyrnn.data.writers import (
+        label_studio_config,
+        write_coco,
+        write_cvat,
+        write_label_studio,
+        write_labelme,
+        write_yolo,
+    )
+
+    manifest, records = collect(out, allow_partial=allow_partial)
+    root, classes = Path(manifest["image_root"]), list(manifest["classes"])
+    insts = [i for i in _instances(records)]
+    classes = list(dict.fromkeys([*classes, *sorted({i.class_name for i in insts})]))
+    written: dict[str, str] = {}
+    for fmt in formats:
+        if fmt == "coco":
+            write_coco(insts, out / "coco" / "annotations.json", root=root, classes=classes)
+            written[fmt] = str(out / "coco" / "annotations.json")
+        elif fmt == "labelme":
+            write_labelme(insts, out / "labelme", root=root, images="refer")
+            written[fmt] = str(out / "labelme")
+        elif fmt == "yolo":
+            write_yolo(insts, out / "yolo", root=root, classes=classes, images="link")
+            written[fmt] = str(out / "yolo")
+        elif fmt == "labelstudio":
+            tasks = {Path(r["image"]): r["task"] for r in records if "task" in r}
+            write_label_studio(
+                insts, out / "labelstudio" / "tasks.json", root=root, tasks=tasks, model_version=model_version
+            )
+            atomic_write_text(out / "labelstudio" / "config.xml", label_studio_config(classes))
+            written[fmt] = str(out / "labelstudio" / "tasks.json")
+        elif fmt == "cvat":
+            write_cvat(insts, out / "cvat" / "annotations.xml", root=root, classes=classes)
+            written[fmt] = str(out / "cvat" / "annotations.xml")
+        else:
+            raise RunError(f"unknown output format '{fmt}' (one of {', '.join(OUTPUTS)})")
+    review = _review_rows(records, review_below)
+    if review_below is not None:
+        atomic_write_csv(out / "review.csv", review, ["image", "ref", "class", "score", "source"])
+    skipped = _skipped_rows(manifest, records)
+    atomic_write_csv(out / "skipped.csv", skipped, ["where", "reason"])
+    scores = [float(i.score) for i in insts if i.score is not None]
+    summary = {
+        "images": len(records),
+        "objects": len(insts),
+        "errors": sum("error" in r for r in records),
+        "skipped": len(skipped),
+        "review": len(review) if review_below is not None else None,
+        "mean_score": round(float(np.mean(scores)), 4) if scores else None,
+        "outputs": written,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _review_rows(records: list[dict[str, Any]], below: float | None) -> list[dict[str, Any]]:
+    if below is None:
+        return []
+    rows = [
+        {
+            "image": r["key"],
+            "ref": o["ref"],
+            "class": o["class"],
+            "score": float(o["score"]),
+            "source": o["source"],
+        }
+        for r in records
+        for o in r.get("objects", [])
+        if float(o["score"]) < below
+    ]
+    return sorted(rows, key=lambda x: (x["score"], x["image"], x["ref"]))
+
+
+def _skipped_rows(manifest: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = list(manifest.get("read_skipped", []))
+    for r in records:
+        if "error" in r:
+            rows.append({"where": r["image"], "reason": r["error"]})
+        rows.extend(r.get("skipped", []))
+    return rows
+
+
+# --- the command -----------------------------------------------------------------------------------------
+def predict_dataset(
+    boxes_path: str | Path,
+    out: str | Path,
+    *,
+    format: str | None = None,
+    image_dir: str | Path | None = None,
+    weights: str | None = None,
+    mask_weights: str | None = None,
+    variant: str = "lite",
+    context: float = 0.15,
+    shard: Shard = Shard(),
+    workers: int = 1,
+    threads: int = 1,
+    engine: str = "local",
+    ray_address: str | None = None,
+    review_below: float | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Trace every box of a box file into ``out`` (see the module's docstring); the outputs are written when
+    the run has one shard, else by :func:`merge` once all have finished. Returns the counts (and the merge's
+    summary under ``"merged"``)."""
+    from polyrnn.batch.boxes import read_boxes
+
+    if engine not in ("local", "ray"):
+        raise RunError(f"unknown engine '{engine}' (local or ray)")
+    out = Path(out)
+    boxes = read_boxes(boxes_path, format, image_dir=image_dir)
+    job = {
+        "boxes": str(Path(boxes_path).resolve()),
+        "format": boxes.format,
+        "image_dir": str(Path(image_dir).resolve()) if image_dir else None,
+        "weights": str(Path(weights).resolve()) if weights and weights != "none" else weights,
+        "mask_weights": str(Path(mask_weights).resolve())
+        if mask_weights and mask_weights != "none"
+        else mask_weights,
+        "variant": variant,
+        "context": context,
+        "shards": shard.count,
+    }
+    prepare(out, job, boxes)
+    shard_file = out / "shards" / f"{shard.name}.jsonl"
+    jobs, done = todo(boxes, shard, shard_file)
+    total = len(jobs) + done
+    if log is not None:
+        where = f"shard {shard.index}/{shard.count}: " if shard.count > 1 else ""
+        log(
+            f"polyrnn predict: {where}{total} images ({done} done before), {boxes.boxes} boxes in "
+            f"{len(boxes.images)} images read from {boxes_path} ({boxes.format}); "
+            f"{len(boxes.skipped)} skipped"
+        )
+        for s in boxes.skipped[:10]:
+            log(f"skipped {s}")
+    models = {"weights": weights, "mask_weights": mask_weights, "variant": variant, "context": context}
+    if engine == "ray":
+        from polyrnn.batch.ray_engine import ray_records
+
+        records = ray_records(jobs, models=models, threads=threads, workers=workers, address=ray_address)
+    else:
+        records = local_records(jobs, models=models, workers=workers, threads=threads)
+    writer = ShardWriter(shard_file)
+    try:
+        counts = drive(records, writer, total=total, done=done, log=log)
+    finally:
+        writer.close()
+    finish_shard(out, shard, counts, total)
+    result: dict[str, Any] = {**counts, "done_before": done, "shard": f"{shard.index}/{shard.count}"}
+    if shard.count == 1:
+        result["merged"] = merge(out, review_below=review_below)
+    return result
