@@ -67,6 +67,28 @@ class ImageBoxes:
     normalized: bool = False
     task: dict[str, Any] | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (what travels to Ray workers)."""
+        return {
+            "key": self.key,
+            "path": str(self.path),
+            "objects": [{"box": list(o.box), "class_name": o.class_name, "ref": o.ref} for o in self.objects],
+            "size": list(self.size) if self.size is not None else None,
+            "normalized": self.normalized,
+            "task": self.task,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageBoxes:
+        return cls(
+            key=d["key"],
+            path=Path(d["path"]),
+            objects=[BoxObject(tuple(o["box"]), o["class_name"], o["ref"]) for o in d["objects"]],  # type: ignore[arg-type]
+            size=tuple(d["size"]) if d["size"] is not None else None,  # type: ignore[arg-type]
+            normalized=bool(d["normalized"]),
+            task=d["task"],
+        )
+
     def pixel_boxes(self, size: tuple[int, int]) -> tuple[list[tuple[BoxObject, Box]], list[Skip]]:
         """(object, pixel box x1, y1, x2, y2 clipped to the image) for each usable box, and the skipped
         ones."""

@@ -39,6 +39,7 @@ from polyrnn.data.instance import DataError, Instance, Skip
 from polyrnn.io import atomic_write_csv, atomic_write_json, atomic_write_text
 
 MANIFEST = "manifest.json"
+DECIMALS = 6  # predicted polygons are written to 1e-6 px, so the outputs score as the model's outline
 OUTPUTS = ("coco", "labelme", "yolo", "labelstudio", "cvat")
 # what must be the same for every shard and every restart of one output folder
 JOB_KEYS = ("boxes", "format", "image_dir", "weights", "mask_weights", "variant", "context", "shards")
@@ -105,7 +106,7 @@ def trace_image(annotator: Any, job: ImageBoxes) -> dict[str, Any]:
             "ref": obj.ref,
             "class": obj.class_name,
             "box": [round(v, 3) for v in box],
-            "polygon": None if t.polygon is None else np.round(t.polygon, 3).tolist(),
+            "polygon": None if t.polygon is None else t.polygon.tolist(),  # exact: see write_coco
             "score": round(float(t.score), 4),
             "source": t.source,
         }
@@ -241,16 +242,21 @@ def drive(
 
 # --- running on this machine -----------------------------------------------------------------------------
 _ANNOTATOR: Any = None
+_LOADED: dict[str, Any] = {}
 
 
 def _init_worker(models: dict[str, Any], threads: int) -> None:
+    """Load the models of this process (once: a second run with the same models reuses them)."""
     global _ANNOTATOR
     from polyrnn.runtime import set_threads
 
     set_threads(threads)
-    from polyrnn.batch.annotate import Annotator
+    if _ANNOTATOR is None or _LOADED != models:
+        from polyrnn.batch.annotate import Annotator
 
-    _ANNOTATOR = Annotator.from_weights(**models)
+        _ANNOTATOR = Annotator.from_weights(**models)
+        _LOADED.clear()
+        _LOADED.update(models)
 
 
 def _work(job: ImageBoxes) -> dict[str, Any]:
@@ -348,10 +354,12 @@ def merge(
     written: dict[str, str] = {}
     for fmt in formats:
         if fmt == "coco":
-            write_coco(insts, out / "coco" / "annotations.json", root=root, classes=classes)
+            write_coco(
+                insts, out / "coco" / "annotations.json", root=root, classes=classes, decimals=DECIMALS
+            )
             written[fmt] = str(out / "coco" / "annotations.json")
         elif fmt == "labelme":
-            write_labelme(insts, out / "labelme", root=root, images="refer")
+            write_labelme(insts, out / "labelme", root=root, images="refer", decimals=DECIMALS)
             written[fmt] = str(out / "labelme")
         elif fmt == "yolo":
             write_yolo(insts, out / "yolo", root=root, classes=classes, images="link")
@@ -359,12 +367,17 @@ def merge(
         elif fmt == "labelstudio":
             tasks = {Path(r["image"]): r["task"] for r in records if "task" in r}
             write_label_studio(
-                insts, out / "labelstudio" / "tasks.json", root=root, tasks=tasks, model_version=model_version
+                insts,
+                out / "labelstudio" / "tasks.json",
+                root=root,
+                tasks=tasks,
+                model_version=model_version,
+                decimals=DECIMALS,
             )
             atomic_write_text(out / "labelstudio" / "config.xml", label_studio_config(classes))
             written[fmt] = str(out / "labelstudio" / "tasks.json")
         elif fmt == "cvat":
-            write_cvat(insts, out / "cvat" / "annotations.xml", root=root, classes=classes)
+            write_cvat(insts, out / "cvat" / "annotations.xml", root=root, classes=classes, decimals=DECIMALS)
             written[fmt] = str(out / "cvat" / "annotations.xml")
         else:
             raise RunError(f"unknown output format '{fmt}' (one of {', '.join(OUTPUTS)})")

@@ -38,15 +38,27 @@ def _by_image(instances: Sequence[Instance]) -> dict[Path, list[Instance]]:
 
 
 def _clip(part: np.ndarray, w: int, h: int) -> np.ndarray:
-    """A polygon's vertices clipped to the image, like its box."""
-    return np.clip(np.asarray(part, dtype=np.float64).reshape(-1, 2), 0.0, [w, h])
+    """A polygon clipped to the image (like its box): cut along the image's edges where it crosses them,
+    so every pixel inside the image stays in or out as it was."""
+    p = np.asarray(part, dtype=np.float64).reshape(-1, 2)
+    if ((p >= 0.0) & (p <= [w, h])).all():
+        return p
+    import shapely
+    from shapely.geometry import Polygon
+
+    g = shapely.clip_by_rect(Polygon(p), 0.0, 0.0, float(w), float(h)) if len(p) >= 3 else None
+    if isinstance(g, Polygon) and not g.is_empty and g.is_valid:
+        return np.asarray(g.exterior.coords, dtype=np.float64)[:-1]
+    return np.clip(p, 0.0, [w, h])  # a self-crossing or split polygon: its vertices moved to the edge
 
 
 def write_coco(
-    instances: Sequence[Instance], out_json: Path, *, root: Path, classes: Sequence[str]
+    instances: Sequence[Instance], out_json: Path, *, root: Path, classes: Sequence[str], decimals: int = 2
 ) -> dict[str, Any]:
     """A COCO instances JSON; ``file_name`` is each image's path relative to ``root``, the image folder
-    (a trainer is pointed at it), and polygons are clipped to the image like the boxes."""
+    (a trainer is pointed at it), and polygons are clipped to the image like the boxes and rounded to
+    ``decimals`` (predictions keep 6: a mask's outline can run through pixel centres, where rounding to
+    1/100 px moves pixels in or out)."""
     cat_ids = {c: i + 1 for i, c in enumerate(classes)}
     images: list[dict[str, Any]] = []
     anns: list[dict[str, Any]] = []
@@ -61,7 +73,7 @@ def write_coco(
             }
         )
         for inst in insts:
-            segs = [_clip(p, w, h).reshape(-1).round(2).tolist() for p in inst.polygons]
+            segs = [_clip(p, w, h).reshape(-1).round(decimals).tolist() for p in inst.polygons]
             rle = mask_utils.merge(mask_utils.frPyObjects(segs, int(h), int(w)))
             x, y, bw, bh = inst.box
             anns.append(
@@ -113,7 +125,7 @@ def write_yolo(
         lines = []
         for inst in insts:
             for part in inst.polygons:
-                xy = np.clip(np.asarray(part, dtype=np.float64) / (w, h), 0.0, 1.0).reshape(-1)
+                xy = np.clip(_clip(part, w, h) / (w, h), 0.0, 1.0).reshape(-1)
                 lines.append(" ".join([str(ids[inst.class_name]), *(f"{v:.6f}" for v in xy)]))
         atomic_write_text(out / "labels" / (Path(name).stem + ".txt"), "\n".join(lines) + "\n")
     atomic_write_text(
@@ -125,7 +137,9 @@ def write_yolo(
     )
 
 
-def write_labelme(instances: Sequence[Instance], out: Path, *, root: Path, images: str = "copy") -> None:
+def write_labelme(
+    instances: Sequence[Instance], out: Path, *, root: Path, images: str = "copy", decimals: int = 2
+) -> None:
     """LabelMe: each image copied into ``out`` with its JSON beside it (parts of one object share a
     ``group_id``); with ``images="refer"`` the images stay where they are and ``imagePath`` leads to them
     relative to the JSON."""
@@ -143,7 +157,7 @@ def write_labelme(instances: Sequence[Instance], out: Path, *, root: Path, image
                 shapes.append(
                     {
                         "label": inst.class_name,
-                        "points": np.asarray(part).round(2).tolist(),
+                        "points": np.asarray(part).round(decimals).tolist(),
                         "group_id": gid if len(inst.polygons) > 1 else None,
                         "description": "",
                         "shape_type": "polygon",
@@ -189,6 +203,7 @@ def write_label_studio(
     url_prefix: str = LS_LOCAL_FILES,
     from_name: str = "label",
     to_name: str = "image",
+    decimals: int = 4,
 ) -> list[dict[str, Any]]:
     """Label Studio tasks with pre-annotations: one task per image, its ``predictions`` holding one
     ``polygonlabels`` result per polygon part (points in percent of the image, ``closed``), each with the
@@ -218,7 +233,7 @@ def write_label_studio(
                         "original_height": int(h),
                         "image_rotation": 0,
                         "value": {
-                            "points": pts.round(4).tolist(),
+                            "points": pts.round(decimals).tolist(),
                             "closed": True,
                             "polygonlabels": [inst.class_name],
                         },
@@ -246,7 +261,9 @@ def _rel(image: Path, root: Path) -> str:
         return image.name
 
 
-def write_cvat(instances: Sequence[Instance], out_xml: Path, *, root: Path, classes: Sequence[str]) -> None:
+def write_cvat(
+    instances: Sequence[Instance], out_xml: Path, *, root: Path, classes: Sequence[str], decimals: int = 2
+) -> None:
     """CVAT for images XML 1.1: the labels in ``<meta>``, one ``<image>`` per image (``name`` relative to
     ``root``) with a ``<polygon>`` per part (``points`` "x,y;x,y;...", ``source`` "auto" for predicted
     instances); parts of one object share a ``group_id``."""
@@ -274,7 +291,7 @@ def write_cvat(instances: Sequence[Instance], out_xml: Path, *, root: Path, clas
             if len(inst.polygons) > 1:
                 group += 1
             for part in inst.polygons:
-                pts = ";".join(f"{x:.2f},{y:.2f}" for x, y in _clip(part, w, h))
+                pts = ";".join(f"{x:.{decimals}f},{y:.{decimals}f}" for x, y in _clip(part, w, h))
                 attrs = {
                     "label": inst.class_name,
                     "source": "auto" if inst.score is not None else "manual",
