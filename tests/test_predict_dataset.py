@@ -114,15 +114,36 @@ def test_every_box_format_reads_the_same_boxes(tmp_path):
 def test_box_readers_name_what_they_skip(tmp_path):
     write_image(tmp_path / "a.jpg")
     tasks = [
-        {"data": {"image": "/data/upload/3/1a2b3c4d-a.jpg"}, "annotations": [{"result": [
-            {"type": "rectanglelabels", "value": {"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 30,
-                                                  "rectanglelabels": ["cat"]}},
-            {"type": "rectanglelabels", "value": {"x": 10, "y": 10, "width": 20, "rectanglelabels": ["cat"]}},
-            {"type": "rectanglelabels", "value": {"x": 5, "y": 5, "width": 20, "height": 20,
-                                                  "rectanglelabels": ["cat"]}},
-        ]}]},
+        {
+            "data": {"image": "/data/upload/3/1a2b3c4d-a.jpg"},
+            "annotations": [
+                {
+                    "result": [
+                        {
+                            "type": "rectanglelabels",
+                            "value": {
+                                "x": 10,
+                                "y": 10,
+                                "width": 20,
+                                "height": 20,
+                                "rotation": 30,
+                                "rectanglelabels": ["cat"],
+                            },
+                        },
+                        {
+                            "type": "rectanglelabels",
+                            "value": {"x": 10, "y": 10, "width": 20, "rectanglelabels": ["cat"]},
+                        },
+                        {
+                            "type": "rectanglelabels",
+                            "value": {"x": 5, "y": 5, "width": 20, "height": 20, "rectanglelabels": ["cat"]},
+                        },
+                    ]
+                }
+            ],
+        },
         {"data": {"image": "/data/upload/3/missing.jpg"}},
-    ]  # fmt: skip
+    ]
     (tmp_path / "ls.json").write_text(json.dumps(tasks))
     bs = read_boxes(tmp_path / "ls.json", "labelstudio")
     assert len(bs.images) == 1 and len(bs.images[0].objects) == 1  # the upload prefix 1a2b3c4d- is stripped
@@ -306,6 +327,7 @@ def test_outputs_follow_their_formats(subset, baseline):
 
 
 @pytest.mark.shared
+@pytest.mark.extras
 def test_label_studio_sdk_accepts_the_predictions(baseline):
     """Label Studio's SDK parses the written labelling config and validates every prediction against it."""
     from conftest import require_extra
@@ -325,9 +347,13 @@ def test_unreadable_images_are_logged_and_skipped(tmp_path):
     paths = _write_all_formats(tmp_path)
     (tmp_path / "lm" / "b.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "lm" / "b.json").write_text(
-        json.dumps({"shapes": [{"label": "x", "points": [[1, 1], [9, 9]], "shape_type": "rectangle"}],
-                    "imagePath": "b.jpg"})
-    )  # fmt: skip
+        json.dumps(
+            {
+                "shapes": [{"label": "x", "points": [[1, 1], [9, 9]], "shape_type": "rectangle"}],
+                "imagePath": "b.jpg",
+            }
+        )
+    )
     out = tmp_path / "out"
     r = predict_dataset(paths["labelme"], out, log=None)
     assert r["errors"] == 1 and r["images"] == 2

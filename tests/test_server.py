@@ -182,6 +182,21 @@ def test_export_from_api_and_cli(client, tmp_path):
     assert len(load_dataset(out, "yolo").instances) == 3
     assert main(["export", str(store.image_dir), "--to", "labelme", str(tmp_path / "lm")]) == 0
     assert len(load_dataset(tmp_path / "lm", "labelme").instances) == 3
+    # Label Studio and CVAT: human polygons (no score) become annotations; the boxes read back
+    from polyrnn.batch.boxes import read_boxes
+
+    assert main(["export", str(store.image_dir), "--to", "labelstudio", str(tmp_path / "ls")]) == 0
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    results = [r for t in tasks for r in t["annotations"][0]["result"]]
+    assert len(results) == 3 and {r["value"]["polygonlabels"][0] for r in results} == {"cat", "dog"}
+    assert "<PolygonLabels" in (tmp_path / "ls" / "config.xml").read_text()
+    assert main(["export", str(store.image_dir), "--to", "cvat", str(tmp_path / "cv")]) == 0
+    xml = (tmp_path / "cv" / "annotations.xml").read_text()
+    assert xml.count("<polygon ") == 3 and 'source="manual"' in xml
+    assert c.post("/api/export/cvat").json()["instances"] == 3
+    r = c.get("/api/export/cvat/download")
+    assert r.status_code == 200 and r.content[:2] == b"PK"
+    assert read_boxes(tmp_path / "cv" / "annotations.xml", image_dir=store.image_dir).images
 
 
 def test_store_refuses_unknown_names_and_demo_images(tmp_path):

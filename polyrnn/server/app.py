@@ -2,10 +2,11 @@
 
 Endpoints (JSON unless said): ``GET /health``; ``GET /api/images``; ``GET /api/images/{name}/file`` (the
 image bytes); ``GET|PUT /api/annotations/{name}``; ``GET|PUT /api/labels``; ``POST /api/predict``;
-``POST /api/correct``; ``POST /api/export/{coco|yolo|labelme}`` and ``GET /api/export/{fmt}/download``. The
-OpenAPI schema is at ``/openapi.json`` (every error answers ``{"detail": ...}``); the interactive docs are
-off (they load from a CDN). Coordinates are image pixels (x, y), the continuous frame of
-:mod:`polyrnn.geometry`. Who may call it and how much: :mod:`polyrnn.server.guard`.
+``POST /api/correct``; ``POST /api/export/{coco|yolo|labelme|labelstudio|cvat}`` and
+``GET /api/export/{fmt}/download``. The OpenAPI schema is at ``/openapi.json`` (every error answers
+``{"detail": ...}``); the interactive docs are off (they load from a CDN). Coordinates are image pixels
+(x, y), the continuous frame of :mod:`polyrnn.geometry`. Who may call it and how much:
+:mod:`polyrnn.server.guard`.
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ def export(fmt: str, ctx: Ctx) -> ExportResponse:
 
 @router.get("/api/export/{fmt}/download")
 def export_download(fmt: str, ctx: Ctx) -> FileResponse:
-    """The last export as one file: ``annotations.json`` (COCO) or a zip (YOLO, LabelMe)."""
+    """The last export as one file: ``annotations.json`` (COCO) or a zip (the others)."""
     import shutil
 
     from polyrnn.data.writers import FORMATS as EXPORTS
