@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -261,10 +262,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """``polyrnn train --nproc N ...``: the same command under torchrun with N processes on this machine."""
+    from torch.distributed.run import main as torchrun
+
+    argv = ["train", "--config", args.config, *args.overrides]
+    for flag in ("out", "name", "device", "workers", "epochs", "threads"):
+        if getattr(args, flag, None) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    argv += ["--resume"] if args.resume else []
+    try:
+        torchrun(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "polyrnn.cli", *argv])
+    except Exception as e:  # torchrun raises ChildFailedError after the ranks printed their errors
+        raise CLIError(f"distributed training failed: {type(e).__name__}") from e
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from polyrnn.config import load_train_config
     from polyrnn.training import TrainingError, run_training
 
+    if args.nproc < 1:
+        raise CLIError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(args)
     overrides = list(args.overrides)
     for key, value in (
         ("out", args.out),
@@ -280,7 +301,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = run_training(cfg, resume=args.resume)
     except (ValueError, TrainingError) as e:
         raise CLIError(str(e)) from e
-    print(f"run folder: {run}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {run}")
     return 0
 
 
@@ -610,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="data-loading processes")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in OUT/NAME from weights/last.pt")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine (starts torchrun; batch_size is per process)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

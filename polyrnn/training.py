@@ -12,12 +12,13 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -41,6 +42,7 @@ from polyrnn.data.dataset import (
     worker_init,
 )
 from polyrnn.data.instance import Instance
+from polyrnn.distributed import SINGLE, Dist, all_sum, barrier, setup, teardown
 from polyrnn.geometry import mask_iou, rasterize
 from polyrnn.io import atomic_write_text
 from polyrnn.modeling.losses import PolygonLoss
@@ -75,15 +77,17 @@ def _progress(iterable: Any, **kw: Any) -> Any:
 
 
 def _forward(
-    model: Model, batch: dict[str, torch.Tensor], tbptt: int = 0, features: torch.Tensor | None = None
+    model: Model | DDP, batch: dict[str, torch.Tensor], tbptt: int = 0, features: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    if isinstance(model, MaskNet):
+    """The model's outputs for a batch (through the DDP wrapper when there is one, so gradients sync)."""
+    core = model.module if isinstance(model, DDP) else model
+    if isinstance(core, MaskNet):
         return model(batch["images"], features=features)
     return model(batch["images"], batch["tokens"], features=features, tbptt=tbptt)
 
 
 def train_one_epoch(
-    model: Model,
+    model: Model | DDP,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     loss_fn: Loss,
@@ -92,9 +96,10 @@ def train_one_epoch(
     device: torch.device,
     clip_grad: float,
     tbptt: int = 0,
+    place: Dist = SINGLE,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean losses (``loss`` and its parts), instances and seconds.
-    Raises :class:`TrainingError` on a non-finite loss."""
+    """One pass over ``loader``; returns mean losses (``loss`` and its parts), instances and seconds (over
+    all ranks when distributed). Raises :class:`TrainingError` on a non-finite loss."""
     model.train()
     sums: dict[str, float] = {}
     n = 0
@@ -130,7 +135,9 @@ def train_one_epoch(
                 flush=True,
             )
     secs = time.perf_counter() - t0
-    return {**{k: v / max(n, 1) for k, v in sums.items()}, "instances": float(n), "seconds": secs}
+    total = all_sum(place, {**sums, "instances": float(n)})
+    n_all = total.pop("instances")
+    return {**{k: v / max(n_all, 1) for k, v in total.items()}, "instances": n_all, "seconds": secs}
 
 
 def predict_polygon(
@@ -251,7 +258,7 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def _loaders(
-    cfg: TrainConfig, train_insts: list[Instance], val_insts: list[Instance]
+    cfg: TrainConfig, train_insts: list[Instance], val_insts: list[Instance], place: Dist = SINGLE
 ) -> tuple[PolygonDataset, LengthGroupedBatchSampler, DataLoader, DataLoader | None]:
     m = cfg.model
     mask_size = m.mask_size if m.kind == "mask" else 0
@@ -266,7 +273,9 @@ def _loaders(
         mask_size=mask_size,
     )
     lengths = target_lengths(train_insts, grid_size=m.grid_size, max_len=m.max_len)
-    sampler = LengthGroupedBatchSampler(train_insts, lengths, batch_size=cfg.batch_size, seed=cfg.seed)
+    sampler = LengthGroupedBatchSampler(
+        train_insts, lengths, batch_size=cfg.batch_size, seed=cfg.seed, rank=place.rank, world=place.world
+    )
     kw: dict[str, Any] = {"num_workers": cfg.workers, "collate_fn": collate, "worker_init_fn": worker_init}
     if cfg.workers > 0:
         kw["prefetch_factor"] = 4
@@ -383,19 +392,35 @@ def _epoch_line(epoch: int, epochs: int, row: dict[str, Any], is_best: bool) -> 
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) -> Path:
     """Train per ``cfg`` into ``cfg.out/cfg.name``; with ``resume``, continue from ``weights/last.pt``
-    exactly (next epoch, optimiser, scheduler and RNG state). Returns the run folder."""
+    exactly (next epoch, optimiser, scheduler and RNG state). Returns the run folder.
+
+    Started by torchrun (``WORLD_SIZE`` > 1) it trains data-parallel (:mod:`polyrnn.distributed`): every rank
+    runs this function, rank 0 alone logs and writes the run folder, and the others wait for its checkpoints.
+    """
+    place, device = setup(cfg.device)
+    try:
+        return _train(cfg, place, device, resume=resume, log=log if place.main else (lambda *_: None))
+    finally:
+        teardown(place)
+
+
+def _train(cfg: TrainConfig, place: Dist, device: torch.device, *, resume: bool, log: Any) -> Path:
     run = Path(cfg.out) / cfg.name
     cfg, state = _resume_state(cfg, run, resume)
-    device = torch.device(cfg.device)
+    barrier(place)  # every rank has checked the run folder before rank 0 writes to it
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda asked for, but no CUDA device is available")
     torch.manual_seed(cfg.seed)
-    (run / "weights").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run / "config.yaml", config_to_yaml(cfg))
+    if place.main:
+        (run / "weights").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / "config.yaml", config_to_yaml(cfg))
     log(config_to_yaml(cfg))
 
     train_insts, val_insts = load_instances(cfg)
     log(f"training instances: {len(train_insts)}, validation instances: {len(val_insts)}")
+    if place.active:
+        total = place.world * cfg.batch_size
+        log(f"data-parallel: {place.world} processes x batch {cfg.batch_size} = {total} a step")
     model = build_from_config(replace(cfg.model, pretrained=cfg.model.pretrained and state is None))
     model = model.to(device)
     if cfg.init_weights and state is None:  # start from another run's weights (same architecture)
@@ -415,14 +440,20 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) ->
         start_epoch, best = int(state["epoch"]) + 1, float(state["best_metric"])
         rows = [r for r in rows if int(r["epoch"]) < start_epoch]
         log(f"resumed from {run / 'weights' / 'last.pt'}: epoch {start_epoch}, best {best:.4f}")
+    trained: Model | DDP = model
+    if place.active:
+        if device.type == "cuda":  # batch statistics over all ranks' shares (SyncBatchNorm is CUDA-only)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        trained = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    train_ds, sampler, train_loader, val_loader = _loaders(cfg, train_insts, val_insts)
+    train_ds, sampler, train_loader, val_loader = _loaders(cfg, train_insts, val_insts, place)
+    book = _Book(cfg, run, optimizer, scheduler, loss_fn, device, val_loader, val_insts, rows, best, log)
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(
-            model,
+            trained,
             train_loader,
             optimizer,
             loss_fn,
@@ -430,21 +461,47 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) ->
             device=device,
             clip_grad=cfg.clip_grad,
             tbptt=cfg.tbptt,
+            place=place,
         )
         scheduler.step()
+        if place.main:
+            book.best = book.finish_epoch(model, epoch, lr, tr)
+        barrier(place)  # the others wait for rank 0's checkpoint and validation
+    return run
+
+
+@dataclass
+class _Book:
+    """Rank 0's bookkeeping of a run: validation, checkpoints, ``results.csv`` and the plot of each epoch."""
+
+    cfg: TrainConfig
+    run: Path
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: Loss
+    device: torch.device
+    val_loader: DataLoader | None
+    val_insts: list[Instance]
+    rows: list[dict[str, Any]]
+    best: float
+    log: Any
+
+    def finish_epoch(self, model: Model, epoch: int, lr: float, tr: dict[str, float]) -> float:
+        """Validate and write an epoch; returns the best metric so far."""
+        cfg, run = self.cfg, self.run
         row = _epoch_row(epoch, lr, tr)
-        if val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
-            row.update(evaluate(model, val_loader, val_insts, loss_fn, device=device))
-        rows.append(row)
+        if self.val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+            row.update(evaluate(model, self.val_loader, self.val_insts, self.loss_fn, device=self.device))
+        self.rows.append(row)
         metric = row["val_miou"] if not math.isnan(row["val_miou"]) else -row["train_loss"]
-        is_best = metric > best
-        best = max(best, metric)
+        is_best = metric > self.best
+        best = max(self.best, metric)
         ckpt = checkpoint_dict(
             model,
             cfg.model,
             train_config=cfg.to_dict(),
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
             epoch=epoch,
             best_metric=best,
             torch_rng=torch.get_rng_state(),
@@ -454,7 +511,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, log: Any = print) ->
         save_checkpoint(run / "weights" / "last.pt", ckpt)
         if is_best:
             save_checkpoint(run / "weights" / "best.pt", ckpt)
-        _write_csv(run / "results.csv", rows)
+        _write_csv(run / "results.csv", self.rows)
         _plot(run / "results.csv", run / "results.png")
-        log(_epoch_line(epoch, cfg.epochs, row, is_best))
-    return run
+        self.log(_epoch_line(epoch, cfg.epochs, row, is_best))
+        return best

@@ -198,6 +198,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     polygon of a batch then wastes few decoder steps, and an image is needed only while its pool is
     served, so a per-process image cache of ``pool_images`` images decodes each JPEG once per epoch
     (with ``workers > 1`` each worker keeps its own cache). Seeded by (seed, epoch).
+
+    Distributed (``world`` > 1 processes): every rank draws the same global batches of ``batch_size`` x
+    ``world`` instances and takes its ``rank``-th share of each, so the ranks together see exactly the batches
+    one process with the ``world``-times larger batch would (a global batch too small to split repeats its
+    first instance for the ranks left empty: every rank steps the same number of times).
     """
 
     def __init__(
@@ -209,7 +214,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         pool_images: int = 32,
         shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+        self.rank, self.world = rank, world
         groups: dict[str, list[int]] = {}
         for i, inst in enumerate(instances):
             groups.setdefault(str(inst.image_path), []).append(i)
@@ -222,13 +232,26 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
+        """This rank's batches of the epoch (all of them with one process)."""
+        out = self.global_batches()
+        if self.world == 1:
+            return out
+        mine = []
+        for gb in out:
+            k = -(-len(gb) // self.world)
+            mine.append(gb[self.rank * k : (self.rank + 1) * k] or gb[:1])
+        return mine
+
+    def global_batches(self) -> list[list[int]]:
+        """The epoch's batches of ``batch_size`` x ``world`` instances, the same on every rank."""
+        size = self.batch_size * self.world
         rng = np.random.default_rng([self.seed, self.epoch, 7])
         order = rng.permutation(len(self.groups)) if self.shuffle else np.arange(len(self.groups))
         out: list[list[int]] = []
         for p in range(0, len(order), self.pool_images):
             pool = [i for g in order[p : p + self.pool_images] for i in self.groups[int(g)]]
             pool.sort(key=lambda i: (self.lengths[i], i))
-            pool_batches = [pool[k : k + self.batch_size] for k in range(0, len(pool), self.batch_size)]
+            pool_batches = [pool[k : k + size] for k in range(0, len(pool), size)]
             if self.shuffle:
                 pool_batches = [pool_batches[int(j)] for j in rng.permutation(len(pool_batches))]
             out.extend(pool_batches)
