@@ -1,0 +1,133 @@
+"""CVAT interactor (nuclio handler): a box and optional positive/negative clicks -> the object's polygon
+and mask.
+
+CVAT calls it as an interactor that starts from a box (``startswith_box`` in ``function.yaml``), with a JSON
+body:
+
+* ``image``: the frame, base64-encoded (any format Pillow reads);
+* ``obj_bbox``: the box, ``[x1, y1, x2, y2]`` or ``[[x1, y1], [x2, y2]]`` in image pixels (older CVAT versions
+  send the box's corners as the first two ``neg_points`` instead);
+* ``pos_points`` / ``neg_points``: clicks, ``[[x, y], ...]``: a positive click outside the polygon pulls the
+  outline out to it, a negative one inside pushes it out of the region (the editor's correction engine).
+
+The reply is ``{"mask": [[0/1, ...], ...], "points": [[x, y], ...], "score": s}``: the full-image mask CVAT
+draws, the polygon in image pixels and the confidence of :mod:`polyrnn.batch.annotate`. A bad request gets
+status 400 with ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+
+class BadRequest(ValueError):
+    """The request cannot be used; the message says which field and why."""
+
+
+def init_context(context: Any) -> None:
+    """Load the shipped models once per worker (``POLYRNN_THREADS`` threads each, default 1)."""
+    from polyrnn.predictor import PolygonPredictor
+    from polyrnn.runtime import set_threads
+
+    set_threads()
+    context.logger.info("polyrnn: loading the models")
+    context.user_data.predictor = PolygonPredictor.from_weights()
+    context.logger.info("polyrnn: ready")
+
+
+def _points(value: Any, field: str) -> np.ndarray:
+    try:
+        pts = np.asarray(value if value is not None else [], dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        raise BadRequest(f"'{field}' must be a list of [x, y] points") from None
+    if not np.isfinite(pts).all():
+        raise BadRequest(f"'{field}' has non-finite coordinates")
+    return pts
+
+
+def parse(body: Any) -> tuple[np.ndarray, tuple[float, float, float, float], np.ndarray, np.ndarray]:
+    """(RGB image, box x1 y1 x2 y2, positive points, negative points) of a request body."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(body, bytes | str):
+        try:
+            body = json.loads(body)
+        except json.JSONDecodeError as e:
+            raise BadRequest(f"the body is not JSON ({e.msg})") from None
+    if not isinstance(body, dict) or "image" not in body:
+        raise BadRequest("the body needs 'image' (base64)")
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(body["image"], validate=False))) as im:
+            image = np.asarray(im.convert("RGB"))
+    except (binascii.Error, UnidentifiedImageError, OSError, ValueError, TypeError) as e:
+        raise BadRequest(f"'image' is not a base64-encoded image ({e})") from None
+    pos, neg = _points(body.get("pos_points"), "pos_points"), _points(body.get("neg_points"), "neg_points")
+    if body.get("obj_bbox") is not None:
+        corners = _points(body["obj_bbox"], "obj_bbox")
+    else:  # older CVAT: the box's two corners come first among the negative points
+        corners, neg = neg[:2], neg[2:]
+    if len(corners) != 2:
+        raise BadRequest("a box is needed: 'obj_bbox' [x1, y1, x2, y2]")
+    (x1, y1), (x2, y2) = corners.min(axis=0), corners.max(axis=0)
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        raise BadRequest(f"the box {corners.reshape(-1).tolist()} is empty or outside the {w}x{h} image")
+    return image, (float(x1), float(y1), float(x2), float(y2)), pos, neg
+
+
+def trace(
+    predictor: Any,
+    image: np.ndarray,
+    box: tuple[float, float, float, float],
+    pos: np.ndarray,
+    neg: np.ndarray,
+) -> dict[str, Any]:
+    """The reply for one request: the automatic polygon, then the clicks applied by the correction engine."""
+    from shapely.geometry import Point, Polygon
+
+    from polyrnn.batch.annotate import confidences
+    from polyrnn.geometry import rasterize
+    from polyrnn.session import Click
+
+    predictor.set_image(image)
+    session = predictor.session(box)
+    pred = predictor.predict(box)
+    polygon = pred.vertices
+    area = Polygon(polygon).buffer(0)
+    clicks = [Click((float(x), float(y)), 1) for x, y in pos if not area.covers(Point(x, y))]
+    clicks += [Click((float(x), float(y)), -1) for x, y in neg if area.covers(Point(x, y))]
+    enc = session.encoding
+    if clicks and enc.refiner is not None:
+        from polyrnn.modeling.mask_net import mask_polygon
+
+        refined = enc.refined_mask(polygon, np.zeros((0, 2)), clicks)
+        better = mask_polygon(refined.astype(np.float32), enc.crop)
+        polygon = better if better is not None and len(better) >= 3 else polygon
+    score = confidences(enc.mask_probability(), None)["expected_iou"] if enc.mask_model is not None else 0.0
+    mask = rasterize([polygon], image.shape[0], image.shape[1])
+    return {
+        "mask": mask.astype(np.uint8).tolist(),
+        "points": np.round(polygon, 2).tolist(),
+        "score": round(float(score), 4),
+    }
+
+
+def handler(context: Any, event: Any) -> Any:
+    """nuclio entry point."""
+    try:
+        image, box, pos, neg = parse(event.body)
+    except BadRequest as e:
+        return context.Response(
+            body=json.dumps({"error": str(e)}), headers={}, content_type="application/json", status_code=400
+        )
+    reply = trace(context.user_data.predictor, image, box, pos, neg)
+    return context.Response(
+        body=json.dumps(reply), headers={}, content_type="application/json", status_code=200
+    )
