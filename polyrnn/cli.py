@@ -492,6 +492,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label_studio(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from polyrnn.integrations.label_studio import backend_from_env, create_app
+    except ImportError as e:
+        raise CLIError(
+            f"the Label Studio back end needs its extra: pip install 'polyrnn[label-studio]' ({e})"
+        ) from e
+    if args.images and not Path(args.images).is_dir():
+        raise CLIError(f"--images {args.images}: not a folder")
+    _check_weights(args.mask_weights)
+    backend = backend_from_env(
+        work_dir=Path(args.work_dir),
+        images=Path(args.images) if args.images else None,
+        fit_epochs=args.fit_epochs,
+        fit_every=args.fit_every,
+        mask_weights=args.mask_weights,
+    )
+    user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
+    app = create_app(backend, basic_auth=(user, password) if user and password else None)
+    backend.annotator()  # load the models before the first request
+    print(
+        f"polyrnn Label Studio back end: http://{args.host}:{args.port} (model {backend.model_version}); "
+        f"add it under Settings > Model of a project; work folder {args.work_dir}",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from polyrnn.data.writers import export_folder
     from polyrnn.server.store import AnnotationStore
@@ -710,6 +741,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=0, metavar="N", help="only the first N instances (quick looks)"
     )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        parents=[common],
+        name="label-studio",
+        help="serve polyrnn as a Label Studio ML back end (predict, fit)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=9090)
+    p.add_argument(
+        "--images", default=None, help="folder holding the tasks' images (else downloaded from LS)"
+    )
+    p.add_argument(
+        "--work-dir", default="runs/label-studio", help="collected annotations and fine-tuned models"
+    )
+    p.add_argument("--mask-weights", default=None, help="mask model to serve (default: the shipped one)")
+    p.add_argument("--fit-epochs", type=int, default=2, help="epochs of each fine-tuning job")
+    p.add_argument(
+        "--fit-every",
+        type=int,
+        default=0,
+        help="fine-tune after this many new annotations (0: on Start training)",
+    )
+    p.set_defaults(func=cmd_label_studio)
 
     p = sub.add_parser(parents=[common], name="serve", help="the annotation tool in the browser")
     p.add_argument(

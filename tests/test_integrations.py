@@ -104,3 +104,150 @@ def test_cvat_function_yaml_declares_a_box_interactor():
     assert spec["metadata"]["annotations"]["type"] == "interactor"
     assert spec["metadata"]["annotations"]["startswith_box"] is True
     assert spec["spec"]["handler"] == "main:handler"
+
+
+# --- Label Studio ML back end ------------------------------------------------------------------------------
+CONFIG = """<View>
+  <Image name="img" value="$photo"/>
+  <RectangleLabels name="box" toName="img"><Label value="bus"/><Label value="car"/></RectangleLabels>
+  <PolygonLabels name="outline" toName="img" smart="true">
+    <Label value="bus"/><Label value="car"/>
+  </PolygonLabels>
+</View>"""
+
+
+def _rect(inst, label: str) -> dict:
+    """A rectanglelabels result for an instance's box, as Label Studio writes it (percent)."""
+    x, y, w, h = inst.box
+    return {
+        "id": "abc123",
+        "type": "rectanglelabels",
+        "from_name": "box",
+        "to_name": "img",
+        "original_width": inst.width,
+        "original_height": inst.height,
+        "image_rotation": 0,
+        "value": {
+            "x": 100 * x / inst.width,
+            "y": 100 * y / inst.height,
+            "width": 100 * w / inst.width,
+            "height": 100 * h / inst.height,
+            "rotation": 0,
+            "rectanglelabels": [label],
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def ls(datasets, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from polyrnn.data import load_dataset
+    from polyrnn.integrations.label_studio import LabelStudioBackend, create_app
+
+    folder = datasets / "labelme-examples"
+    insts = [i for i in load_dataset(folder).instances if i.image_path.name == "2011_000025.jpg"]
+    work = tmp_path_factory.mktemp("ls")
+    backend = LabelStudioBackend(work_dir=work, images=folder, fit_epochs=1, fit_async=False)
+    return TestClient(create_app(backend)), backend, insts
+
+
+def _task(insts, with_boxes: bool = True) -> dict:
+    task = {"id": 7, "data": {"photo": "/data/local-files/?d=labelme-examples/2011_000025.jpg"}}
+    if with_boxes:
+        task["annotations"] = [{"id": 1, "result": [_rect(i, i.class_name) for i in insts]}]
+    return task
+
+
+@pytest.mark.shared
+def test_label_studio_backend_predicts_polygons_for_a_real_task(ls):
+    from polyrnn.geometry import mask_iou, rasterize
+
+    client, backend, insts = ls
+    assert client.get("/health").json()["status"] == "UP"
+    assert client.post("/setup", json={"project": "3.1700000000", "schema": CONFIG}).json()["model_version"]
+    bad = client.post(
+        "/setup", json={"project": "3.1", "schema": "<View><Image name='i' value='$i'/></View>"}
+    )
+    assert bad.status_code == 400 and "PolygonLabels" in bad.json()["detail"]
+    body = {
+        "tasks": [_task(insts)],
+        "project": "3.1700000000",
+        "label_config": CONFIG,
+        "params": {"context": {}},
+    }
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200
+    (pred,) = r.json()["results"]
+    assert pred["model_version"] == backend.model_version and 0 < pred["score"] <= 1
+    assert len(pred["result"]) == len(insts)
+    for res, inst in zip(pred["result"], insts, strict=True):
+        assert res["type"] == "polygonlabels" and res["from_name"] == "outline" and res["to_name"] == "img"
+        assert res["value"]["polygonlabels"] == [inst.class_name]
+        pts = np.asarray(res["value"]["points"]) / 100 * (inst.width, inst.height)
+        assert mask_iou(rasterize([pts], inst.height, inst.width), inst.mask(), inst.ignore_mask()) > 0.75
+    # interactive: the rectangle the user just drew (the context) rather than the task's boxes
+    body["tasks"] = [_task(insts, with_boxes=False)]
+    body["params"]["context"] = {"result": [_rect(insts[0], "bus")]}
+    (one,) = client.post("/predict", json=body).json()["results"]
+    assert (
+        len(one["result"]) == 1
+        and one["result"][0]["value"]["points"] == pred["result"][0]["value"]["points"]
+    )
+    body["tasks"] = [{"id": 8, "data": {"photo": "/data/upload/1/nowhere.jpg"}}]
+    missing = client.post("/predict", json=body)
+    assert missing.status_code == 400 and "nowhere.jpg" in missing.json()["detail"]
+
+
+@pytest.mark.shared
+@pytest.mark.extras
+def test_label_studio_sdk_validates_the_backend_predictions(ls):
+    from conftest import require_extra
+
+    require_extra("label_studio_sdk", "label-studio")
+    from label_studio_sdk.label_interface import LabelInterface
+
+    client, _, insts = ls
+    body = {"tasks": [_task(insts)], "project": "3.1", "label_config": CONFIG, "params": {"context": {}}}
+    (pred,) = client.post("/predict", json=body).json()["results"]
+    assert LabelInterface(CONFIG).validate_prediction(pred)
+
+
+@pytest.mark.shared
+def test_label_studio_backend_fits_on_submitted_polygons(ls):
+    client, backend, insts = ls
+    before = backend.model_version
+    polygons = []
+    for k, inst in enumerate(insts):
+        pts = (inst.largest_polygon() / (inst.width, inst.height) * 100).tolist()
+        polygons.append(
+            {
+                "id": f"g{k}",
+                "type": "polygonlabels",
+                "from_name": "outline",
+                "to_name": "img",
+                "value": {"points": pts, "closed": True, "polygonlabels": [inst.class_name]},
+            }
+        )
+    project = {"id": 3, "label_config": CONFIG}
+    event = {"action": "ANNOTATION_CREATED", "project": project, "task": _task(insts, False)}
+    event["annotation"] = {"id": 11, "result": polygons}
+    r = client.post("/webhook", json=event)
+    assert r.status_code == 201 and r.json()["result"]["annotations"] == 1
+    assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": project}).status_code == 200
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": project})
+    assert r.status_code == 201
+    fit = r.json()["result"]["last_fit"]
+    assert fit.get("instances") == len(insts), fit
+    assert backend.model_version == fit["model_version"] != before
+    assert (backend.work_dir / "state.json").is_file() and Path(fit["weights"]).is_file()
+    body = {"tasks": [_task(insts)], "project": "3.1", "label_config": CONFIG, "params": {"context": {}}}
+    (pred,) = client.post("/predict", json=body).json()["results"]
+    assert pred["model_version"] == fit["model_version"] and len(pred["result"]) == len(insts)
+
+
+def test_label_studio_command_checks_its_input(tmp_path, capsys):
+    from polyrnn.cli import main
+
+    assert main(["label-studio", "--images", str(tmp_path / "nope")]) == 2
+    assert "not a folder" in capsys.readouterr().err

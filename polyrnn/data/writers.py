@@ -193,6 +193,33 @@ def label_studio_config(classes: Sequence[str], *, from_name: str = "label", to_
     )
 
 
+def polygon_result(
+    polygon: np.ndarray,
+    label: str,
+    size: tuple[int, int],
+    *,
+    score: float | None = None,
+    id: str = "r0",
+    from_name: str = "label",
+    to_name: str = "image",
+) -> dict[str, Any]:
+    """One Label Studio ``polygonlabels`` result: an (N, 2) polygon in image pixels of an image of ``size``
+    (width, height), clipped to it, as points in percent of the image."""
+    w, h = size
+    pts = _clip(polygon, w, h) / (w, h) * 100.0
+    return {
+        "id": id,
+        "type": "polygonlabels",
+        "from_name": from_name,
+        "to_name": to_name,
+        "original_width": int(w),
+        "original_height": int(h),
+        "image_rotation": 0,
+        "value": {"points": pts.tolist(), "closed": True, "polygonlabels": [label]},
+        **({"score": round(float(score), 4)} if score is not None else {}),
+    }
+
+
 def write_label_studio(
     instances: Sequence[Instance],
     out_json: Path,
@@ -222,24 +249,10 @@ def write_label_studio(
         results: list[dict[str, Any]] = []
         for inst in insts:
             for part in inst.polygons:
-                pts = _clip(part, w, h) / (w, h) * 100.0
-                results.append(
-                    {
-                        "id": f"r{len(results)}",
-                        "type": "polygonlabels",
-                        "from_name": from_name,
-                        "to_name": to_name,
-                        "original_width": int(w),
-                        "original_height": int(h),
-                        "image_rotation": 0,
-                        "value": {
-                            "points": pts.round(decimals).tolist(),
-                            "closed": True,
-                            "polygonlabels": [inst.class_name],
-                        },
-                        **({"score": round(float(inst.score), 4)} if inst.score is not None else {}),
-                    }
-                )
+                r = polygon_result(part, inst.class_name, (w, h), score=inst.score, id=f"r{len(results)}")
+                r.update(from_name=from_name, to_name=to_name)
+                r["value"]["points"] = np.round(r["value"]["points"], decimals).tolist()
+                results.append(r)
         scores = [float(i.score) for i in insts if i.score is not None]
         if len(scores) == len(insts):
             group = "predictions"
