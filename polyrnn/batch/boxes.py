@@ -141,14 +141,14 @@ def _finish(
 def read_coco_boxes(json_path: Path, image_dir: Path | None = None) -> BoxSet:
     """Boxes of a COCO instances JSON (``bbox``; crowd annotations skipped). Images are looked for in
     ``image_dir``, or beside the JSON as :func:`polyrnn.data.read_coco` does."""
-    from polyrnn.data.coco import _categories, _image_dir_candidates
+    from polyrnn.data.coco import coco_categories, image_dir_candidates
 
     data = read_json(json_path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DataError(f"{json_path}: not a COCO instances file (field '{key}' missing or not a list)")
-    cats = _categories(data, json_path)
-    dirs = [image_dir] if image_dir is not None else _image_dir_candidates(json_path)
+    cats = coco_categories(data, json_path)
+    dirs = [image_dir] if image_dir is not None else image_dir_candidates(json_path)
     skipped: list[Skip] = []
     by_id: dict[int, ImageBoxes] = {}
     root = dirs[0]
@@ -205,18 +205,18 @@ def _xywh(value: Any, where: str, skipped: list[Skip]) -> Box | None:
 def read_yolo_boxes(root: Path) -> BoxSet:
     """Boxes of a YOLO folder (``images/``, ``labels/``): ``class cx cy w h`` lines (normalised); a segment
     line ``class x1 y1 ...`` gives its polygon's box. Class names from ``data.yaml`` (else COCO's 80)."""
-    from polyrnn.data.yolo import _class_names, _label_path
+    from polyrnn.data.yolo import yolo_class_names, yolo_label_path
 
     images_root, labels_root = root / "images", root / "labels"
     if not images_root.is_dir() or not labels_root.is_dir():
         raise DataError(f"{root}: a YOLO dataset needs folders 'images/' and 'labels/'")
-    names = _class_names(root)
+    names = yolo_class_names(root)
     skipped: list[Skip] = []
     images: dict[str, ImageBoxes] = {}
     for image in find_images(images_root):
         entry = ImageBoxes(key=_key(image, images_root), path=image, normalized=True)
         images[entry.key] = entry
-        label = _label_path(image, images_root, labels_root)
+        label = yolo_label_path(image, images_root, labels_root)
         if label.is_file():
             entry.objects = _yolo_lines(label, names, skipped)
     return _finish(images, names, skipped, "yolo", images_root)
@@ -317,7 +317,7 @@ def label_studio_image(url: str, image_dir: Path) -> Path | None:
     return next((c for c in cands if c.is_file()), None)
 
 
-def _ls_results(task: dict[str, Any]) -> list[dict[str, Any]]:
+def ls_results(task: dict[str, Any]) -> list[dict[str, Any]]:
     """The results to read boxes from: the first annotation that was not cancelled, else the first
     prediction."""
     for group in ("annotations", "predictions"):
@@ -356,15 +356,15 @@ def read_label_studio_boxes(json_path: Path, image_dir: Path | None = None) -> B
         if entry.key in images:
             skipped.append(Skip(where, f"a second task for image {entry.key} (the first is used)"))
             continue
-        for r, res in enumerate(_ls_results(task)):
-            obj = _ls_box(res, f"{where}.result[{r}]", skipped)
+        for r, res in enumerate(ls_results(task)):
+            obj = ls_box(res, f"{where}.result[{r}]", skipped)
             if obj is not None:
                 entry.objects.append(obj)
         images[entry.key] = entry
     return _finish(images, [], skipped, "labelstudio", image_dir)
 
 
-def _ls_box(res: dict[str, Any], where: str, skipped: list[Skip]) -> BoxObject | None:
+def ls_box(res: dict[str, Any], where: str, skipped: list[Skip]) -> BoxObject | None:
     if res.get("type") != "rectanglelabels":
         return None
     v = res.get("value") or {}
@@ -455,14 +455,14 @@ def read_boxes(path: Path | str, format: str | None = None, *, image_dir: Path |
         image_dir: where the images are, for the formats that name them relative to a folder (COCO, Label
             Studio, CVAT).
     """
-    from polyrnn.data import _coco_json_for
+    from polyrnn.data import coco_json_for
 
     path = Path(path)
     fmt = format or detect_box_format(path)
     img_dir = Path(image_dir) if image_dir is not None else None
     if fmt == "coco":
         if path.is_dir():
-            found = _coco_json_for(path)
+            found = coco_json_for(path)
             if found is None:
                 raise DataError(f"{path}: no COCO instances JSON found for this folder")
             return read_coco_boxes(found[0], img_dir or found[1])

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-def _coco_json_for(path: Path) -> tuple[Path, Path | None] | None:
+def coco_json_for(path: Path) -> tuple[Path, Path | None] | None:
     """(COCO JSON, image folder or None to search) for a folder: ``instances.json`` inside it, a single
     ``annotations/instances_*.json``, or for an image folder ``X/val2017`` the sibling
     ``X/annotations/instances_val2017.json``."""
@@ -57,7 +57,7 @@ def detect_format(path: Path | str) -> str:
         raise DataError(f"{path}: cannot tell the format of this file (give --format)")
     if (path / "images").is_dir() and (path / "labels").is_dir():
         return "yolo"
-    if _coco_json_for(path) is not None:
+    if coco_json_for(path) is not None:
         return "coco"
     if next(path.rglob("*_gtFine_polygons.json"), None) is not None:
         return "cityscapes"
@@ -95,7 +95,7 @@ def load_dataset(
         raise DataError(f"unknown format '{fmt}' (one of {', '.join(FORMATS)})")
     if fmt == "coco":
         if path.is_dir():
-            found = _coco_json_for(path)
+            found = coco_json_for(path)
             if found is None:
                 raise DataError(f"{path}: no COCO instances JSON found for this folder")
             ds = read_coco(found[0], image_dir=found[1])

@@ -12,7 +12,7 @@ from polyrnn.data.instance import DataError, Dataset, Instance, Skip
 from polyrnn.geometry import mask_to_polygons
 
 
-def _image_dir_candidates(json_path: Path) -> list[Path]:
+def image_dir_candidates(json_path: Path) -> list[Path]:
     """Where COCO images usually live relative to the annotation file."""
     here = json_path.parent
     out = [here / "images", here]
@@ -23,7 +23,7 @@ def _image_dir_candidates(json_path: Path) -> list[Path]:
     return out
 
 
-def _categories(data: dict, json_path: Path) -> dict[int, str]:
+def coco_categories(data: dict, json_path: Path) -> dict[int, str]:
     cats: dict[int, str] = {}
     for i, c in enumerate(data["categories"]):
         try:
@@ -112,8 +112,8 @@ def read_coco(json_path: Path | str, image_dir: Path | str | None = None) -> Dat
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DataError(f"{json_path}: not a COCO instances file (field '{key}' missing or not a list)")
     skipped: list[Skip] = []
-    cats = _categories(data, json_path)
-    dirs = [Path(image_dir)] if image_dir is not None else _image_dir_candidates(json_path)
+    cats = coco_categories(data, json_path)
+    dirs = [Path(image_dir)] if image_dir is not None else image_dir_candidates(json_path)
     images = _images(data, json_path, dirs, skipped)
     instances: list[Instance] = []
     for i, ann in enumerate(data["annotations"]):

@@ -94,7 +94,7 @@ COCO80 = [
 ]
 
 
-def _class_names(root: Path) -> list[str]:
+def yolo_class_names(root: Path) -> list[str]:
     """Names from ``data.yaml`` (list or {id: name}) when present, else the 80 COCO names."""
     for cand in (root / "data.yaml", root.parent / "data.yaml"):
         if cand.is_file():
@@ -111,7 +111,7 @@ def _class_names(root: Path) -> list[str]:
     return list(COCO80)
 
 
-def _label_path(image: Path, images_root: Path, labels_root: Path) -> Path:
+def yolo_label_path(image: Path, images_root: Path, labels_root: Path) -> Path:
     return (labels_root / image.relative_to(images_root)).with_suffix(".txt")
 
 
@@ -167,14 +167,14 @@ def read_yolo(root: Path | str) -> Dataset:
     images_root, labels_root = root / "images", root / "labels"
     if not images_root.is_dir() or not labels_root.is_dir():
         raise DataError(f"{root}: a YOLO dataset needs folders 'images/' and 'labels/'")
-    names = _class_names(root)
+    names = yolo_class_names(root)
     skipped: list[Skip] = []
     instances: list[Instance] = []
     images = find_images(images_root)
     seen_labels = set()
     n_images = 0
     for image in images:
-        label = _label_path(image, images_root, labels_root)
+        label = yolo_label_path(image, images_root, labels_root)
         seen_labels.add(label)
         try:
             size = image_size(image)

@@ -33,7 +33,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from polyrnn.batch.boxes import _ls_box, _ls_results, label_studio_image
+from polyrnn.batch.boxes import label_studio_image, ls_box, ls_results
 from polyrnn.data.instance import DataError, Skip
 from polyrnn.data.writers import polygon_result
 from polyrnn.io import atomic_write_json
@@ -174,12 +174,10 @@ class LabelStudioBackend:
             raise DataError(f"task {task.get('id')}: data has no '{ctl.data_key}' (the Image tag's value)")
         image = self.image(url)
         h, w = image.shape[:2]
-        source = [r for r in (context or {}).get("result") or [] if isinstance(r, dict)] or _ls_results(task)
+        source = [r for r in (context or {}).get("result") or [] if isinstance(r, dict)] or ls_results(task)
         skipped: list[Skip] = []
         boxes = [
-            b
-            for k, r in enumerate(source)
-            if (b := _ls_box(r, f"task {task.get('id')} result[{k}]", skipped))
+            b for k, r in enumerate(source) if (b := ls_box(r, f"task {task.get('id')} result[{k}]", skipped))
         ]
         pixel = [(o, (o.box[0] * w, o.box[1] * h, o.box[2] * w, o.box[3] * h)) for o in boxes]
         traced = self.annotator().annotate(image, [b for _, b in pixel]) if pixel else []
