@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from polyrnn.data.common import box_of, check_box, find_images, parse_polygon, read_json
+from polyrnn.data.common import box_of, check_box, find_images, parse_polygon, read_json, relative_key
 from polyrnn.data.instance import DataError, Skip
 
 BOX_FORMATS = ("coco", "yolo", "labelme", "labelstudio", "cvat")
@@ -121,13 +121,6 @@ class BoxSet:
         return sum(len(i.objects) for i in self.images)
 
 
-def _key(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.name
-
-
 def _finish(
     images: dict[str, ImageBoxes], classes: list[str], skipped: list[Skip], fmt: str, root: Path
 ) -> BoxSet:
@@ -214,7 +207,7 @@ def read_yolo_boxes(root: Path) -> BoxSet:
     skipped: list[Skip] = []
     images: dict[str, ImageBoxes] = {}
     for image in find_images(images_root):
-        entry = ImageBoxes(key=_key(image, images_root), path=image, normalized=True)
+        entry = ImageBoxes(key=relative_key(image, images_root), path=image, normalized=True)
         images[entry.key] = entry
         label = yolo_label_path(image, images_root, labels_root)
         if label.is_file():
@@ -223,20 +216,10 @@ def read_yolo_boxes(root: Path) -> BoxSet:
 
 
 def _yolo_lines(label: Path, names: list[str], skipped: list[Skip]) -> list[BoxObject]:
+    from polyrnn.data.yolo import yolo_lines
+
     out = []
-    for ln, line in enumerate(label.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        where = f"{label}:line {ln}"
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            cls, values = int(fields[0]), [float(v) for v in fields[1:]]
-        except ValueError:
-            skipped.append(Skip(where, "expected 'class cx cy w h' with numbers"))
-            continue
-        if not 0 <= cls < len(names):
-            skipped.append(Skip(where + " class", f"class id {cls} not in 0..{len(names) - 1}"))
-            continue
+    for where, ln, cls, values in yolo_lines(label, names, skipped):
         if len(values) == 4:
             cx, cy, w, h = values
             if not all(math.isfinite(v) for v in values) or w <= 0 or h <= 0:
@@ -277,7 +260,7 @@ def read_labelme_boxes(folder: Path) -> BoxSet:
             size: tuple[int, int] | None = (int(data["imageWidth"]), int(data["imageHeight"]))
         except (KeyError, TypeError, ValueError):
             size = None
-        entry = ImageBoxes(key=_key(image, folder), path=image, size=size)
+        entry = ImageBoxes(key=relative_key(image, folder), path=image, size=size)
         for j, shape in enumerate(data["shapes"]):
             if not isinstance(shape, dict) or shape.get("shape_type") != "rectangle":
                 continue
@@ -352,7 +335,7 @@ def read_label_studio_boxes(json_path: Path, image_dir: Path | None = None) -> B
         if path is None:
             skipped.append(Skip(where + ".data", f"image '{url}' not found under {image_dir}"))
             continue
-        entry = ImageBoxes(key=_key(path, image_dir), path=path, normalized=True, task=dict(data))  # type: ignore[arg-type]
+        entry = ImageBoxes(key=relative_key(path, image_dir), path=path, normalized=True, task=dict(data))  # type: ignore[arg-type]
         if entry.key in images:
             skipped.append(Skip(where, f"a second task for image {entry.key} (the first is used)"))
             continue

@@ -76,6 +76,15 @@ def check_box(
     return (x0, y0, x1 - x0, y1 - y0)
 
 
+def relative_key(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as a POSIX string (its file name when it lies elsewhere): how images are
+    named in exports and shards."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) read from the image header, or :class:`DataError` naming the file."""
     try:

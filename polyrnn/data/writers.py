@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from polyrnn.data.common import relative_key
 from polyrnn.data.instance import DataError, Instance
 from polyrnn.data.labelme import read_labelme
 from polyrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -245,7 +246,7 @@ def write_label_studio(
     out: list[dict[str, Any]] = []
     for image, insts in sorted(_by_image(instances).items()):
         w, h = insts[0].image_size
-        data = dict((tasks or {}).get(image) or {"image": url_prefix + _rel(image, root)})
+        data = dict((tasks or {}).get(image) or {"image": url_prefix + relative_key(image, root)})
         results: list[dict[str, Any]] = []
         for inst in insts:
             for part in inst.polygons:
@@ -265,13 +266,6 @@ def write_label_studio(
         out.append({"data": data, group: [{**entry, "result": results}]})
     atomic_write_json(out_json, out)
     return out
-
-
-def _rel(image: Path, root: Path) -> str:
-    try:
-        return image.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return image.name
 
 
 def write_cvat(
@@ -298,7 +292,7 @@ def write_cvat(
     for idx, (image, insts) in enumerate(by_image):
         w, h = insts[0].image_size
         el = ET.SubElement(
-            ann, "image", id=str(idx), name=_rel(image, root), width=str(int(w)), height=str(int(h))
+            ann, "image", id=str(idx), name=relative_key(image, root), width=str(int(w)), height=str(int(h))
         )
         for inst in insts:
             if len(inst.polygons) > 1:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -115,25 +116,33 @@ def yolo_label_path(image: Path, images_root: Path, labels_root: Path) -> Path:
     return (labels_root / image.relative_to(images_root)).with_suffix(".txt")
 
 
-def _label_instances(
-    label: Path, image: Path, size: tuple[int, int], names: list[str], skipped: list[Skip]
-) -> list[Instance]:
-    """The instances of one label file (``class x1 y1 x2 y2 ...`` per line, normalised)."""
-    out: list[Instance] = []
+def yolo_lines(
+    label: Path, names: list[str], skipped: list[Skip]
+) -> Iterator[tuple[str, int, int, list[float]]]:
+    """(where, line number, class id, numbers) of each non-empty line of a label file whose class is known;
+    the others are recorded in ``skipped``."""
     for ln, line in enumerate(label.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         where = f"{label}:line {ln}"
         fields = line.split()
         if not fields:
             continue
         try:
-            cls = int(fields[0])
-            values = [float(v) for v in fields[1:]]
+            cls, values = int(fields[0]), [float(v) for v in fields[1:]]
         except ValueError:
-            skipped.append(Skip(where, "expected 'class x1 y1 x2 y2 ...' with numbers"))
+            skipped.append(Skip(where, "expected 'class x1 y1 ...' (or 'class cx cy w h') with numbers"))
             continue
         if not 0 <= cls < len(names):
             skipped.append(Skip(where + " class", f"class id {cls} not in 0..{len(names) - 1}"))
             continue
+        yield where, ln, cls, values
+
+
+def _label_instances(
+    label: Path, image: Path, size: tuple[int, int], names: list[str], skipped: list[Skip]
+) -> list[Instance]:
+    """The instances of one label file (``class x1 y1 x2 y2 ...`` per line, normalised)."""
+    out: list[Instance] = []
+    for where, ln, cls, values in yolo_lines(label, names, skipped):
         if len(values) == 4:
             skipped.append(Skip(where, "a detection box, not a segmentation polygon"))
             continue
