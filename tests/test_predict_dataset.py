@@ -387,3 +387,14 @@ def test_predict_command_and_merge(tmp_path, capsys):
     assert "0 <= i < n" in capsys.readouterr().err
     assert main(["predict", "--dataset", str(paths["cvat"])]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_label_studio_input_gets_predictions_on_the_same_tasks(tmp_path):
+    """Boxes from a Label Studio export come back as predictions on tasks with the same data (image URL)."""
+    paths = _write_all_formats(tmp_path)
+    out = tmp_path / "out"
+    predict_dataset(paths["labelstudio"], out, log=None)
+    (task,) = json.loads((out / "labelstudio" / "tasks.json").read_text())
+    assert task["data"] == {"image": "/data/local-files/?d=images/a.jpg"}
+    labels = [r["value"]["polygonlabels"][0] for r in task["predictions"][0]["result"]]
+    assert labels == ["cat", "dog"]
