@@ -25,12 +25,12 @@ class RayTracer:
     def __init__(self, models: dict[str, Any], threads: int) -> None:
         from polyrnn.batch import run
 
-        run._init_worker(models, threads)
+        run.init_worker(models, threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
         from polyrnn.batch import run
 
-        records = [run._work(ImageBoxes.from_dict(json.loads(str(j)))) for j in batch["job"]]
+        records = [run.work(ImageBoxes.from_dict(json.loads(str(j)))) for j in batch["job"]]
         return {"record": [json.dumps(r) for r in records]}
 
 

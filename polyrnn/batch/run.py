@@ -199,7 +199,8 @@ def todo(boxes: BoxSet, shard: Shard, shard_file: Path) -> tuple[list[ImageBoxes
     """(images of this shard not yet in its file, how many are done), repairing a cut-off last line."""
     done = {r["key"] for r in read_shard(shard_file, repair=True)}
     mine = [i for i in boxes.images if shard.holds(i.key)]
-    return [i for i in mine if i.key not in done], len(mine) - len([i for i in mine if i.key not in done])
+    left = [i for i in mine if i.key not in done]
+    return left, len(mine) - len(left)
 
 
 def drive(
@@ -245,7 +246,7 @@ _ANNOTATOR: Any = None
 _LOADED: dict[str, Any] = {}
 
 
-def _init_worker(models: dict[str, Any], threads: int) -> None:
+def init_worker(models: dict[str, Any], threads: int) -> None:
     """Load the models of this process (once: a second run with the same models reuses them)."""
     global _ANNOTATOR
     from polyrnn.runtime import set_threads
@@ -259,7 +260,7 @@ def _init_worker(models: dict[str, Any], threads: int) -> None:
         _LOADED.update(models)
 
 
-def _work(job: ImageBoxes) -> dict[str, Any]:
+def work(job: ImageBoxes) -> dict[str, Any]:
     return trace_image(_ANNOTATOR, job)
 
 
@@ -271,15 +272,15 @@ def local_records(
     if not jobs:
         return
     if workers <= 1:
-        _init_worker(models, threads)
+        init_worker(models, threads)
         for job in jobs:
-            yield _work(job)
+            yield work(job)
         return
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # a clean interpreter per worker: no torch thread pools inherited
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(models, threads)) as pool:
-        yield from pool.imap_unordered(_work, jobs, chunksize=1)
+    with ctx.Pool(workers, initializer=init_worker, initargs=(models, threads)) as pool:
+        yield from pool.imap_unordered(work, jobs, chunksize=1)
 
 
 def finish_shard(out: Path, shard: Shard, counts: dict[str, Any], total: int) -> None:
@@ -349,7 +350,7 @@ def merge(
 
     manifest, records = collect(out, allow_partial=allow_partial)
     root, classes = Path(manifest["image_root"]), list(manifest["classes"])
-    insts = [i for i in _instances(records)]
+    insts = _instances(records)
     classes = list(dict.fromkeys([*classes, *sorted({i.class_name for i in insts})]))
     written: dict[str, str] = {}
     for fmt in formats:

@@ -33,8 +33,8 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from polyrnn.batch.boxes import label_studio_image, ls_box, ls_results
-from polyrnn.data.instance import DataError, Skip
+from polyrnn.batch.boxes import ImageBoxes, label_studio_image, ls_box, ls_results
+from polyrnn.data.instance import DataError, Skip, load_image
 from polyrnn.data.writers import polygon_result
 from polyrnn.io import atomic_write_json
 
@@ -123,16 +123,13 @@ class LabelStudioBackend:
             return self._annotator
 
     # --- images ------------------------------------------------------------------------------------
-    def image(self, url: str) -> np.ndarray:
-        """A task image: found under ``images``, or downloaded from Label Studio (kept in the work folder)."""
-        from polyrnn.data.instance import load_image
-
+    def image_path(self, url: str) -> Path:
+        """A task image's file: found under ``images``, or downloaded from Label Studio (kept in the work
+        folder)."""
         local = label_studio_image(url, self.images) if self.images is not None else None
         if local is None and Path(url).is_file():
             local = Path(url)
-        if local is None:
-            local = self._download(url)
-        return load_image(local)
+        return local if local is not None else self._download(url)
 
     def _download(self, url: str) -> Path:
         full = url
@@ -172,31 +169,24 @@ class LabelStudioBackend:
         url = data.get(ctl.data_key)
         if not isinstance(url, str):
             raise DataError(f"task {task.get('id')}: data has no '{ctl.data_key}' (the Image tag's value)")
-        image = self.image(url)
+        path = self.image_path(url)
+        image = load_image(path)
         h, w = image.shape[:2]
         source = [r for r in (context or {}).get("result") or [] if isinstance(r, dict)] or ls_results(task)
         skipped: list[Skip] = []
-        boxes = [
-            b for k, r in enumerate(source) if (b := ls_box(r, f"task {task.get('id')} result[{k}]", skipped))
-        ]
-        pixel = [(o, (o.box[0] * w, o.box[1] * h, o.box[2] * w, o.box[3] * h)) for o in boxes]
+        where = f"task {task.get('id')} result"
+        boxes = [b for k, r in enumerate(source) if (b := ls_box(r, f"{where}[{k}]", skipped))]
+        pixel, _ = ImageBoxes(key=str(task.get("id")), path=path, objects=boxes, normalized=True).pixel_boxes(
+            (w, h)
+        )
         traced = self.annotator().annotate(image, [b for _, b in pixel]) if pixel else []
         results: list[dict[str, Any]] = []
         for (obj, box), t in zip(pixel, traced, strict=True):
             x1, y1, x2, y2 = box
             poly = t.polygon if t.polygon is not None else np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
             label = obj.class_name if obj.class_name in ctl.labels or not ctl.labels else ctl.labels[0]
-            results.append(
-                polygon_result(
-                    poly,
-                    label,
-                    (w, h),
-                    score=t.score,
-                    id=f"p{len(results)}",
-                    from_name=ctl.from_name,
-                    to_name=ctl.to_name,
-                )
-            )
+            r = polygon_result(poly, label, (w, h), score=t.score, id=f"p{len(results)}")
+            results.append({**r, "from_name": ctl.from_name, "to_name": ctl.to_name})
         score = float(np.mean([r["score"] for r in results])) if results else 0.0
         return {"result": results, "score": round(score, 4), "model_version": self.model_version}
 
@@ -272,45 +262,30 @@ class LabelStudioBackend:
         return {"model_version": version, "weights": weights, "instances": count}
 
     def _write_coco(self, kept: dict[str, Any], folder: Path) -> int:
-        """The kept annotations as ``folder/instances.json`` (images saved beside it); returns the objects."""
-        from PIL import Image
+        """The kept annotations as ``folder/instances.json`` (:func:`polyrnn.data.writers.write_coco`; the
+        images stay where they are); returns the objects written."""
+        from polyrnn.data.common import image_size
+        from polyrnn.data.instance import Instance
+        from polyrnn.data.writers import write_coco
 
-        images: list[dict[str, Any]] = []
-        anns: list[dict[str, Any]] = []
-        cats: dict[str, int] = {}
-        for k, item in enumerate(kept.values()):
+        insts: list[Instance] = []
+        for item in kept.values():
             url = next((v for v in item["data"].values() if isinstance(v, str)), "")
             try:
-                img = self.image(url)
+                path = self.image_path(url)
+                w, h = image_size(path)
             except DataError:
                 continue
-            h, w = img.shape[:2]
-            name = f"{k}.png"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(folder / name)
-            images.append({"id": k + 1, "file_name": name, "width": w, "height": h})
             for r in item["result"]:
                 pts = np.asarray(r["value"]["points"], dtype=np.float64) / 100.0 * (w, h)
-                label = (r["value"].get("polygonlabels") or ["object"])[0]
-                cat = cats.setdefault(label, len(cats) + 1)
                 x, y = pts.min(axis=0)
                 bw, bh = pts.max(axis=0) - (x, y)
-                anns.append(
-                    {
-                        "id": len(anns) + 1,
-                        "image_id": k + 1,
-                        "category_id": cat,
-                        "segmentation": [pts.reshape(-1).tolist()],
-                        "bbox": [float(x), float(y), float(bw), float(bh)],
-                        "iscrowd": 0,
-                        "area": float(bw * bh),
-                    }
-                )
-        categories = [{"id": i, "name": c} for c, i in cats.items()]
-        atomic_write_json(
-            folder / "instances.json", {"images": images, "annotations": anns, "categories": categories}
-        )
-        return len(anns)
+                label = (r["value"].get("polygonlabels") or ["object"])[0]
+                insts.append(Instance(path, (w, h), label, (float(x), float(y), float(bw), float(bh)), [pts]))
+        if insts:
+            classes = sorted({i.class_name for i in insts})
+            write_coco(insts, folder / "instances.json", root=folder, classes=classes, decimals=6)
+        return len(insts)
 
 
 def create_app(backend: LabelStudioBackend, *, basic_auth: tuple[str, str] | None = None) -> Any:
