@@ -26,6 +26,29 @@ class CLIError(Exception):
     """A user-facing error: printed as ``polyrnn: error: ...`` with exit code 2."""
 
 
+def _number(kind: type, lo: float, hi: float) -> Any:
+    """An argparse ``type``: a finite ``kind`` (int or float) from ``lo`` to ``hi``, else a usage error."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {kind.__name__}") from None
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {lo:g}..{hi:g}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``polyrnn predict: error: ... (--help for usage)``), exit 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_dataset_args(p: argparse.ArgumentParser, *, min_size_default: float = 0.0) -> None:
     p.add_argument(
         "dataset", help="dataset path: COCO JSON or folder, YOLO root, LabelMe / Cityscapes / mask folder"
@@ -33,7 +56,7 @@ def _add_dataset_args(p: argparse.ArgumentParser, *, min_size_default: float = 0
     p.add_argument("--format", choices=FORMATS, default=None, help="dataset format (detected when omitted)")
     p.add_argument(
         "--min-size",
-        type=float,
+        type=_number(float, 0, 1e6),
         default=min_size_default,
         metavar="PX",
         help="keep instances whose box's longer side is at least PX pixels",
@@ -70,11 +93,22 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_sizes(text: str) -> list[int]:
+    """Grid sizes from "28,56,112": whole numbers from 2 to 1024."""
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or not all(2 <= d <= 1024 for d in sizes):
+        raise CLIError(f"--grid-sizes must be whole numbers from 2 to 1024, comma-separated, got '{text}'")
+    return sizes
+
+
 def cmd_data_ceiling(args: argparse.Namespace) -> int:
     from polyrnn.data.ceiling import ceiling
 
     ds = _load(args)
-    sizes = [int(s) for s in args.grid_sizes.split(",")]
+    sizes = _grid_sizes(args.grid_sizes)
     rows = {
         str(d): ceiling(ds.instances, grid_size=d, context=args.context, max_len=args.max_len) for d in sizes
     }
@@ -114,17 +148,17 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
 
 def _image_size(path: str) -> tuple[int, int]:
     """(width, height) of an image file from its header, without decoding it: the cheap check before a
-    model loads."""
-    from PIL import Image, UnidentifiedImageError
+    model loads (an image over the pixel limit is refused here too)."""
+    from polyrnn.data.common import image_size
+    from polyrnn.data.instance import MAX_PIXELS
 
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"{path}: no such image file")
-    try:
-        with Image.open(p) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as e:
-        raise CLIError(f"{path}: not a readable image ({e})") from e
+    w, h = image_size(p)
+    if w * h > MAX_PIXELS:
+        raise CLIError(f"{path}: {w}x{h} pixels, more than polyrnn decodes ({MAX_PIXELS:,})")
+    return w, h
 
 
 def _check_weights(*paths: str | None) -> None:
@@ -140,6 +174,12 @@ def _check_box_in_image(box: tuple[float, float, float, float], size: tuple[int,
         raise CLIError(f"--box {x1:g},{y1:g},{x2:g},{y2:g}: needs x2 > x1 and y2 > y1")
     if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
         raise CLIError(f"--box {x1:g},{y1:g},{x2:g},{y2:g} lies outside the {w}x{h} image")
+    from polyrnn.geometry import within_image
+
+    try:  # a little past the edge is clipped; far past it is a typo
+        within_image([(x1, y1), (x2, y2)], size, what=f"--box {x1:g},{y1:g},{x2:g},{y2:g}")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def cmd_predict_dataset(args: argparse.Namespace) -> int:
@@ -173,6 +213,7 @@ def cmd_predict_dataset(args: argparse.Namespace) -> int:
         engine=args.engine,
         ray_address=args.ray_address,
         review_below=args.review_below,
+        allow_outside=args.allow_outside_images,
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     rate = result["objects"] / result["seconds"] if result["seconds"] else 0.0
@@ -543,11 +584,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="polyrnn",
         description="Polygon-RNN: trace an object's outline as a polygon from a box, and correct it.",
     )
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--threads",
         type=int,
@@ -571,18 +612,18 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common], name="show", help="draw instance I's crop with its ground truth and grid polygon"
     )
     _add_dataset_args(p)
-    p.add_argument("--index", type=int, required=True, metavar="I")
+    p.add_argument("--index", type=_number(int, 0, 10**9), required=True, metavar="I")
     p.add_argument("--out", required=True, metavar="FILE.png")
-    p.add_argument("--context", type=float, default=0.15)
-    p.add_argument("--grid-size", type=int, default=28)
+    p.add_argument("--context", type=_number(float, 0, 1), default=0.15)
+    p.add_argument("--grid-size", type=_number(int, 2, 1024), default=28)
     p.set_defaults(func=cmd_data_show)
     p = dsub.add_parser(
         parents=[common], name="ceiling", help="IoU of the quantised ground truth: the grid's accuracy limit"
     )
     _add_dataset_args(p, min_size_default=32.0)
     p.add_argument("--grid-sizes", default="28,56,112", help="comma-separated D values")
-    p.add_argument("--context", type=float, default=0.15)
-    p.add_argument("--max-len", type=int, default=70)
+    p.add_argument("--context", type=_number(float, 0, 1), default=0.15)
+    p.add_argument("--max-len", type=_number(int, 3, 10_000), default=70)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_ceiling)
 
@@ -625,24 +666,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--shard", default="0/1", metavar="i/n", help="this job's share of the images (default 0/1)"
     )
-    g.add_argument("--workers", type=int, default=1, help="processes on this machine, or Ray actors")
+    g.add_argument(
+        "--workers", type=_number(int, 1, 4096), default=1, help="processes on this machine, or Ray actors"
+    )
     g.add_argument("--engine", default="local", choices=["local", "ray"], help="local processes or Ray Data")
     g.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     g.add_argument(
         "--review-below",
-        type=float,
+        type=_number(float, 0, 10),
         default=None,
         metavar="S",
         help="list objects scored below S in review.csv",
     )
     g.add_argument("--allow-partial", action="store_true", help="merge: write what finished shards hold")
+    g.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="read images that the box file places outside the image folder (absolute or ../ names, links "
+        "leading out); by default they are skipped into skipped.csv",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(parents=[common], name="bench", help="measure model speed on this machine")
     p.add_argument("--variant", default="lite", choices=["tiny", "lite", "vgg16"])
     p.add_argument("--weights", default=None)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--steps", type=int, default=20, help="vertices per automatic polygon")
+    p.add_argument("--repeats", type=_number(int, 1, 100_000), default=10)
+    p.add_argument("--steps", type=_number(int, 3, 10_000), default=20, help="vertices per automatic polygon")
     p.add_argument(
         "--mask-weights", default=None, help="mask model (default: the one paired with the weights)"
     )
@@ -660,12 +709,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="parent folder of run folders (default runs/train)")
     p.add_argument("--name", default=None, help="run folder name (default: the recipe's)")
     p.add_argument("--device", default=None, help="cpu or cuda")
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--workers", type=_number(int, 0, 4096), default=None, help="data-loading processes")
+    p.add_argument("--epochs", type=_number(int, 1, 100_000), default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in OUT/NAME from weights/last.pt")
     p.add_argument(
         "--nproc",
-        type=int,
+        type=_number(int, 1, 4096),
         default=1,
         help="data-parallel processes on this machine (starts torchrun; batch_size is per process)",
     )
@@ -687,7 +736,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="dataset path (any supported format)")
     p.add_argument("--format", choices=FORMATS, default=None, help="dataset format (detected when omitted)")
     p.add_argument(
-        "--min-size", type=float, default=0.0, metavar="PX", help="keep boxes whose longer side >= PX"
+        "--min-size",
+        type=_number(float, 0, 1e6),
+        default=0.0,
+        metavar="PX",
+        help="keep boxes whose longer side >= PX",
     )
     p.add_argument("--classes", default=None, help="comma-separated class names to keep")
     p.add_argument("--include-crowd", action="store_true", help=argparse.SUPPRESS)
@@ -710,7 +763,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", default="1,2,3,4", help="simulated annotator thresholds T (grid cells)")
     p.add_argument("--noc", default="85,90", help="IoU levels (percent) for NoC")
     p.add_argument(
-        "--max-corrections", type=int, default=20, help="clicks to quality: corrections per object"
+        "--max-corrections",
+        type=_number(int, 0, 1000),
+        default=20,
+        help="clicks to quality: corrections per object",
     )
     p.add_argument(
         "--engines",
@@ -722,10 +778,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="correction refiner (default: shipped, with the shipped mask model; none: no refiner)",
     )
-    p.add_argument("--eos-threshold", type=float, default=0.5, help="stop when p(end) >= this")
+    p.add_argument("--eos-threshold", type=_number(float, 0, 2), default=0.5, help="stop when p(end) >= this")
     p.add_argument(
         "--rejoin",
-        type=int,
+        type=_number(int, -1, 1000),
         default=REJOIN,
         metavar="CELLS",
         help=f"after a correction, keep the old polygon once the re-prediction comes within CELLS "
@@ -738,7 +794,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="average the mask with its mirrored crop's (default: on, as the editor)",
     )
     p.add_argument(
-        "--limit", type=int, default=0, metavar="N", help="only the first N instances (quick looks)"
+        "--limit",
+        type=_number(int, 0, 10**9),
+        default=0,
+        metavar="N",
+        help="only the first N instances (quick looks)",
     )
     p.set_defaults(func=cmd_evaluate)
 
@@ -748,7 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve polyrnn as a Label Studio ML back end (predict, fit)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=9090)
+    p.add_argument("--port", type=_number(int, 0, 65535), default=9090)
     p.add_argument(
         "--images", default=None, help="folder holding the tasks' images (else downloaded from LS)"
     )
@@ -756,10 +816,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir", default="runs/label-studio", help="collected annotations and fine-tuned models"
     )
     p.add_argument("--mask-weights", default=None, help="mask model to serve (default: the shipped one)")
-    p.add_argument("--fit-epochs", type=int, default=2, help="epochs of each fine-tuning job")
+    p.add_argument(
+        "--fit-epochs", type=_number(int, 1, 1000), default=2, help="epochs of each fine-tuning job"
+    )
     p.add_argument(
         "--fit-every",
-        type=int,
+        type=_number(int, 0, 10**6),
         default=0,
         help="fine-tune after this many new annotations (0: on Start training)",
     )
@@ -797,7 +859,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="session token required on every request (generated when --host is not loopback)",
     )
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_number(int, 0, 65535), default=8000)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -822,7 +884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         set_threads(getattr(args, "threads", None))
         return int(args.func(args))
     except (DataError, CLIError, FileNotFoundError, ValueError) as e:
-        print(f"polyrnn: error: {e}", file=sys.stderr)
+        print(f"polyrnn: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
@@ -830,6 +892,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("polyrnn: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("polyrnn: error: out of memory (a smaller image, box or batch?)", file=sys.stderr)
+        return 2
+    except Exception as e:  # a command never ends in a traceback; POLYRNN_DEBUG=1 shows it
+        if os.environ.get("POLYRNN_DEBUG"):
+            raise
+        print(
+            f"polyrnn: error: {type(e).__name__}: {_one_line(e)} (POLYRNN_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 2000 else text[:2000] + " ..."
 
 
 if __name__ == "__main__":

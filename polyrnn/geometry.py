@@ -40,6 +40,28 @@ def orient(vertices: np.ndarray) -> np.ndarray:
     return v
 
 
+def within_image(
+    points: np.ndarray, size: tuple[int, int], *, what: str = "points", margin: float | None = None
+) -> np.ndarray:
+    """``points`` as a float (N, 2) array when every one is finite and within the image of ``size`` (width,
+    height) widened by ``margin`` pixels on each side (default: half the image's longer side); else
+    ``ValueError`` naming ``what``. Every coordinate from outside (a request, a file) passes here before it
+    reaches a model or a rasteriser: a vertex at 1e9 would make a 1e9-pixel crop or mask."""
+    w, h = size
+    m = 0.5 * max(w, h) if margin is None else margin
+    try:
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (x, y) number pairs") from None
+    if not np.isfinite(p).all():
+        raise ValueError(f"{what} must be finite numbers")
+    if len(p) and ((p < -m).any() or (p[:, 0] > w + m).any() or (p[:, 1] > h + m).any()):
+        raise ValueError(
+            f"{what} must lie within the {w}x{h} image (at most {m:g} px outside it)"
+        )
+    return p
+
+
 def rasterize(polygons: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
     """Rasterise the union of polygons into a bool mask of shape (height, width).
 

@@ -12,11 +12,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from polyrnn.config import MASK_FLIP, REJOIN
+from polyrnn.geometry import within_image
 from polyrnn.modeling.mask_net import MaskNet
 from polyrnn.modeling.polygon_rnn import PolygonRNN
 from polyrnn.modeling.refiner import Refiner
@@ -157,7 +159,17 @@ class PolygonPredictor:
             raise ValueError(f"box {box!r} must have x2 > x1 and y2 > y1")
         if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
             raise ValueError(f"box {box!r} lies outside the {w}x{h} image")
+        # clipped to the image, as every reader clips its boxes: a box to 1e9 must not make a 1e9 crop
+        x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            raise ValueError(f"box {box!r} has less than a pixel inside the {w}x{h} image")
         return (x1, y1, x2, y2)
+
+    def _within(self, points: Any, what: str) -> np.ndarray:
+        if self._image is None:
+            raise RuntimeError("call set_image(image) before correcting")
+        h, w = self._image.shape[:2]
+        return within_image(points, (w, h), what=what)
 
     def session(self, box: Box | None = None) -> BoxSession:
         """The box's session (created with its automatic polygon when new); default: the last box."""
@@ -208,7 +220,7 @@ class PolygonPredictor:
     def _resume(self, box: Box | None, vertices: np.ndarray | None, fixed: np.ndarray | None) -> BoxSession:
         s = self.session(box)
         if vertices is not None:  # the polygon as the caller holds it (after its own edits, undo, ...)
-            v = np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
+            v = self._within(vertices, "polygon")
             f = np.zeros(len(v), bool) if fixed is None else np.asarray(fixed, dtype=bool).reshape(-1)
             if len(f) != len(v):
                 raise ValueError(f"fixed has {len(f)} flags for {len(v)} vertices")
@@ -245,6 +257,8 @@ class PolygonPredictor:
                 placed (default: the session's own state).
         """
         with self._lock:
+            px, py = self._within([xy], "point")[0]
+            xy = (float(px), float(py))
             s = self._resume(box, vertices, fixed)
             s.move(index, xy)
             return self._result(s)
@@ -260,6 +274,8 @@ class PolygonPredictor:
     ) -> Prediction:
         """Insert a vertex at ``xy`` after vertex ``edge`` (then as :meth:`correct`)."""
         with self._lock:
+            px, py = self._within([xy], "point")[0]
+            xy = (float(px), float(py))
             s = self._resume(box, vertices, fixed)
             s.insert(edge, xy)
             return self._result(s)

@@ -25,8 +25,8 @@ def resolve_threads(threads: int | None = None) -> int:
             threads = int(raw)
         except ValueError:
             raise ValueError(f"{THREADS_ENV}={raw!r}: expected a non-negative integer") from None
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0 = all cores), got {threads}")
+    if not 0 <= threads <= 1024:
+        raise ValueError(f"threads must be >= 0 and <= 1024 (0 = all cores), got {threads}")
     return threads or (os.cpu_count() or 1)
 
 

@@ -115,7 +115,7 @@ def test_predict_and_bench_commands(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "missing.jpg"), "--box", "1,1,50,50"]) == 2
     assert "missing.jpg: no such image file" in capsys.readouterr().err
     assert main(["predict", str(weights), "--box", "1,1,50,50"]) == 2  # not an image
-    assert "not a readable image" in capsys.readouterr().err
+    assert "cannot read image" in capsys.readouterr().err
     assert main(["predict", str(img), "--box", "130,10,150,20", "--weights", str(weights)]) == 2
     assert "outside the 120x90 image" in capsys.readouterr().err
     assert main(["predict", str(img), "--box", "50,10,20,20", "--weights", str(weights)]) == 2

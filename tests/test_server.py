@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from polyrnn.build import build_model  # noqa: E402
 from polyrnn.cli import main  # noqa: E402
 from polyrnn.predictor import PolygonPredictor  # noqa: E402
-from polyrnn.server import app as app_module  # noqa: E402
+from polyrnn.data import instance as instance_module  # noqa: E402
 from polyrnn.server.app import create_app  # noqa: E402
 from polyrnn.server.store import AnnotationStore  # noqa: E402
 
@@ -102,8 +102,8 @@ def test_malformed_json_traversal_corrupt_and_oversized_images(client, tmp_path,
     (store.image_dir / "broken.png").write_bytes(b"not an image at all")
     store.refresh()
     r = c.post("/api/predict", json={"image": "broken.png", "box": [1, 1, 20, 20]})
-    assert r.status_code == 422 and "cannot be decoded" in r.json()["detail"]
-    monkeypatch.setattr(app_module, "MAX_PIXELS", 100)
+    assert r.status_code == 422 and "cannot read image" in r.json()["detail"]
+    monkeypatch.setattr(instance_module, "MAX_PIXELS", 100)
     r = c.post("/api/predict", json={"image": "img1.png", "box": [1, 1, 20, 20]})
     assert r.status_code == 413 and "pixels" in r.json()["detail"]
     bad = {"shapes": [{"label": "a", "points": [[0, 0, 5], [1, 1]]}]}

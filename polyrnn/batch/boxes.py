@@ -429,7 +429,13 @@ def detect_box_format(path: Path) -> str:
     return fmt
 
 
-def read_boxes(path: Path | str, format: str | None = None, *, image_dir: Path | str | None = None) -> BoxSet:
+def read_boxes(
+    path: Path | str,
+    format: str | None = None,
+    *,
+    image_dir: Path | str | None = None,
+    allow_outside: bool = False,
+) -> BoxSet:
     """Read boxes in any of :data:`BOX_FORMATS` (detected when ``format`` is None).
 
     Args:
@@ -437,7 +443,31 @@ def read_boxes(path: Path | str, format: str | None = None, *, image_dir: Path |
             LabelMe folder, a Label Studio JSON export, a CVAT XML file.
         image_dir: where the images are, for the formats that name them relative to a folder (COCO, Label
             Studio, CVAT).
+        allow_outside: keep images whose file lies outside the image root (an absolute or ``../`` file
+            name, a link leading out); by default they are skipped with their reason.
     """
+    boxes = _read_boxes(path, format, image_dir=image_dir)
+    return boxes if allow_outside else confine(boxes)
+
+
+def confine(boxes: BoxSet) -> BoxSet:
+    """``boxes`` without the images that resolve outside ``boxes.image_root`` (each one skipped with its
+    reason): a box file must not make polyrnn read ``/etc/passwd`` or ``../other-project/x.jpg``."""
+    from polyrnn.data.labelme import inside
+
+    kept: list[ImageBoxes] = []
+    for entry in boxes.images:
+        if inside(entry.path, boxes.image_root):
+            kept.append(entry)
+        else:
+            boxes.skipped.append(
+                Skip(entry.key, f"the image lies outside {boxes.image_root} (--allow-outside-images reads it)")
+            )
+    boxes.images = kept
+    return boxes
+
+
+def _read_boxes(path: Path | str, format: str | None = None, *, image_dir: Path | str | None = None) -> BoxSet:
     from polyrnn.data import coco_json_for
 
     path = Path(path)

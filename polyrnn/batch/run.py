@@ -445,17 +445,19 @@ def predict_dataset(
     engine: str = "local",
     ray_address: str | None = None,
     review_below: float | None = None,
+    allow_outside: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Trace every box of a box file into ``out`` (see the module's docstring); the outputs are written when
-    the run has one shard, else by :func:`merge` once all have finished. Returns the counts (and the merge's
-    summary under ``"merged"``)."""
+    the run has one shard, else by :func:`merge` once all have finished. Images outside the image root are
+    skipped unless ``allow_outside`` (:func:`polyrnn.batch.boxes.confine`). Returns the counts (and the
+    merge's summary under ``"merged"``)."""
     from polyrnn.batch.boxes import read_boxes
 
     if engine not in ("local", "ray"):
         raise RunError(f"unknown engine '{engine}' (local or ray)")
     out = Path(out)
-    boxes = read_boxes(boxes_path, format, image_dir=image_dir)
+    boxes = read_boxes(boxes_path, format, image_dir=image_dir, allow_outside=allow_outside)
     job = {
         "boxes": str(Path(boxes_path).resolve()),
         "format": boxes.format,

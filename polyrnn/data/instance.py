@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from polyrnn.geometry import largest_part, rasterize
 
-__all__ = ["DataError", "Dataset", "Instance", "Skip", "load_image"]
+__all__ = ["MAX_PIXELS", "DataError", "ImageTooLarge", "Dataset", "Instance", "Skip", "load_image"]
 
 
 class DataError(ValueError):
     """A dataset file that cannot be used at all; the message names the file and the field."""
+
+
+class ImageTooLarge(DataError):
+    """An image with more pixels than :data:`MAX_PIXELS` (refused from its header, never decoded)."""
 
 
 @dataclass(frozen=True)
@@ -114,14 +119,28 @@ def _read_mask_file(path: Path, size: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def load_image(path: Path | str) -> np.ndarray:
-    """Read an image file as an RGB uint8 array of shape (H, W, 3); EXIF orientation is not applied
-    (annotations of COCO-style datasets refer to the stored pixel grid)."""
+MAX_PIXELS = 64_000_000  # the largest image decoded (8000 x 8000): a bigger one is refused, not decoded
+
+
+def load_image(path: Path | str | BinaryIO, *, name: str | None = None) -> np.ndarray:
+    """Read an image (a file, or a file object) as an RGB uint8 array of shape (H, W, 3); EXIF orientation
+    is not applied (annotations of COCO-style datasets refer to the stored pixel grid). An image over
+    :data:`MAX_PIXELS` pixels is refused from its header, before decoding (a decompression bomb), with a
+    :class:`DataError` naming it (``name``, default the path)."""
+    name = name or str(path)
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageTooLarge(
+                    f"{name}: {im.width}x{im.height} pixels, more than polyrnn decodes ({MAX_PIXELS:,})"
+                )
             return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from e
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"{name}: more pixels than polyrnn decodes ({MAX_PIXELS:,}) ({e})") from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DataError(f"{name}: cannot read image ({e.__class__.__name__}: {e})") from e
 
 
 @dataclass

@@ -42,18 +42,42 @@ def _region(shape: object, where: str, skipped: list[Skip]) -> tuple[str, np.nda
     return None
 
 
-def read_labelme_file(path: Path, skipped: list[Skip]) -> tuple[list[Instance], bool]:
-    """Instances of one LabelMe JSON; returns (instances, image_found)."""
-    data = read_json(path)
+def labelme_image(path: Path, data: dict) -> Path:
+    """The image a LabelMe document names: ``imagePath`` relative to the JSON's folder (labelme's own
+    default, ``<stem>.jpg``, without one)."""
+    return path.parent / str(data.get("imagePath") or path.with_suffix(".jpg").name)
+
+
+def inside(path: Path, root: Path) -> bool:
+    """``path`` resolves (links followed) to a place under ``root``."""
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError, RuntimeError):
+        return False
+
+
+def read_labelme_file(
+    path: Path, skipped: list[Skip], *, data: object = None, image_root: Path | None = None
+) -> tuple[list[Instance], bool]:
+    """Instances of one LabelMe JSON (``data``: its parsed content, when already read); returns
+    (instances, image_found). With ``image_root``, an image that resolves outside it (an absolute or
+    ``../`` ``imagePath``, a link leading out) is never opened: the file is skipped with its reason."""
+    data = read_json(path) if data is None else data
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
         raise DataError(f"{path}: not a LabelMe file (field 'shapes' missing or not a list)")
-    image_path = path.parent / str(data.get("imagePath") or path.with_suffix(".jpg").name)
+    image_path = labelme_image(path, data)
+    if image_root is not None and not inside(image_path, image_root):
+        skipped.append(Skip(f"{path}:imagePath", f"'{data.get('imagePath')}' leads outside {image_root}"))
+        return [], False
     if not image_path.is_file():
         skipped.append(Skip(f"{path}:imagePath", f"image file '{image_path.name}' not found"))
         return [], False
     try:
         size = (int(data["imageWidth"]), int(data["imageHeight"]))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
+        size = image_size(image_path)
+    if not (0 < size[0] <= 10**6 and 0 < size[1] <= 10**6):
         size = image_size(image_path)
 
     groups: dict[tuple[str, object], list[np.ndarray]] = {}  # insertion-ordered: the file's order
@@ -68,6 +92,10 @@ def read_labelme_file(path: Path, skipped: list[Skip]) -> tuple[list[Instance], 
             ignore.append(pts)
             continue
         gid = shape.get("group_id")
+        try:
+            hash(gid)
+        except TypeError:
+            gid = str(gid)
         groups.setdefault((label, gid if gid is not None else ("shape", i)), []).append(pts)
 
     out = []
@@ -89,16 +117,29 @@ def read_labelme_file(path: Path, skipped: list[Skip]) -> tuple[list[Instance], 
     return out, True
 
 
-def read_labelme(folder: Path | str, *, exclude: Sequence[Path | str] = ()) -> Dataset:
+def _preferred(files: list[Path], image: Path) -> Path:
+    """Of several LabelMe files naming one image, the one that holds its annotations: ``<name>.json``
+    (what ``polyrnn serve`` writes when two images share a stem), else ``<stem>.json``, else the newest."""
+    for want in (image.name + ".json", image.stem + ".json"):
+        for f in files:
+            if f.name == want:
+                return f
+    return max(files, key=lambda f: f.stat().st_mtime_ns)
+
+
+def read_labelme(
+    folder: Path | str, *, exclude: Sequence[Path | str] = (), image_root: Path | str | None = None
+) -> Dataset:
     """Read every LabelMe JSON in a folder (recursively; not below the ``exclude`` folders). A malformed
-    file is skipped with its reason so the rest of the folder is still usable."""
+    file is skipped with its reason so the rest of the folder is still usable. Each image is read from one
+    file: where several name the same image, the others are skipped as superseded (see
+    :func:`_preferred`). With ``image_root``, images outside it are skipped (see :func:`read_labelme_file`).
+    """
     folder = Path(folder)
     skip_dirs = [Path(e).resolve() for e in exclude]
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder of LabelMe JSON files")
     skipped: list[Skip] = []
-    instances: list[Instance] = []
-    n_images = 0
     files = [
         f
         for f in sorted(folder.rglob("*.json"))
@@ -106,9 +147,33 @@ def read_labelme(folder: Path | str, *, exclude: Sequence[Path | str] = ()) -> D
     ]
     if not files:
         raise DataError(f"{folder}: no LabelMe .json files found")
+    docs: dict[Path, object] = {}
+    by_image: dict[Path, list[Path]] = {}
     for path in files:
         try:
-            found, ok = read_labelme_file(path, skipped)
+            docs[path] = data = read_json(path)
+        except DataError as e:
+            skipped.append(Skip(str(path), str(e).split(": ", 1)[-1]))
+            continue
+        if isinstance(data, dict):
+            try:
+                key = labelme_image(path, data).resolve()
+            except (OSError, RuntimeError, ValueError):
+                continue
+            by_image.setdefault(key, []).append(path)
+    for image, named in by_image.items():
+        if len(named) > 1:
+            keep = _preferred(named, image)
+            for f in named:
+                if f != keep:
+                    skipped.append(Skip(str(f), f"superseded by {keep.name} (both name {image.name})"))
+                    docs.pop(f)
+    instances: list[Instance] = []
+    n_images = 0
+    root = Path(image_root) if image_root is not None else None
+    for path, data in docs.items():
+        try:
+            found, ok = read_labelme_file(path, skipped, data=data, image_root=root)
         except DataError as e:
             skipped.append(Skip(str(path), str(e).split(": ", 1)[-1]))
             continue

@@ -23,12 +23,29 @@ FORMATS = ("coco", "yolo", "labelme", "labelstudio", "cvat")
 LS_LOCAL_FILES = "/data/local-files/?d="  # Label Studio's URL for files under its local-files root
 
 
-def _flat_name(image: Path, root: Path) -> str:
-    try:
-        rel = image.resolve().relative_to(root.resolve())
-    except ValueError:
-        rel = Path(image.name)
-    return "__".join(rel.parts)
+def flat_names(images: Sequence[Path], root: Path) -> dict[Path, str]:
+    """A file name for each image in a flat folder (YOLO ``images/``, LabelMe copies): its path under
+    ``root`` joined with ``__`` (``sub/x.jpg`` -> ``sub__x.jpg``). Names never collide, whatever the file
+    system's case rules: where two images would share a stem (``sub/x.jpg`` and ``sub__x.jpg``, or ``x.jpg``
+    and ``x.png``, whose labels would both be ``x.txt``), each of them gets a short hash of its path
+    (``sub__x-1a2b3c4d.jpg``)."""
+    import hashlib
+
+    flat: dict[Path, str] = {}
+    for image in images:
+        try:
+            rel = image.resolve().relative_to(root.resolve())
+        except ValueError:
+            rel = Path(image.name)
+        flat[image] = "__".join(rel.parts)
+    stems: dict[str, int] = {}
+    for name in flat.values():
+        stems[Path(name).stem.casefold()] = stems.get(Path(name).stem.casefold(), 0) + 1
+    for image, name in flat.items():
+        if stems[Path(name).stem.casefold()] > 1:
+            tag = hashlib.sha1(str(image.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+            flat[image] = f"{Path(name).stem}-{tag}{Path(name).suffix}"
+    return flat
 
 
 def _by_image(instances: Sequence[Instance]) -> dict[Path, list[Instance]]:
@@ -119,8 +136,10 @@ def write_yolo(
 
     ids = {c: i for i, c in enumerate(classes)}
     (out / "images").mkdir(parents=True, exist_ok=True)
-    for image, insts in sorted(_by_image(instances).items()):
-        name = _flat_name(image, root)
+    by_image = sorted(_by_image(instances).items())
+    names = flat_names([image for image, _ in by_image], root)
+    for image, insts in by_image:
+        name = names[image]
         _place_image(image, out / "images" / name, images)
         w, h = insts[0].image_size
         lines = []
@@ -145,8 +164,10 @@ def write_labelme(
     ``group_id``); with ``images="refer"`` the images stay where they are and ``imagePath`` leads to them
     relative to the JSON."""
     out.mkdir(parents=True, exist_ok=True)
-    for image, insts in sorted(_by_image(instances).items()):
-        name = _flat_name(image, root)
+    by_image = sorted(_by_image(instances).items())
+    names = flat_names([image for image, _ in by_image], root)
+    for image, insts in by_image:
+        name = names[image]
         if images == "refer":
             image_path = Path(os.path.relpath(image.resolve(), out.resolve())).as_posix()
         else:
@@ -326,28 +347,31 @@ def export_folder(
 ) -> dict[str, Any]:
     """Export a folder of LabelMe JSON files (what ``polyrnn serve`` saves) as ``fmt``. Class ids follow
     ``labels`` (the tool's label list) and then any other label in sorted order; COCO ``file_name`` is
-    relative to ``image_root`` (default ``src``)."""
+    relative to ``image_root`` (default ``src``). Only images under ``image_root`` are exported: a file whose
+    ``imagePath`` leads elsewhere (absolute, ``../``, a link out) is skipped, and so is a file superseded by
+    another naming the same image; ``skipped`` says which and why."""
     if fmt not in FORMATS:
         raise DataError(f"unknown export format '{fmt}' (one of {', '.join(FORMATS)})")
     src, out = Path(src), Path(out)
-    ds = read_labelme(src, exclude=[*exclude, out])
+    image_root = Path(image_root or src)
+    ds = read_labelme(src, exclude=[*exclude, out], image_root=image_root)
     classes = list(dict.fromkeys([*labels, *sorted({i.class_name for i in ds.instances})]))
     if fmt == "coco":
         path = out / "annotations.json"
-        write_coco(ds.instances, path, root=Path(image_root or src), classes=classes)
+        write_coco(ds.instances, path, root=image_root, classes=classes)
     elif fmt == "yolo":
         path = out
-        write_yolo(ds.instances, out, root=src, classes=classes)
+        write_yolo(ds.instances, out, root=image_root, classes=classes)
     elif fmt == "labelstudio":
         path = out / "tasks.json"
-        write_label_studio(ds.instances, path, root=Path(image_root or src))
+        write_label_studio(ds.instances, path, root=image_root)
         atomic_write_text(out / "config.xml", label_studio_config(classes))
     elif fmt == "cvat":
         path = out / "annotations.xml"
-        write_cvat(ds.instances, path, root=Path(image_root or src), classes=classes)
+        write_cvat(ds.instances, path, root=image_root, classes=classes)
     else:
         path = out
-        write_labelme(ds.instances, out, root=src)
+        write_labelme(ds.instances, out, root=image_root)
     return {
         "path": path,
         "instances": len(ds.instances),

@@ -41,7 +41,6 @@ from polyrnn.server.schemas import (
 from polyrnn.server.store import AnnotationStore, StorageError, StoreError, UnknownImage, UnreadableFile
 
 STATIC = Path(__file__).resolve().parent / "static"
-MAX_PIXELS = 64_000_000  # refuse larger images (decoded size)
 MAX_BYTES = 100 * 1024 * 1024
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -72,19 +71,14 @@ class _Images:
         path = self.store.image_path(name)
         if path.stat().st_size > MAX_BYTES:
             raise HTTPException(413, f"image '{name}' is larger than {MAX_BYTES // 2**20} MB")
-        from PIL import Image, UnidentifiedImageError
+        from polyrnn.data.instance import DataError, ImageTooLarge, load_image
 
         try:
-            with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise HTTPException(
-                        413, f"image '{name}' has {im.width}x{im.height} pixels (limit {MAX_PIXELS})"
-                    )
-                arr = np.asarray(im.convert("RGB"))
-        except Image.DecompressionBombError as e:
-            raise HTTPException(413, f"image '{name}' has too many pixels (limit {MAX_PIXELS})") from e
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise HTTPException(422, f"image '{name}' cannot be decoded ({e.__class__.__name__})") from e
+            arr = load_image(path, name=f"image '{name}'")
+        except ImageTooLarge as e:
+            raise HTTPException(413, str(e)) from e
+        except DataError as e:
+            raise HTTPException(422, str(e)) from e
         with self._lock:
             self._cache[name] = arr
             while len(self._cache) > self.size:
@@ -260,6 +254,7 @@ def export(fmt: str, ctx: Ctx) -> ExportResponse:
         instances=summary["instances"],
         images=summary["images"],
         download=f"/api/export/{fmt}/download",
+        skipped=[str(k) for k in summary["skipped"][:100]],
     )
 
 

@@ -108,3 +108,8 @@ class ExportResponse(BaseModel):
     instances: int
     images: int
     download: str = Field(description="GET this for the export as one file")
+    skipped: list[str] = Field(
+        default_factory=list,
+        description="what was left out and why (first 100): images outside the folder, superseded files, "
+        "shapes that are not regions",
+    )

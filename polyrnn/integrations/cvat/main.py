@@ -25,6 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from polyrnn.data.instance import DataError, ImageTooLarge, load_image
+from polyrnn.geometry import within_image
+
+MAX_BODY = 100 * 2**20  # the base64 image, bytes
+MAX_CLICKS = 1000  # positive or negative clicks per request
+
 
 class BadRequest(ValueError):
     """The request cannot be used; the message says which field and why."""
@@ -53,21 +59,36 @@ def _points(value: Any, field: str) -> np.ndarray:
 
 def parse(body: Any) -> tuple[np.ndarray, tuple[float, float, float, float], np.ndarray, np.ndarray]:
     """(RGB image, box x1 y1 x2 y2, positive points, negative points) of a request body."""
-    from PIL import Image, UnidentifiedImageError
-
     if isinstance(body, bytes | str):
         try:
             body = json.loads(body)
         except json.JSONDecodeError as e:
             raise BadRequest(f"the body is not JSON ({e.msg})") from None
+        except ValueError:  # bytes that are not UTF-8
+            raise BadRequest("the body is not JSON (not UTF-8 text)") from None
     if not isinstance(body, dict) or "image" not in body:
         raise BadRequest("the body needs 'image' (base64)")
+    if not isinstance(body["image"], str | bytes) or len(body["image"]) > MAX_BODY:
+        raise BadRequest(f"'image' must be a base64 string of at most {MAX_BODY // 2**20} MB")
     try:
-        with Image.open(io.BytesIO(base64.b64decode(body["image"], validate=False))) as im:
-            image = np.asarray(im.convert("RGB"))
-    except (binascii.Error, UnidentifiedImageError, OSError, ValueError, TypeError) as e:
-        raise BadRequest(f"'image' is not a base64-encoded image ({e})") from None
+        raw = base64.b64decode(body["image"], validate=False)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest(f"'image' is not base64 ({e})") from None
+    try:
+        image = load_image(io.BytesIO(raw), name="'image'")
+    except ImageTooLarge as e:
+        raise BadRequest(str(e)) from None
+    except DataError as e:
+        raise BadRequest(f"'image' is not a base64-encoded image ({str(e).split(': ', 1)[-1]})") from None
+    h, w = image.shape[:2]
     pos, neg = _points(body.get("pos_points"), "pos_points"), _points(body.get("neg_points"), "neg_points")
+    for pts, name in ((pos, "pos_points"), (neg, "neg_points")):
+        if len(pts) > MAX_CLICKS:
+            raise BadRequest(f"'{name}' has {len(pts)} points (at most {MAX_CLICKS})")
+        try:
+            within_image(pts, (w, h), what=f"'{name}'")
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
     if body.get("obj_bbox") is not None:
         corners = _points(body["obj_bbox"], "obj_bbox")
     else:  # older CVAT: the box's two corners come first among the negative points
@@ -75,7 +96,6 @@ def parse(body: Any) -> tuple[np.ndarray, tuple[float, float, float, float], np.
     if len(corners) != 2:
         raise BadRequest("a box is needed: 'obj_bbox' [x1, y1, x2, y2]")
     (x1, y1), (x2, y2) = corners.min(axis=0), corners.max(axis=0)
-    h, w = image.shape[:2]
     x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
     if x2 - x1 < 1 or y2 - y1 < 1:
         raise BadRequest(f"the box {corners.reshape(-1).tolist()} is empty or outside the {w}x{h} image")
@@ -120,14 +140,15 @@ def trace(
 
 
 def handler(context: Any, event: Any) -> Any:
-    """nuclio entry point."""
+    """nuclio entry point: 200 with the reply, or 400 with ``{"error": ...}`` for a request that cannot be
+    used (never a traceback)."""
     try:
         image, box, pos, neg = parse(event.body)
-    except BadRequest as e:
+        reply = trace(context.user_data.predictor, image, box, pos, neg)
+    except ValueError as e:  # BadRequest, and what the predictor refuses
         return context.Response(
             body=json.dumps({"error": str(e)}), headers={}, content_type="application/json", status_code=400
         )
-    reply = trace(context.user_data.predictor, image, box, pos, neg)
     return context.Response(
         body=json.dumps(reply), headers={}, content_type="application/json", status_code=200
     )

@@ -440,7 +440,8 @@ document.querySelectorAll("[data-export]").forEach((b) => {
     await window.polyrnn.flush().catch(() => {});
     try {
       const r = await api.exportAs(b.dataset.export);
-      status(`exported ${r.instances} polygons on ${r.images} images as ${r.format}: ${r.path}`);
+      const left = r.skipped.length ? ` — ${r.skipped.length} left out (first: ${r.skipped[0]})` : "";
+      status(`exported ${r.instances} polygons on ${r.images} images as ${r.format}: ${r.path}${left}`);
       window.polyrnn.lastExport = r;
       const a = document.createElement("a");
       a.href = r.download; a.download = ""; document.body.appendChild(a); a.click(); a.remove();
