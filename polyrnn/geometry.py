@@ -41,7 +41,11 @@ def orient(vertices: np.ndarray) -> np.ndarray:
 
 
 def within_image(
-    points: np.ndarray, size: tuple[int, int], *, what: str = "points", margin: float | None = None
+    points: np.ndarray | Sequence[Sequence[float]],
+    size: tuple[int, int],
+    *,
+    what: str = "points",
+    margin: float | None = None,
 ) -> np.ndarray:
     """``points`` as a float (N, 2) array when every one is finite and within the image of ``size`` (width,
     height) widened by ``margin`` pixels on each side (default: half the image's longer side); else
@@ -56,9 +60,7 @@ def within_image(
     if not np.isfinite(p).all():
         raise ValueError(f"{what} must be finite numbers")
     if len(p) and ((p < -m).any() or (p[:, 0] > w + m).any() or (p[:, 1] > h + m).any()):
-        raise ValueError(
-            f"{what} must lie within the {w}x{h} image (at most {m:g} px outside it)"
-        )
+        raise ValueError(f"{what} must lie within the {w}x{h} image (at most {m:g} px outside it)")
     return p
 
 
@@ -111,7 +113,9 @@ def simplify(vertices: np.ndarray, tolerance: float) -> np.ndarray:
     if tolerance <= 0 or len(v) <= 3:
         return v.copy()
     closed = np.concatenate([v, v[:1]], axis=0).astype(np.float32).reshape(-1, 1, 2)
-    out = cv2.approxPolyDP(closed, float(tolerance), closed=False).reshape(-1, 2).astype(np.float64)
+    out: np.ndarray = (
+        cv2.approxPolyDP(closed, float(tolerance), closed=False).reshape(-1, 2).astype(np.float64)
+    )
     out = out[:-1] if len(out) > 1 and np.allclose(out[0], out[-1]) else out
     if len(out) < 3:
         # Keep the three vertices spanning the largest triangle with the first one.

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from polyrnn.build import build_model  # noqa: E402
 from polyrnn.cli import main  # noqa: E402
-from polyrnn.predictor import PolygonPredictor  # noqa: E402
 from polyrnn.data import instance as instance_module  # noqa: E402
+from polyrnn.predictor import PolygonPredictor  # noqa: E402
 from polyrnn.server.app import create_app  # noqa: E402
 from polyrnn.server.store import AnnotationStore  # noqa: E402
 
@@ -126,7 +126,7 @@ def test_twenty_concurrent_predictions(client):
 
 def test_annotations_round_trip_as_labelme_and_atomic_save(client, monkeypatch):
     c, store = client
-    assert c.get("/api/annotations/img0.png").json() == {"shapes": [], "error": None}
+    assert c.get("/api/annotations/img0.png").json() == {"shapes": [], "error": None, "version": ""}
     shapes = {"shapes": [{"label": "cat", "points": SQUARE}]}
     assert c.put("/api/annotations/img0.png", json=shapes).status_code == 200
     doc = json.loads((store.image_dir / "img0.json").read_text())

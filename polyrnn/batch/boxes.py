@@ -461,13 +461,17 @@ def confine(boxes: BoxSet) -> BoxSet:
             kept.append(entry)
         else:
             boxes.skipped.append(
-                Skip(entry.key, f"the image lies outside {boxes.image_root} (--allow-outside-images reads it)")
+                Skip(
+                    entry.key, f"the image lies outside {boxes.image_root} (--allow-outside-images reads it)"
+                )
             )
     boxes.images = kept
     return boxes
 
 
-def _read_boxes(path: Path | str, format: str | None = None, *, image_dir: Path | str | None = None) -> BoxSet:
+def _read_boxes(
+    path: Path | str, format: str | None = None, *, image_dir: Path | str | None = None
+) -> BoxSet:
     from polyrnn.data import coco_json_for
 
     path = Path(path)

@@ -127,6 +127,35 @@ def _preferred(files: list[Path], image: Path) -> Path:
     return max(files, key=lambda f: f.stat().st_mtime_ns)
 
 
+def _one_per_image(files: list[Path], root: Path | None, skipped: list[Skip]) -> dict[Path, object]:
+    """The parsed files to read, one per image (the others skipped as superseded, see :func:`_preferred`);
+    files whose image lies outside ``root`` are left to :func:`read_labelme_file` to refuse."""
+    docs: dict[Path, object] = {}
+    by_image: dict[Path, list[Path]] = {}
+    for path in files:
+        try:
+            docs[path] = data = read_json(path)
+        except DataError as e:
+            skipped.append(Skip(str(path), str(e).split(": ", 1)[-1]))
+            continue
+        if isinstance(data, dict):
+            image = labelme_image(path, data)
+            if root is not None and not inside(image, root):
+                continue
+            try:
+                by_image.setdefault(image.resolve(), []).append(path)
+            except (OSError, RuntimeError):
+                continue
+    for image, named in by_image.items():
+        if len(named) > 1:
+            keep = _preferred(named, image)
+            for f in named:
+                if f != keep:
+                    skipped.append(Skip(str(f), f"superseded by {keep.name} (both name {image.name})"))
+                    docs.pop(f)
+    return docs
+
+
 def read_labelme(
     folder: Path | str, *, exclude: Sequence[Path | str] = (), image_root: Path | str | None = None
 ) -> Dataset:
@@ -147,30 +176,10 @@ def read_labelme(
     ]
     if not files:
         raise DataError(f"{folder}: no LabelMe .json files found")
-    docs: dict[Path, object] = {}
-    by_image: dict[Path, list[Path]] = {}
-    for path in files:
-        try:
-            docs[path] = data = read_json(path)
-        except DataError as e:
-            skipped.append(Skip(str(path), str(e).split(": ", 1)[-1]))
-            continue
-        if isinstance(data, dict):
-            try:
-                key = labelme_image(path, data).resolve()
-            except (OSError, RuntimeError, ValueError):
-                continue
-            by_image.setdefault(key, []).append(path)
-    for image, named in by_image.items():
-        if len(named) > 1:
-            keep = _preferred(named, image)
-            for f in named:
-                if f != keep:
-                    skipped.append(Skip(str(f), f"superseded by {keep.name} (both name {image.name})"))
-                    docs.pop(f)
+    root = Path(image_root) if image_root is not None else None
+    docs = _one_per_image(files, root, skipped)
     instances: list[Instance] = []
     n_images = 0
-    root = Path(image_root) if image_root is not None else None
     for path, data in docs.items():
         try:
             found, ok = read_labelme_file(path, skipped, data=data, image_root=root)

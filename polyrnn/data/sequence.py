@@ -133,7 +133,7 @@ def polygon_to_tokens(
 
 def tokens_to_polygon(tokens: np.ndarray, crop: CropBox) -> np.ndarray:
     """Tokens (end token and anything after it ignored) -> polygon of cell centres in image pixels."""
-    t = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    t: np.ndarray = np.asarray(tokens, dtype=np.int64).reshape(-1)
     eos = crop.grid_size * crop.grid_size
     stop = np.flatnonzero(t >= eos)
     t = t[: stop[0]] if len(stop) else t

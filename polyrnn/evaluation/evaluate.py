@@ -111,7 +111,7 @@ def outline_runs(polygon: np.ndarray, tokens: list[int], crop: CropBox) -> dict[
     token -> the exact outline from that token's vertex up to (not including) the next token's: (K, 2)
     image pixels. A polygon that keeps consecutive tokens of it keeps that exact outline (as the editor
     keeps the points it was given). Empty when the tokens do not follow the outline in one turn."""
-    p = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+    p: np.ndarray = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
     if signed_area(crop.image_to_grid(p)) < 0:  # tokens are oriented positively
         p = p[::-1]
     cells = crop.cells_to_tokens(crop.image_to_cells(p))

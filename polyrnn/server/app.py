@@ -38,7 +38,14 @@ from polyrnn.server.schemas import (
     PredictRequest,
     SaveResponse,
 )
-from polyrnn.server.store import AnnotationStore, StorageError, StoreError, UnknownImage, UnreadableFile
+from polyrnn.server.store import (
+    AnnotationStore,
+    StaleVersion,
+    StorageError,
+    StoreError,
+    UnknownImage,
+    UnreadableFile,
+)
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BYTES = 100 * 1024 * 1024
@@ -48,7 +55,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "a host this server does not serve"),
         (403, "a cross-site request, or the token is missing"),
         (404, "unknown image or export"),
-        (409, "the existing annotation file cannot be parsed"),
+        (409, "the annotation file changed since it was read, or cannot be parsed"),
         (413, "request body or image too large"),
         (507, "the disk refused the write; nothing was changed"),
     )
@@ -156,8 +163,12 @@ def put_annotations(name: str, body: Annotations, ctx: Ctx) -> SaveResponse:
     except DataError as e:
         raise HTTPException(422, str(e)) from e
     shapes = [s.model_dump(exclude_unset=True) for s in body.shapes]  # absent fields stay absent
-    path = ctx.store.save(name, shapes, size, replace_unreadable=body.replace_unreadable)
-    return SaveResponse(saved=path.relative_to(ctx.store.root).as_posix(), shapes=len(shapes))
+    path, version = ctx.store.save(
+        name, shapes, size, replace_unreadable=body.replace_unreadable, version=body.version
+    )
+    return SaveResponse(
+        saved=path.relative_to(ctx.store.root).as_posix(), shapes=len(shapes), version=version
+    )
 
 
 @router.get("/api/labels", response_model=Labels)
@@ -281,7 +292,7 @@ async def _store_error(_: Request, exc: Exception) -> JSONResponse:
     status = 422
     if isinstance(exc, UnknownImage):
         status = 404
-    elif isinstance(exc, UnreadableFile):
+    elif isinstance(exc, UnreadableFile | StaleVersion):
         status = 409
     elif isinstance(exc, StorageError):
         status = 507

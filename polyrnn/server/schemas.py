@@ -3,10 +3,11 @@ pixels (x, y), the continuous frame of :mod:`polyrnn.geometry`."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _finite(values: list[float]) -> list[float]:
@@ -57,6 +58,16 @@ MAX_VERTICES = 100_000  # per shape, and per polygon sent to the model
 MAX_SHAPES = 10_000  # per image
 
 
+def _text_only(model: BaseModel) -> BaseModel:
+    """Refuse text that cannot be stored as UTF-8 (a lone surrogate such as ``"\\ud800"``), anywhere in the
+    message, before it is written: stored, it would break every later read of the file."""
+    try:
+        json.dumps(model.model_dump(), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid UTF-8 (no lone surrogates)") from None
+    return model
+
+
 class Shape(BaseModel):
     """A LabelMe shape. Every field a file holds comes back unchanged, unknown ones included."""
 
@@ -71,10 +82,22 @@ class Shape(BaseModel):
 
 
 class Annotations(BaseModel):
-    shapes: list[Shape] = Field(max_length=MAX_SHAPES)
+    shapes: list[Shape] = Field(
+        max_length=MAX_SHAPES,
+        description="every shape of the image, in order; a read-only stand-in from GET (`polyrnn_kept`) "
+        "stands for the file's shape it names, written back unchanged",
+    )
     replace_unreadable: bool = Field(
         default=False, description="save over an existing file that cannot be parsed (it is kept aside)"
     )
+    version: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the version these shapes started from (GET's `version`); another on disk: 409. "
+        "Omitted: saved over whatever is there (stand-ins are then refused)",
+    )
+
+    _text = model_validator(mode="after")(_text_only)
 
 
 class AnnotationsResponse(BaseModel):
@@ -82,11 +105,13 @@ class AnnotationsResponse(BaseModel):
     error: str | None = Field(
         default=None, description="why the existing file cannot be read (it is then not overwritten)"
     )
+    version: str = Field(default="", description="the file's version: send it back with the save")
 
 
 class SaveResponse(BaseModel):
     saved: str
     shapes: int
+    version: str = Field(description="the file's version after this save")
 
 
 class ErrorResponse(BaseModel):
@@ -99,7 +124,9 @@ class ImageInfo(BaseModel):
 
 
 class Labels(BaseModel):
-    labels: list[str] = Field(min_length=1, max_length=500)
+    labels: list[Annotated[str, Field(max_length=1000)]] = Field(min_length=1, max_length=500)
+
+    _text = model_validator(mode="after")(_text_only)
 
 
 class ExportResponse(BaseModel):

@@ -14,6 +14,7 @@ listed as images or annotations.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from polyrnn.data.common import find_images
-from polyrnn.io import atomic_write_json
+from polyrnn.io import atomic_write_json, atomic_write_text
 
 LABELME_VERSION = "5.4.1"
 DEFAULT_LABELS = ["object"]
@@ -40,6 +41,11 @@ class UnknownImage(StoreError):
 
 class UnreadableFile(StoreError):
     """An existing annotation file that cannot be parsed: saving over it needs ``replace_unreadable``."""
+
+
+class StaleVersion(StoreError):
+    """A save that started from another version of the file than the one on disk (another tab, another
+    tool): nothing was written; reload or merge."""
 
 
 class StorageError(OSError):
@@ -76,6 +82,10 @@ class AnnotationStore:
                 continue
             if self.image_dir not in p.resolve().parents:
                 self.warnings.append(f"{p}: a link leading out of {self.image_dir}: skipped")
+                continue
+            if not encodable(rel.as_posix()):
+                shown = os.fsencode(rel.as_posix()).decode("utf-8", "replace")
+                self.warnings.append(f"{shown}: the file name is not UTF-8 text: skipped (rename it)")
                 continue
             names.append(rel.as_posix())
         self.names = names
@@ -144,27 +154,50 @@ class AnnotationStore:
     def read_document(self, name: str) -> dict[str, Any] | None:
         """The image's LabelMe document as it is on disk; None when there is none; :class:`UnreadableFile`
         when it cannot be parsed."""
+        return self._read(name)[0]
+
+    def _read(self, name: str) -> tuple[dict[str, Any] | None, str]:
+        """(document or None, version): the version is a hash of the file's bytes ("" without a file)."""
         path = self._read_path(name)
         if not path.is_file():
-            return None
+            return None, ""
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UnreadableFile(f"{path.name}: cannot be read as JSON ({e.__class__.__name__}: {e})") from e
+            raw = path.read_bytes()
+        except OSError as e:
+            raise UnreadableFile(f"{path.name}: cannot be read ({e.strerror or e})") from e
+        version = hashlib.sha256(raw).hexdigest()[:16]
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            err = UnreadableFile(f"{path.name}: cannot be read as JSON ({e.__class__.__name__}: {e})")
+            err.version = version  # type: ignore[attr-defined]
+            raise err from e
         if not isinstance(doc, dict) or not isinstance(doc.get("shapes", []), list):
-            raise UnreadableFile(f"{path.name}: not a LabelMe file (field 'shapes' is not a list)")
-        return doc
+            err = UnreadableFile(f"{path.name}: not a LabelMe file (field 'shapes' is not a list)")
+            err.version = version  # type: ignore[attr-defined]
+            raise err
+        return doc, version
+
+    def version(self, name: str) -> str:
+        """The version of the image's annotation file now (what a save must start from)."""
+        try:
+            return self._read(name)[1]
+        except UnreadableFile as e:
+            return str(getattr(e, "version", ""))
 
     def load(self, name: str) -> dict[str, Any]:
-        """``{"shapes": [...], "error": None}``: every shape that is an object, with all its fields; or
-        ``{"shapes": [], "error": message}`` when the file cannot be parsed (it is then never overwritten
-        without ``replace_unreadable``)."""
+        """``{"shapes": [...], "error": None, "version": v}``: every shape of the file in its order, with all
+        its fields; a shape the editor cannot show (a field of an unexpected type, NaN or 3-number points,
+        too many points, text that is not UTF-8, not an object at all) comes as a read-only stand-in
+        ``{"label", "points": [], "shape_type": "kept", KEPT: index, "why"}`` and is written back unchanged
+        by :meth:`save`. A file that cannot be parsed gives ``{"shapes": [], "error": message, "version": v}``
+        (it is then never overwritten without ``replace_unreadable``)."""
         try:
-            doc = self.read_document(name)
+            doc, version = self._read(name)
         except UnreadableFile as e:
-            return {"shapes": [], "error": str(e)}
-        shapes = [s for s in (doc or {}).get("shapes", []) if isinstance(s, dict)]
-        return {"shapes": shapes, "error": None}
+            return {"shapes": [], "error": str(e), "version": str(getattr(e, "version", ""))}
+        raw = (doc or {}).get("shapes", [])
+        return {"shapes": [_shown(s, i) for i, s in enumerate(raw)], "error": None, "version": version}
 
     def save(
         self,
@@ -173,15 +206,30 @@ class AnnotationStore:
         size: tuple[int, int],
         *,
         replace_unreadable: bool = False,
-    ) -> Path:
+        version: str | None = None,
+    ) -> tuple[Path, str]:
         """Write the image's shapes into its LabelMe JSON, atomically, keeping every other field of the
-        existing file. ``size`` is (width, height), written only where the file has none.
+        existing file; returns (path, new version). ``size`` is (width, height), written only where the
+        file has none. A shape ``{KEPT: i}`` (the stand-in :meth:`load` gave) is the file's shape ``i``,
+        written back as it is.
 
-        Raises :class:`UnreadableFile` (existing file unparseable, ``replace_unreadable`` False) and
+        Args:
+            version: the version the caller's shapes started from (:meth:`load`); when the file on disk
+                has another, nothing is written (:class:`StaleVersion`). None: write whatever is there
+                (scripts; then stand-ins are refused).
+
+        Raises :class:`UnreadableFile` (existing file unparseable, ``replace_unreadable`` False),
+        :class:`StaleVersion`, :class:`StoreError` (a stand-in that names no shape) and
         :class:`StorageError` (the disk refused the write; the old file is intact)."""
         path = self.json_path(name)
         image = self.image_path(name)
         with self._lock:
+            now = self.version(name)
+            if version is not None and version != now:
+                raise StaleVersion(
+                    f"the annotations of '{name}' changed since this page read them (another tab or tool "
+                    "saved them): nothing was saved; reload, or merge yours into theirs"
+                )
             try:
                 old = self.read_document(name)
             except UnreadableFile:
@@ -189,17 +237,28 @@ class AnnotationStore:
                     raise
                 old = None
                 self._keep_unreadable(self._read_path(name))
+            before = (old or {}).get("shapes", [])
+            written = []
+            for s in shapes:
+                if KEPT in s:
+                    k = s[KEPT]
+                    if version is None or not isinstance(k, int) or not 0 <= k < len(before):
+                        raise StoreError(f"a kept shape names shape {k!r}, which the file does not have")
+                    written.append(before[k])
+                else:
+                    written.append(_shape(s))
             doc: dict[str, Any] = dict(old) if old is not None else {"version": LABELME_VERSION, "flags": {}}
-            doc["shapes"] = [_shape(s) for s in shapes]
+            doc["shapes"] = written
             doc.setdefault("imagePath", os.path.relpath(image, path.parent))
             doc.setdefault("imageData", None)
             doc.setdefault("imageHeight", int(size[1]))
             doc.setdefault("imageWidth", int(size[0]))
+            text = json.dumps(doc, indent=2) + "\n"
             try:
-                atomic_write_json(path, doc)
+                atomic_write_text(path, text)
             except OSError as e:
                 raise StorageError(e.errno, f"{path}: not saved ({e.strerror or e})") from e
-        return path
+        return path, hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def _keep_unreadable(self, path: Path) -> None:
         if path.is_file():
@@ -220,14 +279,16 @@ class AnnotationStore:
                 try:
                     labels = json.loads(path.read_text(encoding="utf-8"))
                     if isinstance(labels, list) and labels and all(isinstance(v, str) for v in labels):
-                        return labels
+                        clean = [v for v in labels if encodable(v)]  # a label stored before they were checked
+                        if clean:
+                            return clean
                 except (OSError, ValueError):
                     pass
         seen: dict[str, None] = {}
         for name in self.names:
             for s in self.load(name)["shapes"]:
                 label = s.get("label")
-                if isinstance(label, str) and label.strip():
+                if isinstance(label, str) and label.strip() and KEPT not in s:
                     seen.setdefault(label, None)
         return list(seen) or list(DEFAULT_LABELS)
 
@@ -239,6 +300,8 @@ class AnnotationStore:
 
     def set_labels(self, labels: list[str]) -> list[str]:
         clean = [str(v).strip() for v in labels if str(v).strip()]
+        if not all(encodable(v) for v in clean):
+            raise StoreError("labels must be UTF-8 text")
         if not clean:
             raise StoreError("the label list must hold at least one non-empty label")
         if len(set(clean)) != len(clean):
@@ -249,6 +312,42 @@ class AnnotationStore:
             except OSError as e:
                 raise StorageError(e.errno, f"labels not saved ({e.strerror or e})") from e
         return clean
+
+
+KEPT = "polyrnn_kept"  # a stand-in's key: the index of the file's shape it stands for
+
+
+def encodable(text: str) -> bool:
+    """``text`` can be written as UTF-8 (no lone surrogates: a file name that is not UTF-8, ``"\\ud800"``)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _shown(shape: Any, index: int) -> dict[str, Any]:
+    """The shape as the page gets it: as it is when the editor can show it (the schema's
+    :class:`~polyrnn.server.schemas.Shape`, and JSON without NaN or unencodable text), else a read-only
+    stand-in naming its index and why."""
+    from pydantic import ValidationError
+
+    from polyrnn.server.schemas import Shape
+
+    why = "not an object"
+    if isinstance(shape, dict):
+        try:
+            json.dumps(shape, allow_nan=False, ensure_ascii=False).encode("utf-8")
+            Shape.model_validate(shape, strict=True)  # strict: nothing shown differs from the file
+            return shape
+        except ValidationError as e:
+            first = e.errors()[0]
+            why = f"{'.'.join(str(v) for v in first.get('loc', ()))}: {first.get('msg', '')}"
+        except (ValueError, TypeError, RecursionError) as e:
+            why = f"holds values that are not JSON text ({e.__class__.__name__})"
+    label = shape.get("label") if isinstance(shape, dict) else None
+    label = label if isinstance(label, str) and encodable(label) and len(label) <= 10_000 else ""
+    return {"label": label, "points": [], "shape_type": "kept", KEPT: index, "why": why[:300]}
 
 
 def _shape(s: dict[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,33 @@ def _points(value: Any, field: str) -> np.ndarray:
     return pts
 
 
+def _image(value: Any) -> np.ndarray:
+    """The request's base64 image, decoded (at most :data:`~polyrnn.data.instance.MAX_PIXELS`)."""
+    if not isinstance(value, str | bytes) or len(value) > MAX_BODY:
+        raise BadRequest(f"'image' must be a base64 string of at most {MAX_BODY // 2**20} MB")
+    try:
+        raw = base64.b64decode(value, validate=False)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest(f"'image' is not base64 ({e})") from None
+    try:
+        return load_image(io.BytesIO(raw), name="'image'")
+    except ImageTooLarge as e:
+        raise BadRequest(str(e)) from None
+    except DataError as e:
+        raise BadRequest(f"'image' is not a base64-encoded image ({str(e).split(': ', 1)[-1]})") from None
+
+
+def _clicks(body: dict[str, Any], field: str, size: tuple[int, int]) -> np.ndarray:
+    """Clicks of ``field``: at most :data:`MAX_CLICKS`, each within the image (a bounded margin)."""
+    pts = _points(body.get(field), field)
+    if len(pts) > MAX_CLICKS:
+        raise BadRequest(f"'{field}' has {len(pts)} points (at most {MAX_CLICKS})")
+    try:
+        return within_image(pts, size, what=f"'{field}'")
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+
+
 def parse(body: Any) -> tuple[np.ndarray, tuple[float, float, float, float], np.ndarray, np.ndarray]:
     """(RGB image, box x1 y1 x2 y2, positive points, negative points) of a request body."""
     if isinstance(body, bytes | str):
@@ -68,27 +95,9 @@ def parse(body: Any) -> tuple[np.ndarray, tuple[float, float, float, float], np.
             raise BadRequest("the body is not JSON (not UTF-8 text)") from None
     if not isinstance(body, dict) or "image" not in body:
         raise BadRequest("the body needs 'image' (base64)")
-    if not isinstance(body["image"], str | bytes) or len(body["image"]) > MAX_BODY:
-        raise BadRequest(f"'image' must be a base64 string of at most {MAX_BODY // 2**20} MB")
-    try:
-        raw = base64.b64decode(body["image"], validate=False)
-    except (binascii.Error, ValueError) as e:
-        raise BadRequest(f"'image' is not base64 ({e})") from None
-    try:
-        image = load_image(io.BytesIO(raw), name="'image'")
-    except ImageTooLarge as e:
-        raise BadRequest(str(e)) from None
-    except DataError as e:
-        raise BadRequest(f"'image' is not a base64-encoded image ({str(e).split(': ', 1)[-1]})") from None
+    image = _image(body["image"])
     h, w = image.shape[:2]
-    pos, neg = _points(body.get("pos_points"), "pos_points"), _points(body.get("neg_points"), "neg_points")
-    for pts, name in ((pos, "pos_points"), (neg, "neg_points")):
-        if len(pts) > MAX_CLICKS:
-            raise BadRequest(f"'{name}' has {len(pts)} points (at most {MAX_CLICKS})")
-        try:
-            within_image(pts, (w, h), what=f"'{name}'")
-        except ValueError as e:
-            raise BadRequest(str(e)) from None
+    pos, neg = _clicks(body, "pos_points", (w, h)), _clicks(body, "neg_points", (w, h))
     if body.get("obj_bbox") is not None:
         corners = _points(body["obj_bbox"], "obj_bbox")
     else:  # older CVAT: the box's two corners come first among the negative points

@@ -11,7 +11,9 @@ async function call(method, url, body, extra = {}) {
   if (!res.ok) {
     let msg = data.detail ?? res.statusText;
     if (Array.isArray(msg)) msg = msg.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ");
-    throw new Error(`${res.status}: ${msg}`);
+    const err = new Error(`${res.status}: ${msg}`);
+    err.status = res.status;
+    throw err;
   }
   return data;
 }
@@ -22,8 +24,8 @@ export const api = {
   images: () => call("GET", "/api/images"),
   imageUrl: (name) => `/api/images/${enc(name)}/file`,
   annotations: (name) => call("GET", `/api/annotations/${enc(name)}`),
-  save: (name, shapes, { replace = false, keepalive = false } = {}) =>
-    call("PUT", `/api/annotations/${enc(name)}`, { shapes, replace_unreadable: replace }, keepalive ? { keepalive } : {}),
+  save: (name, shapes, version, { replace = false, keepalive = false } = {}) =>
+    call("PUT", `/api/annotations/${enc(name)}`, { shapes, version, replace_unreadable: replace }, keepalive ? { keepalive } : {}),
   labels: () => call("GET", "/api/labels"),
   setLabels: (labels) => call("PUT", "/api/labels", { labels }),
   predict: (image, box) => call("POST", "/api/predict", { image, box }),

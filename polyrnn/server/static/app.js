@@ -10,6 +10,7 @@ const S = {
   labels: ["object"], label: 0,
   shapes: [],   // the file's shapes as read (every field kept); polygons are editable, the rest shown read-only
   readError: null, // why the image's annotation file could not be read (then it is not overwritten unasked)
+  base: [],     // the shapes as read, for merging when another tab saved in between
   unsaved: false,
   cur: null,    // polygon being edited: {box, raw, fixed (per vertex: placed by the annotator), label}
   detail: 0,    // simplification tolerance (image pixels); the raw polygon is kept
@@ -66,39 +67,65 @@ function markUnsaved(on, why = "") {
   $("unsaved").hidden = !on;
   $("unsaved").title = why;
 }
+const versionOf = {};  // image name -> the version of its file our shapes started from
 async function saveNow(name, shapes) {
+  const here = name === S.name;
   let replace = false;
-  if (S.readError && name === S.name) {
-    replace = confirm(`${S.readError}\n\nThe existing file is kept aside (renamed …unreadable-<time>) and a new one is saved. Continue?`);
+  if (here && S.readError) {
+    replace = confirm(`${S.readError}\n\nSave anyway? The unreadable file is renamed (…unreadable-<time>) beside the new one, not deleted.`);
     if (!replace) { markUnsaved(true, "not saved: the existing file could not be read"); status("not saved: the existing annotation file could not be read", true); return; }
   }
   try {
-    await api.save(name, shapes, { replace });
-    if (name === S.name) S.readError = null;
+    const r = await api.save(name, shapes, versionOf[name] ?? "", { replace });
+    versionOf[name] = r.version;
+    if (name === S.name) { S.readError = null; S.base = clone(shapes); }
     markUnsaved(false);
     status(`saved ${shapes.length} shape(s) of ${name}`);
     markCount(name, shapes.length);
   } catch (e) {
     markUnsaved(true, e.message);
-    status(`NOT SAVED (${e.message}) — retrying in 5 s; your polygons stay on screen`, true);
     clearTimeout(retryTimer);
-    if (!e.message.startsWith("409")) {
+    if (e.status === 409 && name === S.name && !S.readError) { await conflict(name); return; }
+    status(`NOT SAVED (${e.message})` + (e.status === 409 ? "" : " — retrying in 5 s; your polygons stay on screen"), true);
+    if (e.status !== 409 && e.status !== 422) {
       retryTimer = setTimeout(() => {  // the image's latest shapes, even after moving to another image
-        const latest = S.name === name ? clone(S.shapes) : shapes;
-        saving = saveNow(name, latest).catch(() => {});
+        if (S.name === name) persist();
+        else saving = saving.catch(() => {}).then(() => saveNow(name, shapes)).catch(() => {});
       }, 5000);
     }
     throw e;
   }
 }
-function persist() {
-  const name = S.name, shapes = clone(S.shapes);
+// another tab or tool saved this image since we read it: nothing of ours was written. Offer to merge ours
+// into theirs (theirs, plus every shape we added or changed) or to reload theirs.
+async function conflict(name) {
+  let theirs;
+  try { theirs = await api.annotations(name); } catch (e) { status(`NOT SAVED: ${e.message}`, true); return; }
+  const key = (s) => JSON.stringify(s);
+  const had = new Set(S.base.map(key)), have = new Set(theirs.shapes.map(key));
+  const ours = S.shapes.filter((s) => !had.has(key(s)) && !have.has(key(s)) && s.polyrnn_kept === undefined);
+  const merge = confirm(`${name} was saved elsewhere (another tab?) since you opened it.\n\nOK: keep theirs and add your ${ours.length} new or changed shape(s) to them, then save.\nCancel: load theirs and drop your changes.`);
+  versionOf[name] = theirs.version; S.base = clone(theirs.shapes); S.readError = theirs.error;
+  S.shapes = merge ? [...theirs.shapes, ...ours] : theirs.shapes;
+  S.undo = []; S.redo = [];
+  render();
+  if (merge) persist(); else { markUnsaved(false); status(`reloaded ${name} as saved elsewhere`); }
+}
+function persist() {  // saves run one after another, each carrying the version the last one returned
+  const name = S.name;
   clearTimeout(saveTimer);
   markUnsaved(true, "saving…");
-  saveTimer = setTimeout(() => { saveTimer = null; saving = saveNow(name, shapes).catch(() => {}); }, 150);
+  saveTimer = setTimeout(() => {
+    saveTimer = null;
+    saving = saving.catch(() => {}).then(() => saveNow(name, clone(S.shapes))).catch(() => {});
+  }, 150);
 }
 window.polyrnn.flush = async () => {
-  if (saveTimer) { clearTimeout(saveTimer); saveTimer = null; saving = saveNow(S.name, clone(S.shapes)); }
+  if (saveTimer) {
+    clearTimeout(saveTimer); saveTimer = null;
+    const name = S.name;
+    saving = saving.catch(() => {}).then(() => saveNow(name, clone(S.shapes)));
+  }
   await saving;
 };
 
@@ -326,7 +353,7 @@ async function openImage(i) {
   if (window.polyrnn.flush && S.name) await window.polyrnn.flush().catch(() => {});
   S.index = i;
   S.name = S.images[i].name;
-  S.cur = null; S.shapes = []; S.undo = []; S.redo = []; S.selected = -1; S.readError = null;
+  S.cur = null; S.shapes = []; S.undo = []; S.redo = []; S.selected = -1; S.readError = null; S.base = [];
   $("image-name").textContent = `${S.name} (${i + 1}/${S.images.length})`;
   history.replaceState(null, "", `#${encodeURIComponent(S.name)}`);
   listImages();
@@ -341,12 +368,18 @@ async function openImage(i) {
   try {
     const a = await api.annotations(S.name);
     S.shapes = a.shapes;
+    S.base = clone(a.shapes);
+    versionOf[S.name] = a.version;
     S.readError = a.error;
     problem = a.error;
   } catch (e) { problem = `could not read annotations: ${e.message}`; S.readError = problem; }
   fit();
   if (problem) status(`${problem} — it will not be overwritten unless you confirm`, true);
-  else status(`${S.name}: ${S.shapes.length} shape(s) — drag a box around an object`);
+  else {
+    const kept = S.shapes.filter((s) => s.polyrnn_kept !== undefined).length;
+    status(`${S.name}: ${S.shapes.length} shape(s) — drag a box around an object` +
+      (kept ? ` (${kept} the editor cannot show are kept unchanged in the file)` : ""));
+  }
   document.body.dataset.ready = S.name;
 }
 
@@ -451,7 +484,7 @@ document.querySelectorAll("[data-export]").forEach((b) => {
 window.addEventListener("resize", fit);
 // a save still pending when the page goes away is sent with keepalive, so it outlives the page
 window.addEventListener("beforeunload", (ev) => {
-  if (saveTimer) { clearTimeout(saveTimer); api.save(S.name, clone(S.shapes), { keepalive: true }); }
+  if (saveTimer) { clearTimeout(saveTimer); api.save(S.name, clone(S.shapes), versionOf[S.name] ?? "", { keepalive: true }); }
   else if (S.unsaved) { ev.preventDefault(); ev.returnValue = ""; }
 });
 

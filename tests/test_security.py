@@ -1,0 +1,289 @@
+"""Nothing a request or a file can do crashes the tool, reads a file outside its folder or loses work:
+coordinates far outside the image, pixel bombs, numbers on the command line, exports and box files that
+point outside the folder, colliding output names."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import write_image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+from test_server import make_images, tiny_predictor  # noqa: E402
+from test_server_hardening import _png_header_only  # noqa: E402
+
+from polyrnn.cli import main  # noqa: E402
+from polyrnn.server.app import create_app  # noqa: E402
+from polyrnn.server.store import AnnotationStore  # noqa: E402
+
+LOCAL = "http://127.0.0.1:8000"
+SQUARE = [[20.0, 20.0], [80.0, 20.0], [80.0, 80.0], [20.0, 80.0]]
+
+
+@pytest.fixture
+def served(tmp_path):
+    store = AnnotationStore(make_images(tmp_path / "imgs"))
+    return TestClient(create_app(store, tiny_predictor()), base_url=LOCAL), store
+
+
+# --- coordinates -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"polygon": [[1e300, 1], [2, 1e300], [3, 3]]},
+        {"polygon": [[1e9, 1], [2, 1e9], [3, 3]]},
+        {"polygon": [[1e7, 1], [2, 1e7], [3, 3]]},
+        {"point": [1e300, -1e300]},
+        {"point": [-500, 40]},
+    ],
+)
+def test_correct_refuses_coordinates_far_outside_the_image(served, change):
+    c, _ = served
+    body = {"image": "img0.png", "box": [10, 10, 90, 90], "index": 0, "point": [30, 30], "polygon": SQUARE}
+    r = c.post("/api/correct", json={**body, **change})
+    assert r.status_code == 422, r.text
+    assert "within the 160x120 image" in r.json()["detail"]
+
+
+def test_a_vertex_just_outside_the_image_is_still_a_correction(served):
+    c, _ = served
+    body = {"image": "img0.png", "box": [10, 10, 90, 90], "index": 0, "point": [-5, 30], "polygon": SQUARE}
+    r = c.post("/api/correct", json=body)
+    assert r.status_code == 200 and r.json()["polygon"][0] == [-5.0, 30.0]
+
+
+def test_the_python_api_bounds_boxes_and_points(tmp_path):
+    pred = tiny_predictor()
+    pred.set_image(np.zeros((48, 64, 3), np.uint8))
+    p = pred.predict((0, 0, 1e9, 1e9))  # clipped to the image, not a 1e9-pixel crop
+    assert p.box == (0.0, 0.0, 64.0, 48.0)
+    with pytest.raises(ValueError, match="within the 64x48 image"):
+        pred.correct(0, (1e300, 1.0))
+    with pytest.raises(ValueError, match="within the 64x48 image"):
+        pred.insert(0, (5.0, 5.0), vertices=np.array([[1e9, 1], [2, 3], [4, 5]]))
+
+
+# --- the command line ------------------------------------------------------------------------------------
+def _one_line_exit_2(args: list[str], capsys) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_commands_end_in_one_line_not_a_traceback(tmp_path, capsys, datasets):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header_only(30000, 30000))
+    assert "pixels" in _one_line_exit_2(["predict", str(bomb), "--box", "1,1,9,9"], capsys)
+    img = write_image(tmp_path / "a.png")
+    err = _one_line_exit_2(["predict", str(img), "--box", "0,0,1e9,1e9"], capsys)
+    assert "within the 64x48 image" in err
+    val = str(datasets / "coco128-seg")
+    assert "--grid-sizes" in _one_line_exit_2(["data", "ceiling", val, "--grid-sizes", "0"], capsys)
+    assert "--context" in _one_line_exit_2(["data", "ceiling", val, "--context", "nan"], capsys)
+    assert "--port" in _one_line_exit_2(["serve", str(tmp_path), "--port", "99999"], capsys)
+
+
+def test_an_unexpected_error_is_one_line_too(tmp_path, capsys, monkeypatch):
+    import polyrnn.data.writers
+
+    def boom(*args, **kw):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(polyrnn.data.writers, "export_folder", boom)
+    monkeypatch.delenv("POLYRNN_DEBUG", raising=False)
+    err = _one_line_exit_2(["export", str(tmp_path), "--to", "coco", str(tmp_path / "o")], capsys)
+    assert "KeyError" in err and "POLYRNN_DEBUG" in err
+
+
+# --- CVAT ------------------------------------------------------------------------------------------------
+def test_cvat_handler_caps_pixels_and_bounds_clicks(tmp_path):
+    from polyrnn.integrations.cvat import main as cvat
+
+    context = types.SimpleNamespace(
+        Response=lambda **kw: types.SimpleNamespace(**kw), user_data=types.SimpleNamespace(predictor=None)
+    )
+
+    def call(body):
+        r = cvat.handler(context, types.SimpleNamespace(body=json.dumps(body).encode()))
+        return r.status_code, json.loads(r.body)
+
+    bomb = base64.b64encode(_png_header_only(20000, 10000)).decode()
+    status, reply = call({"image": bomb, "obj_bbox": [1, 1, 50, 50]})
+    assert status == 400 and "pixels" in reply["error"]
+    ok = base64.b64encode(write_image(tmp_path / "a.png").read_bytes()).decode()
+    status, reply = call({"image": ok, "obj_bbox": [1, 1, 50, 40], "pos_points": [[1e300, 5]]})
+    assert status == 400 and "'pos_points' must lie within the 64x48 image" in reply["error"]
+    r = cvat.handler(context, types.SimpleNamespace(body=b"\xff\xfe{"))
+    assert r.status_code == 400
+
+
+# --- exports never leave the folder ----------------------------------------------------------------------
+def _hostile_folder(tmp_path: Path) -> Path:
+    """An image folder with LabelMe files whose imagePath leads out: absolute, ../, and beside a link that
+    leads out; plus one honest file."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = write_image(outside / "secret.png", seed=3)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    write_image(folder / "ok.png")
+    (folder / "link.png").symlink_to(secret)
+    poly = {"label": "thing", "points": SQUARE[:3], "shape_type": "polygon"}
+    docs = {
+        "ok.json": "ok.png",
+        "abs.json": "/etc/passwd",
+        "up.json": "../outside/secret.png",
+        "link.json": "link.png",
+    }
+    for name, image_path in docs.items():
+        doc = {"shapes": [poly], "imagePath": image_path, "imageHeight": 48, "imageWidth": 64}
+        (folder / name).write_text(json.dumps(doc))
+    return folder
+
+
+def _exported_names(out: Path) -> set[str]:
+    return {p.name for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", ["coco", "yolo", "labelme", "labelstudio", "cvat"])
+def test_polyrnn_export_skips_images_outside_the_folder(tmp_path, capsys, fmt):
+    folder = _hostile_folder(tmp_path)
+    out = tmp_path / "out"
+    assert main(["export", str(folder), "--to", fmt, str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "exported 1 instances on 1 images" in printed.out
+    assert printed.err.count("leads outside") == 3
+    text = "".join(
+        p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix != ".png"
+    )
+    assert "passwd" not in text and "secret" not in text and "link.png" not in text
+    assert not {"passwd", "secret.png", "link.png"} & _exported_names(out)
+
+
+def test_the_pages_export_skips_them_too_and_says_so(tmp_path):
+    folder = _hostile_folder(tmp_path)
+    store = AnnotationStore(folder)
+    c = TestClient(create_app(store, tiny_predictor()), base_url=LOCAL)
+    for fmt in ("coco", "yolo", "labelme"):
+        r = c.post(f"/api/export/{fmt}")
+        assert r.status_code == 200 and r.json()["instances"] == 1
+        assert sum("leads outside" in s for s in r.json()["skipped"]) == 3
+        d = c.get(f"/api/export/{fmt}/download")
+        if fmt == "coco":
+            assert [i["file_name"] for i in d.json()["images"]] == ["ok.png"]
+        else:
+            names = zipfile.ZipFile(io.BytesIO(d.content)).namelist()
+            assert not any("passwd" in n or "secret" in n or "link" in n for n in names), names
+
+
+def test_a_superseded_labelme_file_is_not_exported_beside_the_new_one(tmp_path):
+    """``p.png`` joins ``p.jpg``: the tool then saves ``p.jpg.json``; labelme's old ``p.json`` (also naming
+    p.jpg) must not come back in the export."""
+    folder = tmp_path / "imgs"
+    write_image(folder / "p.jpg")
+    old = {"shapes": [{"label": "deleted", "points": SQUARE[:3]}], "imagePath": "p.jpg"}
+    (folder / "p.json").write_text(json.dumps(old))
+    write_image(folder / "p.png", seed=1)
+    store = AnnotationStore(folder)
+    c = TestClient(create_app(store, tiny_predictor()), base_url=LOCAL)
+    shapes = c.get("/api/annotations/p.jpg").json()["shapes"]
+    assert [s["label"] for s in shapes] == ["deleted"]  # labelme's file is read for p.jpg ...
+    kept = {"label": "kept", "points": [[1, 1], [30, 1], [30, 30]], "shape_type": "polygon"}
+    c.put(
+        "/api/annotations/p.jpg",
+        json={"shapes": [kept], "version": c.get("/api/annotations/p.jpg").json()["version"]},
+    )
+    assert (folder / "p.jpg.json").is_file()  # ... and the save goes to the image's own file
+    r = c.post("/api/export/coco").json()
+    assert r["instances"] == 1 and any("superseded" in s for s in r["skipped"])
+    coco = c.get("/api/export/coco/download").json()
+    assert [c_["name"] for c_ in coco["categories"] if c_["id"] == coco["annotations"][0]["category_id"]] == [
+        "kept"
+    ]
+
+
+# --- predict --dataset -----------------------------------------------------------------------------------
+def _coco_with_outside_names(tmp_path: Path) -> tuple[Path, Path]:
+    images = tmp_path / "images"
+    write_image(images / "a.jpg")
+    outside = write_image(tmp_path / "elsewhere" / "b.jpg", seed=2)
+    names = ["a.jpg", str(outside), "../elsewhere/b.jpg"]
+    coco = {
+        "images": [{"id": i + 1, "file_name": n, "width": 64, "height": 48} for i, n in enumerate(names)],
+        "annotations": [
+            {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [4, 6, 26, 34], "iscrowd": 0}
+            for i in range(3)
+        ],
+        "categories": [{"id": 1, "name": "cat"}],
+    }
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps(coco))
+    return path, images
+
+
+def test_predict_dataset_refuses_images_outside_the_image_folder(tmp_path):
+    from polyrnn.batch.boxes import read_boxes
+    from polyrnn.batch.run import predict_dataset
+
+    path, images = _coco_with_outside_names(tmp_path)
+    boxes = read_boxes(path, image_dir=images)
+    assert [b.key for b in boxes.images] == ["a.jpg"]
+    assert sum("outside" in s.reason for s in boxes.skipped) == 2
+    assert len(read_boxes(path, image_dir=images, allow_outside=True).images) == 3
+    out = tmp_path / "out"
+    r = predict_dataset(path, out, image_dir=images, log=None)
+    assert r["images"] == 1
+    skipped = (out / "skipped.csv").read_text()
+    assert skipped.count("lies outside") == 2 and "elsewhere/b.jpg" in skipped
+
+
+def test_output_names_never_collide(tmp_path):
+    from polyrnn.data.instance import Instance
+    from polyrnn.data.writers import write_labelme, write_yolo
+
+    root = tmp_path / "imgs"
+    files = [
+        write_image(root / "sub" / "x.jpg", seed=1),
+        write_image(root / "sub__x.jpg", seed=2),
+        write_image(root / "y.jpg", seed=3),
+        write_image(root / "y.png", seed=4),
+    ]
+    insts = [
+        Instance(f, (64, 48), "a", (1, 1, 10 + k, 10), [np.array([[1, 1], [11 + k, 1], [11 + k, 11]], float)])
+        for k, f in enumerate(files)
+    ]
+    write_yolo(insts, tmp_path / "yolo", root=root, classes=["a"])
+    write_labelme(insts, tmp_path / "lm", root=root)
+    labels = sorted((tmp_path / "yolo" / "labels").iterdir())
+    assert len(labels) == 4 and len({p.stem.casefold() for p in labels}) == 4
+    assert len(list((tmp_path / "yolo" / "images").iterdir())) == 4
+    docs = [json.loads(p.read_text()) for p in (tmp_path / "lm").glob("*.json")]
+    assert len(docs) == 4
+    widths = sorted(d["shapes"][0]["points"][1][0] for d in docs)
+    assert widths == [11, 12, 13, 14]  # every image's own object, none overwritten
+    for d in docs:
+        assert (tmp_path / "lm" / d["imagePath"]).is_file()
+
+
+def test_export_keeps_symlinks_inside_the_folder(tmp_path):
+    """A link inside the folder to another image inside it is fine (only links leading out are refused)."""
+    folder = tmp_path / "imgs"
+    real = write_image(folder / "real" / "a.png")
+    os.symlink(real, folder / "alias.png")
+    doc = {"shapes": [{"label": "t", "points": SQUARE[:3]}], "imagePath": "alias.png"}
+    (folder / "alias.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    assert main(["export", str(folder), "--to", "coco", str(out)]) == 0
+    assert len(json.loads((out / "annotations.json").read_text())["annotations"]) == 1
+    shutil.rmtree(out)
