@@ -27,7 +27,7 @@ def main() -> None:
     from polyrnn.predictor import PolygonPredictor
     from polyrnn.server.app import create_app
     from polyrnn.server.demo import demo_folder
-    from polyrnn.server.local import running
+    from polyrnn.server.http import running
     from polyrnn.server.store import AnnotationStore
 
     folder = demo_folder(Path(tempfile.mkdtemp()) / "demo")

@@ -482,10 +482,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from polyrnn.predictor import PolygonPredictor
 
     try:
-        import uvicorn
-
         from polyrnn.server.app import create_app
         from polyrnn.server.demo import demo_folder
+        from polyrnn.server.http import serve
         from polyrnn.server.store import AnnotationStore, StoreError
     except ImportError as e:
         raise CLIError(f"polyrnn serve needs the serve extra: pip install 'polyrnn[serve]' ({e})") from e
@@ -529,15 +528,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     query = f"?token={token}" if token else ""
     print(f"open http://{shown}:{args.port}/{query} (Ctrl+C to stop)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    serve(app, host=args.host, port=args.port)
     return 0
 
 
 def cmd_label_studio(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
         from polyrnn.integrations.label_studio import backend_from_env, create_app
+        from polyrnn.server.http import serve
     except ImportError as e:
         raise CLIError(
             f"the Label Studio back end needs its extra: pip install 'polyrnn[label-studio]' ({e})"
@@ -560,7 +558,7 @@ def cmd_label_studio(args: argparse.Namespace) -> int:
         f"add it under Settings > Model of a project; work folder {args.work_dir}",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    serve(app, host=args.host, port=args.port)
     return 0
 
 

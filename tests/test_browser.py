@@ -18,7 +18,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from test_server import make_images, tiny_predictor  # noqa: E402
 
 from polyrnn.server.app import create_app  # noqa: E402
-from polyrnn.server.local import running  # noqa: E402
+from polyrnn.server.http import running  # noqa: E402
 from polyrnn.server.store import AnnotationStore  # noqa: E402
 
 

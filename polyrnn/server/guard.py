@@ -8,11 +8,17 @@
 * **A token off loopback.** Bound to any other address, every request needs the session token (a
   ``?token=`` query, which also sets a cookie for the page's own requests, the cookie, or the
   ``X-Polyrnn-Token`` header), as Jupyter does.
-* **Body limit.** A request body over ``max_body`` bytes gets a 413 before it is read into memory.
+* **JSON only.** A request that carries a body must say ``Content-Type: application/json`` (else 415): a
+  cross-site page can send ``text/plain`` without asking, but not JSON.
+* **Body limit and deadline.** A request body over ``max_body`` bytes gets a 413 before it is read into
+  memory, and one that has not fully arrived ``body_timeout`` seconds after its headers gets a 408 (a client
+  trickling its body a byte a second holds nothing). Slow headers: :mod:`polyrnn.server.http`.
+* **Credentials as bytes.** Tokens are compared as bytes, so any header text gets a 403, never an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -53,12 +59,14 @@ class Guard:
         bind_host: str = "127.0.0.1",
         token: str | None = None,
         max_body: int = 32 * 1024 * 1024,
+        body_timeout: float = 30.0,
     ) -> None:
         self.app = app
         self.loopback = is_loopback(bind_host)
         self.hosts = LOOPBACK | {bind_host.strip("[]")}
         self.token = token
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,37 +77,43 @@ class Guard:
         if refusal is not None:
             await _reply(send, *refusal)
             return
-        length = headers.get("content-length", "")
+        length = headers.get("content-length", "").strip()
         if length.isdigit() and int(length) > self.max_body:
             await _reply(send, 413, f"request body over {self.max_body // 2**20} MB")
             return
-        if not length.isdigit() and scope["method"] in CHANGES:  # chunked: read it here, up to the limit
-            body, more = bytearray(), True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return
-                body += message.get("body", b"")
-                more = bool(message.get("more_body"))
-                if len(body) > self.max_body:
-                    await _reply(send, 413, f"request body over {self.max_body // 2**20} MB")
-                    return
-            sent = False
-
-            async def replay() -> Message:
-                nonlocal sent
-                if sent:
-                    return await receive()
-                sent = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-            receive = replay
+        has_body = (length.isdigit() and int(length) > 0) or "transfer-encoding" in headers
+        if has_body:
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                await _reply(send, 415, "send the body as JSON (Content-Type: application/json)")
+                return
+            try:
+                body = await asyncio.wait_for(self._body(receive), self.body_timeout)
+            except TimeoutError:
+                await _reply(send, 408, f"the request body did not arrive within {self.body_timeout:g} s")
+                return
+            if body is None:  # the client left, or sent more than the limit
+                await _reply(send, 413, f"request body over {self.max_body // 2**20} MB")
+                return
+            receive = _replay(body, receive)
         send = self._with_token_cookie(scope, send)
         await self.app(scope, receive, send)
 
+    async def _body(self, receive: Receive) -> bytes | None:
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            body += message.get("body", b"")
+            more = bool(message.get("more_body"))
+            if len(body) > self.max_body:
+                return None
+        return bytes(body)
+
     def _with_token_cookie(self, scope: Scope, send: Send) -> Send:
         query_token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
-        if self.token is not None and query_token and hmac.compare_digest(query_token, self.token):
+        if self.token is not None and query_token and same_secret(query_token, self.token):
             return _with_cookie(send, self.token)
         return send
 
@@ -125,7 +139,28 @@ class Guard:
         if TOKEN_COOKIE in cookie:
             candidates.append(cookie[TOKEN_COOKIE].value)
         candidates += parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
-        return any(c and hmac.compare_digest(c, self.token) for c in candidates)
+        return any(c and same_secret(c, self.token) for c in candidates)
+
+
+def same_secret(given: str, secret: str) -> bool:
+    """``given`` equals ``secret``, compared in constant time as UTF-8 bytes (any text, never an error)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), secret.encode("utf-8", "surrogateescape")
+    )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the app the body already read, then what the client sends next."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 def _with_cookie(send: Send, token: str) -> Send:

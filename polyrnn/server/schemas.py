@@ -56,6 +56,8 @@ class PolygonResponse(BaseModel):
 
 MAX_VERTICES = 100_000  # per shape, and per polygon sent to the model
 MAX_SHAPES = 10_000  # per image
+MAX_LABEL = 10_000  # characters of a label
+MAX_LABELS = 500  # labels in the tool's list
 
 
 def _text_only(model: BaseModel) -> BaseModel:
@@ -73,7 +75,7 @@ class Shape(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    label: str = Field(max_length=10_000)
+    label: str = Field(max_length=MAX_LABEL)
     points: list[Point] = Field(max_length=MAX_VERTICES)
     shape_type: str = "polygon"
     group_id: int | None = None
@@ -124,7 +126,7 @@ class ImageInfo(BaseModel):
 
 
 class Labels(BaseModel):
-    labels: list[Annotated[str, Field(max_length=1000)]] = Field(min_length=1, max_length=500)
+    labels: list[Annotated[str, Field(max_length=MAX_LABEL)]] = Field(min_length=1, max_length=MAX_LABELS)
 
     _text = model_validator(mode="after")(_text_only)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from polyrnn.data.common import find_images
 from polyrnn.io import atomic_write_json, atomic_write_text
+from polyrnn.server.schemas import MAX_LABEL, MAX_LABELS
 
 LABELME_VERSION = "5.4.1"
 DEFAULT_LABELS = ["object"]
@@ -279,18 +280,18 @@ class AnnotationStore:
                 try:
                     labels = json.loads(path.read_text(encoding="utf-8"))
                     if isinstance(labels, list) and labels and all(isinstance(v, str) for v in labels):
-                        clean = [v for v in labels if encodable(v)]  # a label stored before they were checked
+                        clean = [v for v in labels if _label_ok(v)]  # one stored before they were checked
                         if clean:
-                            return clean
+                            return clean[:MAX_LABELS]
                 except (OSError, ValueError):
                     pass
         seen: dict[str, None] = {}
         for name in self.names:
             for s in self.load(name)["shapes"]:
                 label = s.get("label")
-                if isinstance(label, str) and label.strip() and KEPT not in s:
+                if isinstance(label, str) and label.strip() and KEPT not in s and _label_ok(label):
                     seen.setdefault(label, None)
-        return list(seen) or list(DEFAULT_LABELS)
+        return list(seen)[:MAX_LABELS] or list(DEFAULT_LABELS)
 
     def _legacy_labels(self) -> Path | None:
         """``labels.json`` in the root, where earlier versions kept the list (unless an image owns it)."""
@@ -326,6 +327,10 @@ def encodable(text: str) -> bool:
         return False
 
 
+def _label_ok(label: str) -> bool:
+    return encodable(label) and 0 < len(label) <= MAX_LABEL
+
+
 def _shown(shape: Any, index: int) -> dict[str, Any]:
     """The shape as the page gets it: as it is when the editor can show it (the schema's
     :class:`~polyrnn.server.schemas.Shape`, and JSON without NaN or unencodable text), else a read-only
@@ -346,7 +351,7 @@ def _shown(shape: Any, index: int) -> dict[str, Any]:
         except (ValueError, TypeError, RecursionError) as e:
             why = f"holds values that are not JSON text ({e.__class__.__name__})"
     label = shape.get("label") if isinstance(shape, dict) else None
-    label = label if isinstance(label, str) and encodable(label) and len(label) <= 10_000 else ""
+    label = label if isinstance(label, str) and encodable(label) and len(label) <= MAX_LABEL else ""
     return {"label": label, "points": [], "shape_type": "kept", KEPT: index, "why": why[:300]}
 
 
