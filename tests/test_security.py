@@ -287,3 +287,189 @@ def test_export_keeps_symlinks_inside_the_folder(tmp_path):
     assert main(["export", str(folder), "--to", "coco", str(out)]) == 0
     assert len(json.loads((out / "annotations.json").read_text())["annotations"]) == 1
     shutil.rmtree(out)
+
+
+# --- never destroy an annotation -------------------------------------------------------------------------
+ODD_SHAPES = [
+    {"label": None, "points": SQUARE},
+    {"label": 5, "points": SQUARE},
+    {"label": "a", "points": SQUARE, "flags": {"x": "yes"}},
+    {"label": "a", "points": SQUARE, "flags": [1]},
+    {"label": "a", "points": SQUARE, "group_id": "abc"},
+    {"label": "a", "points": SQUARE, "group_id": 1.5},
+    {"label": "a", "points": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]},
+    {"label": "a", "points": [[1, 2], [3, float("nan")], [5, 6]]},
+    {"label": "a", "points": [[1, 2], [3, float("inf")], [5, 6]]},
+    {"label": "a", "points": [[float(i % 90), float(i % 70)] for i in range(100_001)]},
+    {"label": "a", "points": SQUARE, "shape_type": None},
+    {"label": "a", "points": SQUARE, "shape_type": 3},
+    {"label": "a", "points": "1,2,3"},
+    {"label": "a", "points": None},
+    {"label": "a"},
+    {"points": SQUARE},
+    {"label": "a", "points": SQUARE, "description": 7},
+    {"label": "a", "points": [["1", "2"], ["3", "4"], ["5", "6"]]},
+    {"label": "a", "points": SQUARE, "extra": float("nan")},
+    {"label": "\ud800", "points": SQUARE},
+    {"label": "a", "points": SQUARE, "note": "\udcff"},
+    {"label": "x" * 10_001, "points": SQUARE},
+    "not a shape",
+    17,
+    None,
+]
+
+
+@pytest.mark.parametrize("odd", range(len(ODD_SHAPES)))
+def test_odd_labelme_shapes_are_shown_read_only_and_written_back_unchanged(tmp_path, odd):
+    folder = make_images(tmp_path / "imgs", 1)
+    good = {"label": "good", "points": SQUARE, "shape_type": "polygon"}
+    doc = {"version": "5.4.1", "shapes": [good, ODD_SHAPES[odd], dict(good, label="also")], "imageData": None}
+    (folder / "img0.json").write_text(json.dumps(doc))
+    original = json.loads((folder / "img0.json").read_text())
+    c = TestClient(create_app(AnnotationStore(folder), tiny_predictor()), base_url=LOCAL)
+    r = c.get("/api/annotations/img0.png")
+    assert r.status_code == 200, r.text[:300]
+    got = r.json()
+    kept = got["shapes"][1]
+    assert kept["shape_type"] == "kept" and kept["polyrnn_kept"] == 1 and kept["points"] == []
+    assert c.get("/api/images").status_code == 200 and c.get("/api/labels").status_code == 200
+    # the page edits the last shape and saves every shape it got, the stand-in included
+    shapes = got["shapes"]
+    shapes[2] = dict(shapes[2], points=[[1.0, 1.0], [50.0, 1.0], [50.0, 50.0]])
+    r = c.put("/api/annotations/img0.png", json={"shapes": shapes, "version": got["version"]})
+    assert r.status_code == 200, r.text[:300]
+    saved = json.loads((folder / "img0.json").read_text())
+    assert saved["shapes"][:2] == original["shapes"][:2] or (
+        saved["shapes"][0] == original["shapes"][0]
+        and repr(saved["shapes"][1]) == repr(original["shapes"][1])
+    )
+    assert saved["shapes"][2]["points"] == [[1.0, 1.0], [50.0, 1.0], [50.0, 50.0]]
+
+
+def test_a_stand_in_is_refused_without_a_version_and_must_name_a_shape(served):
+    c, store = served
+    (store.image_dir / "img0.json").write_text(json.dumps({"shapes": [{"label": None, "points": SQUARE}]}))
+    got = c.get("/api/annotations/img0.png").json()
+    assert c.put("/api/annotations/img0.png", json={"shapes": got["shapes"]}).status_code == 422
+    bad = dict(got["shapes"][0], polyrnn_kept=5)
+    r = c.put("/api/annotations/img0.png", json={"shapes": [bad], "version": got["version"]})
+    assert r.status_code == 422
+    assert json.loads((store.image_dir / "img0.json").read_text())["shapes"][0]["label"] is None
+
+
+def test_two_tabs_the_stale_save_gets_409_and_nothing_is_lost(served):
+    c, store = served
+    first = c.get("/api/annotations/img0.png").json()
+    second = c.get("/api/annotations/img0.png").json()
+    a = {"label": "from-tab-1", "points": SQUARE}
+    r = c.put("/api/annotations/img0.png", json={"shapes": [a], "version": first["version"]})
+    assert r.status_code == 200 and r.json()["version"] != first["version"]
+    b = {"label": "from-tab-2", "points": SQUARE}
+    r = c.put("/api/annotations/img0.png", json={"shapes": [b], "version": second["version"]})
+    assert r.status_code == 409 and "changed" in r.json()["detail"]
+    assert [s["label"] for s in json.loads((store.image_dir / "img0.json").read_text())["shapes"]] == [
+        "from-tab-1"
+    ]
+    # the page's merge: theirs plus ours, saved with their version
+    theirs = c.get("/api/annotations/img0.png").json()
+    r = c.put(
+        "/api/annotations/img0.png", json={"shapes": [*theirs["shapes"], b], "version": theirs["version"]}
+    )
+    assert (
+        r.status_code == 200 and c.get("/api/annotations/img0.png").json()["version"] == r.json()["version"]
+    )
+    saved = json.loads((store.image_dir / "img0.json").read_text())["shapes"]
+    assert [s["label"] for s in saved] == ["from-tab-1", "from-tab-2"]
+
+
+def test_replacing_an_unreadable_file_keeps_a_copy(served):
+    c, store = served
+    (store.image_dir / "img0.json").write_text("{broken")
+    got = c.get("/api/annotations/img0.png").json()
+    assert got["error"] and got["version"]
+    body = {
+        "shapes": [{"label": "a", "points": SQUARE}],
+        "version": got["version"],
+        "replace_unreadable": True,
+    }
+    assert c.put("/api/annotations/img0.png", json=body).status_code == 200
+    kept = list(store.image_dir.glob("img0.json.unreadable-*"))
+    assert len(kept) == 1 and kept[0].read_text() == "{broken"
+
+
+def test_odd_file_names_and_unencodable_labels(tmp_path):
+    folder = make_images(tmp_path / "imgs", 1)
+    latin1 = os.fsdecode(b"caf\xe9.png")
+    write_image(folder / latin1)
+    (folder / ".polyrnn").mkdir()
+    (folder / ".polyrnn" / "labels.json").write_text('["ok", "\\ud800"]')  # stored by an older version
+    store = AnnotationStore(folder)
+    assert store.names == ["img0.png"] and any("not UTF-8" in w for w in store.warnings)
+    c = TestClient(create_app(store, tiny_predictor()), base_url=LOCAL)
+    assert c.get("/api/images").status_code == 200
+    assert c.get("/api/labels").json() == {"labels": ["ok"]}
+    body = b'{"labels": ["cat", "\\ud800"]}'
+    r = c.put("/api/labels", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    shape = b'{"shapes": [{"label": "\\udcff", "points": [[1,1],[5,1],[5,5]]}]}'
+    r = c.put("/api/annotations/img0.png", content=shape, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert c.get("/api/labels").status_code == 200
+
+
+# --- who may talk, and how slowly ------------------------------------------------------------------------
+def test_odd_credentials_and_bodies_get_4xx(tmp_path):
+    store = AnnotationStore(make_images(tmp_path / "imgs", 1))
+    c = TestClient(create_app(store, tiny_predictor(), host="0.0.0.0", token="sekrit"), base_url=LOCAL)
+    for value in ("токен", "\xff\xfe", "a" * 10_000):
+        r = c.get("/api/images", headers={"X-Polyrnn-Token": value.encode("utf-8", "surrogateescape")})
+        assert r.status_code == 403
+        r = c.get(
+            "/api/images", headers={"Cookie": b"polyrnn_token=" + value.encode("utf-8", "surrogateescape")}
+        )
+        assert r.status_code == 403
+        assert c.get("/api/images", params={"token": value}).status_code == 403
+    assert c.get("/api/images", headers={"X-Polyrnn-Token": "sekrit"}).status_code == 200
+    r = c.put(
+        "/api/labels",
+        content=b'{"labels": ["a"]}',
+        headers={"Content-Type": "text/plain", "X-Polyrnn-Token": "sekrit"},
+    )
+    assert r.status_code == 415
+
+
+def test_slow_clients_are_cut_off(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from polyrnn.server import http
+
+    monkeypatch.setattr(http.DeadlineProtocol, "header_timeout", 1.0)
+    store = AnnotationStore(make_images(tmp_path / "imgs", 1))
+    app = create_app(store, tiny_predictor())
+    app.body_timeout = 1.0
+    with http.running(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        held = []
+        for _ in range(15):  # headers that never finish
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            held.append(s)
+        body = socket.create_connection(("127.0.0.1", port))  # a body that never finishes
+        body.sendall(
+            b"PUT /api/labels HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        t0 = time.monotonic()
+        for s in held:
+            s.settimeout(10)
+            assert s.recv(100) == b""  # closed by the server
+            s.close()
+        assert time.monotonic() - t0 < 8
+        body.settimeout(10)
+        assert b"408" in body.recv(200).split(b"\r\n")[0]
+        body.close()
+        import urllib.request
+
+        with urllib.request.urlopen(url + "/health", timeout=5) as r:
+            assert r.status == 200
