@@ -551,7 +551,15 @@ def cmd_label_studio(args: argparse.Namespace) -> int:
         mask_weights=args.mask_weights,
     )
     user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
-    app = create_app(backend, basic_auth=(user, password) if user and password else None)
+    app = create_app(backend, basic_auth=(user, password) if user and password else None, host=args.host)
+    from polyrnn.server.guard import is_loopback
+
+    if not is_loopback(args.host) and not (user and password):
+        print(
+            f"warning: serving on {args.host} without BASIC_AUTH_USER/BASIC_AUTH_PASS: anyone who reaches "
+            "this port can run predictions and start fine-tuning",
+            file=sys.stderr,
+        )
     backend.annotator()  # load the models before the first request
     print(
         f"polyrnn Label Studio back end: http://{args.host}:{args.port} (model {backend.model_version}); "

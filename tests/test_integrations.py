@@ -149,7 +149,7 @@ def ls(datasets, tmp_path_factory):
     insts = [i for i in load_dataset(folder).instances if i.image_path.name == "2011_000025.jpg"]
     work = tmp_path_factory.mktemp("ls")
     backend = LabelStudioBackend(work_dir=work, images=folder, fit_epochs=1, fit_async=False)
-    return TestClient(create_app(backend)), backend, insts
+    return TestClient(create_app(backend), base_url="http://127.0.0.1:9090"), backend, insts
 
 
 def _task(insts, with_boxes: bool = True) -> dict:

@@ -287,17 +287,24 @@ _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio prefixes uploaded 
 def label_studio_image(url: str, image_dir: Path) -> Path | None:
     """The local file for a task's image URL: ``/data/local-files/?d=REL`` (REL under ``image_dir``, or
     any suffix of it), ``/data/upload/N/abcd1234-name.jpg`` (``name.jpg``), a file path or a URL's
-    file name, looked for in ``image_dir``."""
+    file name, looked for in ``image_dir``; None when none is there. Only files under ``image_dir`` are ever
+    returned (an absolute path elsewhere, ``../``, a link leading out: None)."""
     parsed = urllib.parse.urlparse(url)
     query = urllib.parse.parse_qs(parsed.query)
     rel = query.get("d", [urllib.parse.unquote(parsed.path)])[0]
-    parts = Path(rel).parts
+    from polyrnn.data.labelme import inside
+
+    if "\0" in rel or len(rel) > 4096:
+        return None
+    parts = [p for p in Path(rel).parts if p not in ("/", "..", ".")]
     cands = [image_dir / Path(*parts[k:]) for k in range(len(parts))] if parts else []
     name = Path(rel).name
-    cands += [image_dir / name, image_dir / _UPLOAD_PREFIX.sub("", name)]
+    if name:
+        cands += [image_dir / name, image_dir / _UPLOAD_PREFIX.sub("", name)]
     if Path(rel).is_absolute():
         cands.insert(0, Path(rel))
-    return next((c for c in cands if c.is_file()), None)
+    # only files under image_dir, links followed: a task must not make polyrnn read /etc/passwd
+    return next((c for c in cands if inside(c, image_dir) and c.is_file()), None)
 
 
 def ls_results(task: dict[str, Any]) -> list[dict[str, Any]]:
@@ -350,20 +357,26 @@ def read_label_studio_boxes(json_path: Path, image_dir: Path | None = None) -> B
 def ls_box(res: dict[str, Any], where: str, skipped: list[Skip]) -> BoxObject | None:
     if res.get("type") != "rectanglelabels":
         return None
-    v = res.get("value") or {}
+    v = res.get("value")
     try:
+        if not isinstance(v, dict):
+            raise TypeError("value is not an object")
         x, y, w, h = (float(v[k]) / 100.0 for k in ("x", "y", "width", "height"))
-    except (KeyError, TypeError, ValueError):
-        skipped.append(Skip(where + ".value", "rectangle needs x, y, width, height (percent)"))
+        rotation = float(v.get("rotation") or 0.0)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        skipped.append(Skip(where + ".value", "rectangle needs numbers x, y, width, height (percent)"))
         return None
-    if float(v.get("rotation") or 0.0) != 0.0:
+    if rotation != 0.0:
         skipped.append(Skip(where + ".value.rotation", "rotated rectangles are not supported"))
         return None
     if not all(math.isfinite(q) for q in (x, y, w, h)) or w <= 0 or h <= 0:
         skipped.append(Skip(where + ".value", "rectangle is empty or not finite"))
         return None
-    labels = v.get("rectanglelabels") or [""]
-    return BoxObject((x, y, x + w, y + h), str(labels[0]), where.rsplit(":", 1)[-1] + f" id={res.get('id')}")
+    labels = v.get("rectanglelabels")
+    label = labels[0] if isinstance(labels, list) and labels and isinstance(labels[0], str) else ""
+    return BoxObject(
+        (x, y, x + w, y + h), label, where.rsplit(":", 1)[-1] + f" id={str(res.get('id'))[:100]}"
+    )
 
 
 # --- CVAT ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from polyrnn.predictor import PolygonPredictor, Prediction
-from polyrnn.server.guard import Guard
+from polyrnn.server.guard import Guard, invalid_request
 from polyrnn.server.schemas import (
     Annotations,
     AnnotationsResponse,
@@ -299,16 +299,6 @@ async def _store_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status)
 
 
-async def _invalid(_: Request, exc: Exception) -> JSONResponse:
-    """422 with where and what, never the offending value (it may not even be valid JSON: NaN)."""
-    assert isinstance(exc, RequestValidationError)
-    detail = [
-        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-        for e in exc.errors()
-    ]
-    return JSONResponse({"detail": detail}, status_code=422)
-
-
 def create_app(
     store: AnnotationStore,
     predictor: PolygonPredictor,
@@ -331,7 +321,7 @@ def create_app(
     app.state.ctx = ServerContext(store=store, predictor=predictor, model_name=model_name)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(StorageError, _store_error)
-    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.include_router(router)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
     return Guard(app, bind_host=host, token=token, max_body=max_body)

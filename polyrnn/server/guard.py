@@ -184,3 +184,20 @@ async def _reply(send: Send, status: int, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def invalid_request(_: Any, exc: Exception) -> Any:
+    """FastAPI's handler for a body that does not validate: 422 with where and what, never the offending
+    value (it may not even be valid JSON: NaN, a lone surrogate)."""
+    from fastapi.responses import JSONResponse
+
+    errors = exc.errors() if hasattr(exc, "errors") else []
+    detail = [
+        {
+            "loc": [str(v) for v in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in errors
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
