@@ -219,3 +219,37 @@ def test_a_failed_save_is_marked_unsaved_and_retried(tmp_path, browser, monkeypa
         page.wait_for_selector("#unsaved[hidden]", state="attached", timeout=15000)
         assert len(json.loads((folder / "img0.json").read_text())["shapes"]) == 1
         page.close()
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_two_tabs_the_second_save_offers_merge_or_reload(tmp_path, browser, merge):
+    folder = make_images(tmp_path / "tabs", 1)
+    with running(create_app(AnnotationStore(folder), tiny_predictor(), model_name="tiny")) as url:
+        pages = [browser.new_page(viewport={"width": 1100, "height": 800}) for _ in range(2)]
+        for page in pages:
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready='img0.png']")
+        first, second = pages
+        drag(first, screen(first, 20, 10), screen(first, 140, 110))
+        first.wait_for_selector("#current-polygon")
+        first.keyboard.press("Enter")
+        first.evaluate("() => window.polyrnn.flush()")
+        assert len(json.loads((folder / "img0.json").read_text())["shapes"]) == 1
+        dialogs = []
+
+        def answer(dialog):
+            dialogs.append(dialog.message)
+            dialog.accept() if merge else dialog.dismiss()
+
+        second.on("dialog", answer)
+        drag(second, screen(second, 10, 60), screen(second, 70, 115))
+        second.wait_for_selector("#current-polygon")
+        second.keyboard.press("Enter")
+        second.wait_for_function("() => !document.body.dataset.unsaved", timeout=15000)
+        second.evaluate("() => window.polyrnn.flush()")
+        assert len(dialogs) == 1 and "saved elsewhere" in dialogs[0]
+        saved = json.loads((folder / "img0.json").read_text())["shapes"]
+        assert len(saved) == (2 if merge else 1)  # the first tab's polygon is never lost
+        assert len(state(second, "state.shapes")) == len(saved)
+        for page in pages:
+            page.close()
