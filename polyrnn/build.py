@@ -28,6 +28,8 @@ from polyrnn.modeling.mask_net import MaskHead, MaskNet
 from polyrnn.modeling.polygon_rnn import PolygonRNN
 from polyrnn.modeling.refiner import Refiner
 
+REFINER_FORMAT = "polyrnn-refiner"  # the ``format`` field of a refiner checkpoint
+
 Model = PolygonRNN | MaskNet
 
 VARIANTS: dict[str, ModelConfig] = {
@@ -351,6 +353,7 @@ def load_models(
     refiner_weights: str | Path | None = None,
 ) -> Models:
     """The one pairing rule every entry point uses (CLI ``predict``, ``evaluate``, ``serve``, the Python API).
+    The networks come in evaluation mode, ready to use.
 
     - ``weights`` None: the shipped polygon weights of ``variant``, paired with the mask model its
       :class:`WeightRecord` names (``automatic``).
@@ -383,9 +386,11 @@ def load_models(
             raise CheckpointError(
                 f"{ref_path}: a refiner needs the mask model it was trained with (mask_weights)"
             )
-        from polyrnn.refine_training import load_refiner
-
         refiner = load_refiner(ref_path, mask_path)
+    # ready to use: inference mode (BatchNorm's running statistics, no dropout); training calls .train()
+    polygon.eval()
+    if mask is not None:
+        mask.eval()
     return Models(
         polygon=polygon,
         polygon_path=path,
@@ -427,3 +432,28 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def load_refiner(path: str | Path, mask_path: str | Path | None = None) -> Refiner:
+    """A trained refiner (strict, ``weights_only``); with ``mask_path``, checks that it was trained on that
+    mask model's features (:class:`~polyrnn.build.CheckpointError` otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such refiner weights file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds on a corrupt or foreign file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e.__class__.__name__})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != REFINER_FORMAT:
+        raise CheckpointError(f"{path}: not a polyrnn refiner checkpoint (field 'format')")
+    if mask_path is not None and ckpt.get("mask_sha256") != sha256_file(mask_path):
+        raise CheckpointError(f"{path}: trained on another mask model's features than {mask_path}")
+    c = ckpt["refiner_config"]
+    model = Refiner(
+        feat_channels=int(c["feat_channels"]),
+        reduce=int(c["reduce"]),
+        hidden=int(c["hidden"]),
+        size=int(c["size"]),
+    )
+    load_weights(model, ckpt["model"], str(path))
+    return model.eval()

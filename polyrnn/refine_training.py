@@ -25,16 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from polyrnn.build import CheckpointError, default_weights, load_mask_model
+from polyrnn.build import REFINER_FORMAT, CheckpointError, default_weights, load_mask_model
 from polyrnn.config import AugmentConfig
 from polyrnn.data.instance import Instance
 from polyrnn.evaluation.clicks import boundary_points, nearest_point, worst_error
 from polyrnn.io import atomic_write_bytes, atomic_write_text, sha256_file
 from polyrnn.modeling.mask_net import MaskNet
-from polyrnn.modeling.refiner import Refiner, point_maps
+from polyrnn.modeling.refiner import Refiner, refiner_maps
 from polyrnn.provenance import git_sha, versions
 
-REFINER_FORMAT = "polyrnn-refiner"
 DATASETS = (
     "../shared/datasets/coco128-seg",
     "../shared/datasets/coco-mini/train2017",
@@ -91,31 +90,6 @@ def simulated_click(pred: np.ndarray, gt: np.ndarray, gt_boundary: np.ndarray) -
     own = boundary_points(pred)
     ux, uy = nearest_point(own, x, y) if len(own) else (x, y)
     return vx, vy, (ux + vx) / 2, (uy + vy) / 2, 1 if missed else -1
-
-
-def refiner_maps(
-    current: torch.Tensor,
-    prob: torch.Tensor,
-    fixed: list[list[tuple[float, float]]],
-    clicks: list[list[tuple[float, float, int]]],
-    size: int,
-) -> torch.Tensor:
-    """(B, 5, S, S) refiner input from (B, S, S) current masks, (B, S, S) mask-model probabilities, each
-    sample's fixed vertices [(x, y)] and corrections [(x, y, sign)] (the drags' middles), in map pixels."""
-    b = current.shape[0]
-
-    def disks(points: list[list[tuple[float, float]]], weights: list[list[float]]) -> torch.Tensor:
-        k = max((len(p) for p in points), default=0)
-        pts, w = torch.zeros(b, k, 2), torch.zeros(b, k)
-        for i, (ps, ws) in enumerate(zip(points, weights, strict=True)):
-            for j, ((x, y), v) in enumerate(zip(ps, ws, strict=True)):
-                pts[i, j, 0], pts[i, j, 1], w[i, j] = x, y, v
-        return point_maps(pts, w, size)
-
-    mids = [[(x, y) for x, y, _ in c] for c in clicks]
-    pos = disks(mids, [[float(s > 0) for *_, s in c] for c in clicks])
-    neg = disks(mids, [[float(s < 0) for *_, s in c] for c in clicks])
-    return torch.stack([current, prob, disks(fixed, [[1.0] * len(f) for f in fixed]), pos, neg], dim=1)
 
 
 # --- the cache ---------------------------------------------------------------------------------------
@@ -381,33 +355,6 @@ def train_refiner(cfg: RefinerConfig, *, log: Any = print) -> Path:
         )
         sys.stdout.flush()
     return run
-
-
-def load_refiner(path: str | Path, mask_path: str | Path | None = None) -> Refiner:
-    """A trained refiner (strict, ``weights_only``); with ``mask_path``, checks that it was trained on that
-    mask model's features (:class:`~polyrnn.build.CheckpointError` otherwise)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such refiner weights file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds on a corrupt or foreign file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e.__class__.__name__})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != REFINER_FORMAT:
-        raise CheckpointError(f"{path}: not a polyrnn refiner checkpoint (field 'format')")
-    if mask_path is not None and ckpt.get("mask_sha256") != sha256_file(mask_path):
-        raise CheckpointError(f"{path}: trained on another mask model's features than {mask_path}")
-    c = ckpt["refiner_config"]
-    model = Refiner(
-        feat_channels=int(c["feat_channels"]),
-        reduce=int(c["reduce"]),
-        hidden=int(c["hidden"]),
-        size=int(c["size"]),
-    )
-    from polyrnn.build import load_weights
-
-    load_weights(model, ckpt["model"], str(path))
-    return model.eval()
 
 
 def ship_refiner(src: str | Path, *, folder: Path | None = None) -> Path:

@@ -36,6 +36,7 @@ from polyrnn.data.crop import CropBox
 from polyrnn.geometry import is_simple, rasterize, signed_area, simplify
 from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.modeling.polygon_rnn import DecodeCursor, PolygonRNN
+from polyrnn.modeling.refiner import refiner_maps
 
 if TYPE_CHECKING:
     from polyrnn.modeling.refiner import Refiner
@@ -155,8 +156,6 @@ class BoxEncoding:
         """The refiner's mask over the crop, bool (crop_size, crop_size), for the polygon ``before`` the edit
         (image pixels), the fixed vertices (K, 2) and the corrections (:data:`Click`, image pixels)."""
         assert self.refiner is not None
-        from polyrnn.refine_training import refiner_maps
-
         s = self.refiner.size
         feats, prob = self._mask
         current = torch.from_numpy(rasterize([self.to_map(before, s)], s, s).astype(np.float32))[None]

@@ -448,3 +448,13 @@ def test_truncated_backprop_cuts_gradients_through_the_state_only(cell):
     torch.testing.assert_close(long_grad, full_grad)
     assert not torch.allclose(cut_grad, full_grad)  # earlier steps no longer reach the loss through the state
     assert cut_grad.abs().sum() > 0  # the last step's own input still does
+
+
+def test_load_models_returns_networks_ready_to_use():
+    """A script that never calls .eval() gets the same polygons as the tool (BatchNorm in inference mode)."""
+    from polyrnn.build import load_models
+
+    m = load_models()
+    assert not m.polygon.training and m.mask is not None and not m.mask.training
+    assert m.refiner is not None and not m.refiner.training
+    assert not any(mod.training for mod in m.mask.modules())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import write_image
 
-from polyrnn.batch import run as batch_run
+from polyrnn.batch import worker as batch_worker
 from polyrnn.batch.boxes import read_boxes
 from polyrnn.batch.run import RunError, Shard, merge, predict_dataset, read_shard
 from polyrnn.data.instance import DataError
@@ -239,7 +239,7 @@ def test_coco_output_iou_equals_evaluate_automatic(subset, baseline):
 @pytest.mark.shared
 def test_killed_run_resumes_to_identical_output(subset, baseline, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    real = batch_run.trace_image
+    real = batch_worker.trace_image
     calls = {"n": 0}
 
     def dies_after_one(annotator, job):
@@ -248,14 +248,14 @@ def test_killed_run_resumes_to_identical_output(subset, baseline, tmp_path, monk
         calls["n"] += 1
         return real(annotator, job)
 
-    monkeypatch.setattr(batch_run, "trace_image", dies_after_one)
+    monkeypatch.setattr(batch_worker, "trace_image", dies_after_one)
     with pytest.raises(KeyboardInterrupt):
         _run(subset, out)
     shard = out / "shards" / f"{Shard().name}.jsonl"
     assert len(read_shard(shard)) == 1
     with open(shard, "a") as f:
         f.write('{"key": "cut off mid-wri')  # a line the kill cut
-    monkeypatch.setattr(batch_run, "trace_image", real)
+    monkeypatch.setattr(batch_worker, "trace_image", real)
     r = _run(subset, out)
     assert r["done_before"] == 1 and r["images"] == 2
     assert len(read_shard(shard)) == 3

@@ -136,8 +136,8 @@ def test_refine_engine_keeps_fixed_vertices_and_gives_a_simple_polygon():
 def test_refiner_training_leaves_a_run_that_loads_for_its_mask_model(tmp_path):
     from helpers import write_image
 
-    from polyrnn.build import CheckpointError
-    from polyrnn.refine_training import load_refiner, load_refiner_config, ship_refiner, train_refiner
+    from polyrnn.build import CheckpointError, load_refiner
+    from polyrnn.refine_training import load_refiner_config, ship_refiner, train_refiner
 
     data = tmp_path / "data"
     rng = np.random.default_rng(0)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from polyrnn.batch import worker
 from polyrnn.batch.boxes import ImageBoxes
 
 
@@ -23,14 +24,10 @@ class RayTracer:
     """A Ray Data actor: the models once, then ``{"job": [json, ...]}`` -> ``{"record": [json, ...]}``."""
 
     def __init__(self, models: dict[str, Any], threads: int) -> None:
-        from polyrnn.batch import run
-
-        run.init_worker(models, threads)
+        worker.init_worker(models, threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
-        from polyrnn.batch import run
-
-        records = [run.work(ImageBoxes.from_dict(json.loads(str(j)))) for j in batch["job"]]
+        records = [worker.work(ImageBoxes.from_dict(json.loads(str(j)))) for j in batch["job"]]
         return {"record": [json.dumps(r) for r in records]}
 
 

@@ -76,3 +76,28 @@ def point_maps(points: torch.Tensor, weights: torch.Tensor, size: int, sigma: fl
     dy = c.view(1, 1, size, 1) - points[..., 1].view(b, -1, 1, 1)
     g = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2)) * weights.view(b, -1, 1, 1)
     return g.amax(dim=1)
+
+
+def refiner_maps(
+    current: torch.Tensor,
+    prob: torch.Tensor,
+    fixed: list[list[tuple[float, float]]],
+    clicks: list[list[tuple[float, float, int]]],
+    size: int,
+) -> torch.Tensor:
+    """(B, 5, S, S) refiner input from (B, S, S) current masks, (B, S, S) mask-model probabilities, each
+    sample's fixed vertices [(x, y)] and corrections [(x, y, sign)] (the drags' middles), in map pixels."""
+    b = current.shape[0]
+
+    def disks(points: list[list[tuple[float, float]]], weights: list[list[float]]) -> torch.Tensor:
+        k = max((len(p) for p in points), default=0)
+        pts, w = torch.zeros(b, k, 2), torch.zeros(b, k)
+        for i, (ps, ws) in enumerate(zip(points, weights, strict=True)):
+            for j, ((x, y), v) in enumerate(zip(ps, ws, strict=True)):
+                pts[i, j, 0], pts[i, j, 1], w[i, j] = x, y, v
+        return point_maps(pts, w, size)
+
+    mids = [[(x, y) for x, y, _ in c] for c in clicks]
+    pos = disks(mids, [[float(s > 0) for *_, s in c] for c in clicks])
+    neg = disks(mids, [[float(s < 0) for *_, s in c] for c in clicks])
+    return torch.stack([current, prob, disks(fixed, [[1.0] * len(f) for f in fixed]), pos, neg], dim=1)
