@@ -7,13 +7,26 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-# After a correction the decoder re-predicts until it comes within this many grid cells (chessboard) of the
-# old polygon's rest, which is kept (None: re-predict everything, the paper). Chosen on held-out training
-# images with benchmarks/tune_decoding.py (clicks-to-quality curve and NoC), used by the editor and evaluate.
-REJOIN: int | None = 1
-# The mask model's automatic polygon averages the mask of the crop and of its mirror image (chosen the same
-# way).
-MASK_FLIP = True
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """The one record of inference defaults: every signature that takes one of these reads it from
+    :data:`INFERENCE`, so the editor, the Python API, ``evaluate``, ``predict --dataset`` and the integrations
+    agree. Each was chosen on held-out training images (``docs/evaluation.md``)."""
+
+    context: float = 0.15  # the box is enlarged by this much on each side (the paper's 15 % at test time)
+    eos_threshold: float = 0.5  # the recurrent decoder stops when p(end) >= this
+    # After a correction the rnn engine re-predicts until it comes within this many grid cells (chessboard)
+    # of the old polygon's rest, which is kept (None: re-predict everything, the paper); tune_decoding.py
+    rejoin: int | None = 1
+    mask_flip: bool = True  # the mask model averages the crop's mask with its mirror image's
+    confine: float = 1.0  # a correction changes the polygon within this many box long sides (guard rail)
+    engine: str = "refine"  # the correction engine (polyrnn.engines.ENGINES)
+
+
+INFERENCE = InferenceDefaults()
+REJOIN: int | None = INFERENCE.rejoin
+MASK_FLIP = INFERENCE.mask_flip
 
 
 @dataclass(frozen=True)

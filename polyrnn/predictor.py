@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from polyrnn.config import MASK_FLIP, REJOIN
+from polyrnn.config import INFERENCE, MASK_FLIP, REJOIN
 from polyrnn.geometry import within_image
 from polyrnn.modeling.mask_net import MaskNet
 from polyrnn.modeling.polygon_rnn import PolygonRNN
@@ -83,8 +83,8 @@ class PolygonPredictor:
         mask_model: MaskNet | None = None,
         refiner: Refiner | None = None,
         engine: str | None = None,
-        context: float = 0.15,
-        eos_threshold: float = 0.5,
+        context: float = INFERENCE.context,
+        eos_threshold: float = INFERENCE.eos_threshold,
         rejoin: int | None = REJOIN,
         confine: float = CONFINE,
         mask_flip: bool = MASK_FLIP,
@@ -212,8 +212,7 @@ class PolygonPredictor:
         with self._lock:
             s = self.session(box)
             assert s.start is not None  # the automatic polygon, computed when the session was made
-            s.state, s.start = State(s.start.copy(), np.zeros(len(s.start), dtype=bool)), s.start
-            s.history.clear()
+            s.reset()
             probs = s.encoding.decoder_polygon()[1] if s.source == "rnn" else None
             return self._result(s, probs)
 
@@ -232,10 +231,7 @@ class PolygonPredictor:
                     s.history.append(s.state.copy() if s.state is not None else known[0].copy())
                     s.state = known[0].copy()
             else:  # edited elsewhere: each fixed vertex counts as a correction on its side of the start
-                s.history.append(
-                    State(s.polygon.copy(), s.fixed.copy(), list(s.state.clicks if s.state else []))
-                )
-                s.state = State(v, f, _clicks_of(v[f], s.start))
+                s.adopt(State(v, f, _clicks_of(v[f], s.start)))
         return s
 
     def correct(

@@ -30,7 +30,7 @@ from polyrnn.build import (
     read_checkpoint,
     save_checkpoint,
 )
-from polyrnn.config import TrainConfig, config_to_yaml, train_config_from_dict
+from polyrnn.config import INFERENCE, TrainConfig, config_to_yaml, train_config_from_dict
 from polyrnn.data import load_datasets
 from polyrnn.data.crop import CropBox
 from polyrnn.data.dataset import (
@@ -145,7 +145,7 @@ def predict_polygon(
     static: torch.Tensor,
     vertex_logits: torch.Tensor,
     crop: CropBox,
-    eos_threshold: float = 0.5,
+    eos_threshold: float = INFERENCE.eos_threshold,
 ) -> np.ndarray:
     """The automatic polygon (first-vertex argmax, greedy decoding) in image pixels, (N, 2)."""
     idx, _ = model.first_vertices(vertex_logits)
@@ -161,7 +161,7 @@ def evaluate(
     loss_fn: Loss,
     *,
     device: torch.device,
-    context: float = 0.15,
+    context: float = INFERENCE.context,
 ) -> dict[str, float]:
     """Validation loss (teacher-forced, canonical start), first-vertex accuracy (argmax on a ground-truth
     vertex cell) and mean IoU of the greedy automatic polygons at full image resolution (mask model:

@@ -422,7 +422,10 @@ def test_predictor_correction_rejoins_the_mask_outline_with_its_exact_points():
     session = off.session(box)
     manual = State(before.copy(), np.arange(len(before)) == 1)
     manual.polygon[1] = (100.0, 30.0)
-    proposal = session._rnn(manual, 1)  # what the engine proposes (the guard may still refuse it)
+    from polyrnn.engines import ENGINES
+
+    # what the engine proposes (the guard may still refuse it)
+    proposal = ENGINES["rnn"].propose(session.encoding, session.engine, session.state, manual, 1)
     assert proposal is not None and tuple(proposal.polygon[1]) == (100.0, 30.0)
     assert not any(np.allclose(v, b) for v in proposal.polygon[2:] for b in before[2:])
 

@@ -184,3 +184,40 @@ def test_refiner_training_leaves_a_run_that_loads_for_its_mask_model(tmp_path):
 def test_the_refine_engine_refuses_to_run_without_its_refiner():
     with pytest.raises(ValueError, match="refiner"):
         _session("refine")  # no mask model, no refiner: never a silent plain drag under the refine name
+
+
+def test_vertex_ids_survive_edits_and_redo_restores_undone_work():
+    torch.manual_seed(0)
+    from polyrnn.build import build_model
+    from polyrnn.encoding import BoxEncoding as Enc
+
+    img = (np.random.default_rng(1).random((96, 128, 3)) * 255).astype(np.uint8)
+    model = build_model("tiny")
+    model.max_len = 12
+    enc = Enc(img, (10.0, 10.0, 110.0, 80.0), polygon_model=model, eos_threshold=2.0)
+    s = BoxSession(enc, EngineConfig(name="rnn"))
+    ids0 = s.ids.copy()
+    assert len(set(ids0.tolist())) == len(ids0)
+    v0 = s.version
+    dragged = int(s.ids[3])
+    s.move(3, (60.0, 20.0))
+    assert s.version == v0 + 1 and s.polygon[s.index_of(dragged)].tolist() == [60.0, 20.0]
+    kept = [i for i in ids0[:3]]  # vertices before the edit are kept exactly: same ids
+    assert all(i in s.ids for i in kept)
+    after_move = (s.polygon.copy(), s.ids.copy())
+    gone = int(s.ids[0])
+    s.delete(0)
+    with pytest.raises(KeyError):
+        s.index_of(gone)
+    s.undo()
+    s.undo()
+    np.testing.assert_array_equal(s.ids, ids0)
+    s.redo()
+    np.testing.assert_array_equal(s.polygon, after_move[0])
+    np.testing.assert_array_equal(s.ids, after_move[1])
+    s.move(1, (15.0, 15.0), predict=False)  # Alt+drag: nothing else moves
+    assert s.fixed[1] and np.array_equal(np.delete(s.polygon, 1, 0), np.delete(after_move[0], 1, 0))
+    with pytest.raises(ValueError, match="redo"):
+        s.redo()  # a new operation forgets what could be redone
+    new = s.insert(2, (30.0, 30.0), predict=False)
+    assert len(set(new.ids.tolist())) == len(new.ids) and int(new.ids[3]) not in ids0

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from polyrnn.build import Models
+from polyrnn.config import INFERENCE
 from polyrnn.data.crop import CropBox
+from polyrnn.encoding import BoxEncoding
 from polyrnn.modeling.mask_net import mask_polygon
-from polyrnn.session import BoxEncoding
 
 Box = tuple[float, float, float, float]
 SCORE = "expected_iou"  # the confidence written as ``score`` (one of :func:`confidences`' keys)
@@ -86,7 +87,7 @@ class Annotator:
         self,
         models: Models,
         *,
-        context: float = 0.15,
+        context: float = INFERENCE.context,
         mask_flip: bool = True,
         tolerance: float = 0.75,
         batch: int = 16,
@@ -103,7 +104,7 @@ class Annotator:
         mask_weights: str | None = None,
         *,
         variant: str = "lite",
-        context: float = 0.15,
+        context: float = INFERENCE.context,
     ) -> Annotator:
         """An annotator with the models :func:`polyrnn.build.load_models` pairs (by default the shipped
         ones)."""

@@ -36,6 +36,7 @@ import numpy as np
 
 from polyrnn.batch.boxes import BoxSet, ImageBoxes
 from polyrnn.batch.worker import local_records
+from polyrnn.config import INFERENCE
 from polyrnn.data.instance import Instance
 from polyrnn.io import atomic_write_csv, atomic_write_json, atomic_write_text
 
@@ -360,7 +361,7 @@ def predict_dataset(
     weights: str | None = None,
     mask_weights: str | None = None,
     variant: str = "lite",
-    context: float = 0.15,
+    context: float = INFERENCE.context,
     shard: Shard = Shard(),
     workers: int = 1,
     threads: int = 1,

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from polyrnn.config import INFERENCE
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance
 from polyrnn.data.sequence import polygon_to_tokens, tokens_to_polygon
@@ -13,7 +14,7 @@ from polyrnn.geometry import mask_iou, rasterize
 
 
 def grid_polygon(
-    inst: Instance, *, grid_size: int = 28, context: float = 0.15, max_len: int = 70
+    inst: Instance, *, grid_size: int = 28, context: float = INFERENCE.context, max_len: int = 70
 ) -> np.ndarray:
     """The largest part of ``inst`` quantised to the grid and mapped back to image pixels (cell centres);
     (0, 2) when it degenerates."""
@@ -22,7 +23,9 @@ def grid_polygon(
     return tokens_to_polygon(tokens, crop)
 
 
-def ceiling_iou(inst: Instance, *, grid_size: int = 28, context: float = 0.15, max_len: int = 70) -> float:
+def ceiling_iou(
+    inst: Instance, *, grid_size: int = 28, context: float = INFERENCE.context, max_len: int = 70
+) -> float:
     """IoU of the grid polygon (rasterised at full resolution) with the full ground-truth mask."""
     poly = grid_polygon(inst, grid_size=grid_size, context=context, max_len=max_len)
     pred = rasterize([poly], inst.height, inst.width)

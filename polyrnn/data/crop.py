@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from polyrnn.config import INFERENCE
+
 
 @dataclass(frozen=True)
 class CropBox:
@@ -43,7 +45,7 @@ class CropBox:
         cls,
         box: tuple[float, float, float, float],
         *,
-        context: float = 0.15,
+        context: float = INFERENCE.context,
         crop_size: int = 224,
         grid_size: int = 28,
     ) -> CropBox:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from polyrnn.config import AugmentConfig
+from polyrnn.config import INFERENCE, AugmentConfig
 from polyrnn.data.augment import hflip, hflip_box, random_context
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
@@ -122,7 +122,7 @@ class PolygonDataset(Dataset):
         parts, occluders = list(inst.polygons), list(inst.occluders)
         box = inst.box
         a = self.augment
-        context = 0.15
+        context = INFERENCE.context  # the validation crop; training draws it from the augment range
         if rng is not None:
             if rng.random() < a.flip:
                 w = img.shape[1]

@@ -9,6 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from polyrnn.config import INFERENCE
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Dataset, Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens, tokens_to_polygon
@@ -65,7 +66,7 @@ def format_stats(s: dict[str, Any]) -> str:
 
 
 def render_instance(
-    inst: Instance, *, context: float = 0.15, grid_size: int = 28, scale: int = 2
+    inst: Instance, *, context: float = INFERENCE.context, grid_size: int = 28, scale: int = 2
 ) -> np.ndarray:
     """The crop of an instance with its ground-truth parts (green), its quantised grid polygon (red,
     first vertex circled) and faint grid lines, as an RGB uint8 image of side ``224 * scale``."""

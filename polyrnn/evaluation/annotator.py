@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from polyrnn.config import INFERENCE
 from polyrnn.data.sequence import chessboard
 
 __all__ = ["ModelSession", "Session", "chessboard", "threshold_protocol"]
@@ -95,7 +96,7 @@ class ModelSession:
         model,
         image_crop,
         *,
-        eos_threshold: float = 0.5,  # type: ignore[no-untyped-def]
+        eos_threshold: float = INFERENCE.eos_threshold,  # type: ignore[no-untyped-def]
         initial: list[int] | None = None,
         rejoin: int | None = None,
     ) -> None:

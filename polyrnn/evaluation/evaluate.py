@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from polyrnn.config import MASK_FLIP, REJOIN
+from polyrnn.config import INFERENCE, MASK_FLIP, REJOIN
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
@@ -60,15 +60,15 @@ class EvalOptions:
     noc: tuple[int, ...] = (85, 90)
     baselines: tuple[str, ...] = BASELINES
     max_corrections: int = 20
-    context: float = 0.15
-    eos_threshold: float = 0.5
+    context: float = INFERENCE.context
+    eos_threshold: float = INFERENCE.eos_threshold
     start: str = (
         "rnn"  # automatic polygon: "rnn" (first-vertex head + decoder) | "mask" (mask model's polygon)
     )
     mask_tolerance: float = 0.75  # mask polygon simplification, mask pixels (see mask_polygon)
     mask_flip: bool = MASK_FLIP  # mask test-time flip averaging
     rejoin: int | None = REJOIN  # rejoin the old polygon within this many cells after a correction
-    engines: tuple[str, ...] = ENGINES  # correction engines driven by the clicks-to-quality annotator
+    engines: tuple[str, ...] = tuple(ENGINES)  # correction engines driven by the clicks-to-quality annotator
     near: float = NEAR  # the annotator drags a vertex within this many box long sides, else inserts one
     confine: float = CONFINE  # a correction changes the polygon within this many box long sides (guard rail)
 

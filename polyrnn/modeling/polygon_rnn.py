@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polyrnn.config import INFERENCE
 from polyrnn.data.sequence import chessboard
 from polyrnn.modeling.decoder import PolygonDecoder, State, cell_mask_logits
 from polyrnn.modeling.encoder import Encoder
@@ -141,7 +142,7 @@ class PolygonRNN(nn.Module):
         prefix: list[int],
         *,
         max_len: int | None = None,
-        eos_threshold: float = 0.5,
+        eos_threshold: float = INFERENCE.eos_threshold,
         prefix_states: list[State] | None = None,
         follow: Sequence[int] = (),
         rejoin: int | None = None,
@@ -204,7 +205,7 @@ class DecodeCursor:
         prefix: list[int],
         *,
         max_len: int | None = None,
-        eos_threshold: float = 0.5,
+        eos_threshold: float = INFERENCE.eos_threshold,
         prefix_states: list[State] | None = None,
         follow: Sequence[int] = (),
         rejoin: int | None = None,

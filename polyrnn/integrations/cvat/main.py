@@ -122,8 +122,8 @@ def trace(
     from shapely.geometry import Point, Polygon
 
     from polyrnn.batch.annotate import confidences
+    from polyrnn.encoding import Click
     from polyrnn.geometry import rasterize
-    from polyrnn.session import Click
 
     predictor.set_image(image)
     session = predictor.session(box)

@@ -1,0 +1,146 @@
+"""One box's crop of an image and what the models compute from it, each once and only when asked: the
+automatic polygon (the mask model's outline, or the recurrent decoder's), and the refiner's mask for a set of
+corrections. Every session (:mod:`polyrnn.session`), engine (:mod:`polyrnn.engines`) and the batch annotator
+read a box through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from polyrnn.config import INFERENCE
+from polyrnn.data.crop import CropBox
+from polyrnn.geometry import rasterize
+from polyrnn.modeling.mask_net import MaskNet, mask_polygon
+from polyrnn.modeling.polygon_rnn import PolygonRNN
+from polyrnn.modeling.refiner import refiner_maps
+
+if TYPE_CHECKING:
+    from polyrnn.modeling.refiner import Refiner
+
+
+@dataclass(frozen=True)
+class Click:
+    """One correction as the refiner reads it: the drag's ``middle`` (x, y image pixels, between where the
+    outline ran and where the annotator put it) and its ``sign`` (+1 outward: the object was missed)."""
+
+    middle: tuple[float, float]
+    sign: int
+
+
+class BoxEncoding:
+    """One box's crop of an image and what the models compute from it, each once and only when asked.
+
+    Args:
+        image: RGB uint8 (H, W, 3).
+        box: (x1, y1, x2, y2) in image pixels.
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        box: tuple[float, float, float, float],
+        *,
+        polygon_model: PolygonRNN,
+        mask_model: MaskNet | None = None,
+        refiner: Refiner | None = None,
+        context: float = INFERENCE.context,
+        mask_flip: bool = True,
+        eos_threshold: float = INFERENCE.eos_threshold,
+        start: str = "auto",
+    ) -> None:
+        x1, y1, x2, y2 = box
+        self.box = box
+        self.image_size = (image.shape[1], image.shape[0])
+        self.polygon_model, self.mask_model, self.refiner = polygon_model, mask_model, refiner
+        self.mask_flip = mask_flip
+        self.eos_threshold = eos_threshold
+        self.start = start  # the automatic polygon: auto (the mask's when there is one), mask or rnn
+        self.crop = CropBox.around(
+            (x1, y1, x2 - x1, y2 - y1),
+            context=context,
+            crop_size=polygon_model.crop_size,
+            grid_size=polygon_model.grid_size,
+        )
+        pixels = self.crop.crop_image(image)
+        self.pixels = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float()
+        self.long_side = max(x2 - x1, y2 - y1)
+
+    @cached_property
+    def _mask(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (1, C, D, D), probability (1, M, M)) of the mask model, mirror-averaged."""
+        assert self.mask_model is not None
+        with torch.inference_mode():
+            return self.mask_model.features_and_masks(self.pixels, flip=self.mask_flip)
+
+    def mask_probability(self) -> np.ndarray:
+        """The mask model's (M, M) probability over the crop (mirror-averaged when asked)."""
+        return self._mask[1][0].numpy()
+
+    @cached_property
+    def _polygon(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(static decoder input, first-vertex logits) of the polygon model."""
+        with torch.inference_mode():
+            _, static, vertex = self.polygon_model.encode(self.pixels)
+        return static, vertex
+
+    @cached_property
+    def mask_outline(self) -> np.ndarray | None:
+        """The mask model's polygon (N, 2) in image pixels, or None (no mask model, or an empty mask)."""
+        if self.mask_model is None:
+            return None
+        poly = mask_polygon(self.mask_probability(), self.crop)
+        return poly if poly is not None and len(poly) >= 3 else None
+
+    @cached_property
+    def _decoded(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._decode()
+
+    def decoder_polygon(self) -> tuple[np.ndarray, np.ndarray]:
+        """See :meth:`_decode` (computed once per box)."""
+        return self._decoded[0].copy(), self._decoded[1].copy()
+
+    def _decode(self) -> tuple[np.ndarray, np.ndarray]:
+        """The recurrent decoder's automatic polygon: (N, 2) image pixels, (N,) probabilities."""
+        static, vertex = self._polygon
+        m = self.polygon_model
+        idx, pr = m.first_vertices(vertex, 1)
+        dec = m.decode(static, [int(idx[0, 0])], eos_threshold=self.eos_threshold)
+        xy = self.crop.cells_to_image(self.crop.tokens_to_cells(np.array(dec.tokens, dtype=np.int64)))
+        return xy.reshape(-1, 2), np.array([float(pr[0, 0]), *dec.probs])
+
+    def automatic(self) -> tuple[np.ndarray, str]:
+        """The automatic polygon and where it came from ("mask" or "rnn")."""
+        if self.start != "rnn" and self.mask_outline is not None:
+            return self.mask_outline.copy(), "mask"
+        return self.decoder_polygon()[0], "rnn"
+
+    # --- maps over the crop, for the refiner ------------------------------------------------------------
+    def to_map(self, xy: np.ndarray, size: int) -> np.ndarray:
+        """Image pixels -> pixels of a ``size`` x ``size`` map over the crop."""
+        return self.crop.image_to_crop(np.asarray(xy, dtype=np.float64).reshape(-1, 2)) * (
+            size / self.crop.crop_size
+        )
+
+    def refined_mask(self, before: np.ndarray, fixed_points: np.ndarray, clicks: list[Click]) -> np.ndarray:
+        """The refiner's mask over the crop, bool (crop_size, crop_size), for the polygon ``before`` the edit
+        (image pixels), the fixed vertices (K, 2) and the corrections (:data:`Click`, image pixels)."""
+        assert self.refiner is not None
+        s = self.refiner.size
+        feats, prob = self._mask
+        current = torch.from_numpy(rasterize([self.to_map(before, s)], s, s).astype(np.float32))[None]
+        p = F.adaptive_avg_pool2d(prob[:, None], s)[:, 0]
+        fixed = [tuple(q) for q in self.to_map(fixed_points, s)]
+        mids = [(*self.to_map(np.array([c.middle]), s)[0], c.sign) for c in clicks]
+        maps = refiner_maps(current, p, [fixed], [mids], s)  # type: ignore[list-item]
+        c = self.crop.crop_size
+        fine = torch.from_numpy(rasterize([self.to_map(before, c)], c, c).astype(np.float32))[None]
+        with torch.inference_mode():
+            logits = self.refiner.refine(self.refiner.residual(feats, maps), fine)
+        return logits[0].numpy() > 0

@@ -1,0 +1,19 @@
+"""The ``manual`` engine: the edit and nothing else, what a plain polygon editor (labelme, CVAT) gives from
+the same start."""
+
+from __future__ import annotations
+
+from polyrnn.encoding import BoxEncoding
+from polyrnn.engines.base import EngineConfig, State
+
+
+class Manual:
+    name = "manual"
+
+    def check(self, encoding: BoxEncoding) -> None:
+        return None
+
+    def propose(
+        self, encoding: BoxEncoding, config: EngineConfig, before: State, manual: State, index: int
+    ) -> State | None:
+        return None

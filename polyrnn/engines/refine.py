@@ -1,0 +1,112 @@
+"""The ``refine`` engine, the default: each correction is information. A
+:class:`~polyrnn.modeling.refiner.Refiner` predicts a refined mask from the mask model's features, the polygon
+and the annotator's vertices; its outline replaces the polygon only between the fixed (or far) vertices on
+either side of the edit (:func:`splice`)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from polyrnn.encoding import BoxEncoding
+from polyrnn.engines.base import EngineConfig, State
+from polyrnn.geometry import rasterize, signed_area, simplify
+
+
+class Refine:
+    name = "refine"
+
+    def check(self, encoding: BoxEncoding) -> None:
+        if encoding.refiner is None or encoding.mask_model is None:
+            raise ValueError("the refine engine needs a mask model and its refiner")
+
+    def propose(
+        self, encoding: BoxEncoding, config: EngineConfig, before: State, manual: State, index: int
+    ) -> State | None:
+        enc, p = encoding, manual.polygon
+        refined = enc.refined_mask(before.polygon, p[manual.fixed], manual.clicks)
+        # outside the neighbourhood of the edit the polygon stays as it is
+        reach_crop = config.confine * enc.long_side * enc.crop.crop_size / enc.crop.side
+        c = enc.to_map(p[index], enc.crop.crop_size)[0]
+        yy, xx = np.mgrid[: enc.crop.crop_size, : enc.crop.crop_size]
+        near = (xx + 0.5 - c[0]) ** 2 + (yy + 0.5 - c[1]) ** 2 <= reach_crop**2
+        current = rasterize([enc.to_map(p, enc.crop.crop_size)], enc.crop.crop_size, enc.crop.crop_size)
+        contour = _object_contour(np.where(near, refined, current), current, c)
+        if contour is None:
+            return None
+        contour = enc.crop.crop_to_image(contour)
+        return splice(
+            manual,
+            contour,
+            index,
+            reach=config.confine * enc.long_side,
+            tolerance=0.75 * enc.crop.side / enc.crop.crop_size,
+        )
+
+
+def _object_contour(mask: np.ndarray, current: np.ndarray, c: np.ndarray) -> np.ndarray | None:
+    """The outer contour (K, 2, crop pixels through pixel centres) of the component of ``mask`` that is the
+    object being edited: the one overlapping the ``current`` polygon's mask most (nearest to ``c``, the
+    annotator's point, when none overlaps)."""
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return None
+    overlap = np.bincount(labels[current.astype(bool)].ravel(), minlength=n)[1:]
+    if overlap.max() > 0:
+        k = 1 + int(np.argmax(overlap))
+    else:
+        ys, xs = np.nonzero(labels)
+        j = int(np.argmin((xs + 0.5 - c[0]) ** 2 + (ys + 0.5 - c[1]) ** 2))
+        k = int(labels[ys[j], xs[j]])
+    contours, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    parts = [q.reshape(-1, 2).astype(np.float64) + 0.5 for q in contours if len(q) >= 3]
+    return max(parts, key=lambda q: abs(signed_area(q))) if parts else None
+
+
+def splice(manual: State, contour: np.ndarray, index: int, *, reach: float, tolerance: float) -> State | None:
+    """Replace the polygon's stretch around vertex ``index`` by the matching stretch of ``contour``.
+
+    The stretch runs from the nearest vertex before ``index`` that is fixed or farther than ``reach`` from it,
+    to the same after it; those anchors and everything outside the stretch are kept exactly, ``index`` itself
+    too. The contour (K, 2, image pixels, dense) is followed from the point nearest each anchor to the point
+    nearest the edited vertex and on, simplified with ``tolerance``. None when the contour does not run so.
+    """
+    p, fixed = manual.polygon, manual.fixed
+    n, m = len(p), len(contour)
+    if signed_area(contour) * signed_area(p) < 0:
+        contour = contour[::-1]
+    c = p[index]
+
+    def anchor(step: int) -> int:
+        k = index
+        for _ in range(n - 1):
+            k = (k + step) % n
+            if fixed[k] or np.linalg.norm(p[k] - c) > reach:
+                return k
+        return index
+
+    def nearest(q: np.ndarray) -> int:
+        return int(np.argmin(np.linalg.norm(contour - q, axis=1)))
+
+    def run(i: int, j: int) -> np.ndarray:
+        """The contour strictly between its points i and j, going forward, simplified."""
+        path = contour[[(i + t) % m for t in range(1, (j - i) % m or m)]]
+        return simplify(path, tolerance) if len(path) >= 3 else path.reshape(-1, 2)
+
+    a, b = anchor(-1), anchor(1)
+    qc = nearest(c)
+    if a == index:  # nothing fixed or far: the whole outline is the contour's, from the edited vertex round
+        mid = run(qc, qc)
+        return State(np.concatenate([[c], mid]), np.array([True] + [False] * len(mid)))
+    qa, qb = nearest(p[a]), nearest(p[b])
+    first, second = (qc - qa) % m, (qb - qc) % m
+    if a != b and first + second > 0.75 * m:  # the stretch would wrap round the contour: not a local change
+        return None
+    path1, path2 = run(qa, qc), run(qc, qb)
+    kept = [(b + t) % n for t in range((a - b) % n + 1)] if a != b else [a]  # b .. round to .. a
+    poly = np.concatenate([p[kept], path1, [c], path2])
+    flags = np.concatenate([fixed[kept], np.zeros(len(path1), bool), [True], np.zeros(len(path2), bool)])
+    # start where the polygon started when that vertex is kept, so indices move as little as possible
+    first_kept = min(kept)
+    shift = kept.index(first_kept)
+    return State(np.roll(poly, -shift, axis=0), np.roll(flags, -shift))
