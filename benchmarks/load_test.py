@@ -37,17 +37,18 @@ async def client(
             x, y = rng.uniform(40, 200, 2)
             box = [float(x), float(y), float(x + rng.uniform(120, 250)), float(y + rng.uniform(120, 200))]
             t0 = time.perf_counter()
-            r = await c.post("/api/predict", json={"image": name, "box": box})
+            r = await c.post("/api/sessions", json={"image": name, "box": box})
             lat["predict"].append(time.perf_counter() - t0)
             if r.status_code != 200:
                 errors.append(f"predict {r.status_code} {r.text[:100]}")
                 continue
-            poly, fixed = r.json()["polygon"], r.json()["fixed"]
+            s = r.json()
+            poly = s["polygon"]
             k = len(poly) // 2
             point = [poly[k][0] + 5.0, poly[k][1] + 5.0]
-            body = {"image": name, "box": box, "index": k, "point": point, "polygon": poly, "fixed": fixed}
+            body = {"version": s["version"], "op": "move", "vertex": s["ids"][k], "point": point}
             t0 = time.perf_counter()
-            r = await c.post("/api/correct", json=body)
+            r = await c.post(f"/api/sessions/{s['session']}", json=body)
             lat["correct"].append(time.perf_counter() - t0)
             if r.status_code != 200:
                 errors.append(f"correct {r.status_code} {r.text[:100]}")

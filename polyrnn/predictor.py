@@ -200,6 +200,20 @@ class PolygonPredictor:
             self._last_box = box
             return self._sessions[key]
 
+    def new_session(self, box: Box, *, polygon: np.ndarray | None = None) -> BoxSession:
+        """A fresh session of its own for a box of the current image (the editor's server keeps one per
+        object being edited): from the automatic polygon, or from ``polygon`` (N, 2, image pixels; an
+        existing shape to edit, nothing fixed). The box's encoding is shared with :meth:`session`'s."""
+        with self._lock:
+            enc = self.session(box).encoding
+            start = None
+            if polygon is not None:
+                p = self._within(polygon, "polygon")
+                if len(p) < 3:
+                    raise ValueError("a polygon needs at least 3 vertices")
+                start = State(p, np.zeros(len(p), dtype=bool))
+            return BoxSession(enc, self.engine, state=start)
+
     def _result(self, s: BoxSession, probs: np.ndarray | None = None) -> Prediction:
         return Prediction(
             vertices=s.polygon.copy(), fixed=s.fixed.copy(), box=s.encoding.box, source=s.source, probs=probs

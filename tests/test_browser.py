@@ -57,6 +57,16 @@ def drag(page, a, b, steps=6):
     page.mouse.up()
 
 
+def idle(page):
+    """Wait until the page's calls to the server have come back."""
+    page.wait_for_function("window.polyrnn.state.busy === 0")
+
+
+def centre(page, selector):
+    c = page.locator(selector).bounding_box()
+    return c["x"] + c["width"] / 2, c["y"] + c["height"] / 2
+
+
 def test_annotate_correct_undo_label_accept_reload_export(server, browser):
     url, store = server
     page = browser.new_page(viewport={"width": 1100, "height": 800})
@@ -82,30 +92,58 @@ def test_annotate_correct_undo_label_accept_reload_export(server, browser):
     assert page.locator("circle.vertex.fixed").count() == 1
     latency = state(page, "stats.corrections")[0]["ms"]
 
-    # undo / redo one correction at a time
+    # undo / redo one correction at a time (the session's)
     page.keyboard.press("Control+z")
+    idle(page)
     assert state(page, "state.cur.raw") == poly
     page.keyboard.press("Control+Shift+z")
+    idle(page)
     assert state(page, "state.cur.raw") == after
 
+    # the dragged vertex stays selected by its id; Delete removes exactly it; undo brings it back
+    ids = state(page, "state.cur.ids")
+    dragged = state(page, "state.selected")
+    assert dragged == ids[3] and page.locator(f"circle[data-id='{dragged}'].selected").count() == 1
+    page.keyboard.press("Delete")
+    idle(page)
+    assert (
+        state(page, "state.cur.ids") == ids[:3] + ids[4:]
+        and state(page, "state.cur.raw") == after[:3] + after[4:]
+    )
+    page.keyboard.press("Control+z")
+    idle(page)
+    assert state(page, "state.cur.raw") == after and state(page, "state.cur.ids") == ids
+
     # Alt+drag moves a vertex without re-predicting
-    c = page.locator("circle[data-vertex='5']").bounding_box()
     page.keyboard.down("Alt")
-    drag(page, (c["x"] + c["width"] / 2, c["y"] + c["height"] / 2), screen(page, 60, 60))
+    drag(page, centre(page, "circle[data-vertex='5']"), screen(page, 60, 60))
     page.keyboard.up("Alt")
+    idle(page)
     moved = state(page, "state.cur.raw")
     assert state(page, "stats.corrections.length") == 1 and moved[:5] == after[:5] and moved[6:] == after[6:]
 
-    # insert a vertex on an edge (double-click), delete one (right-click)
+    # insert a vertex on an edge (double-click): through the session, placed exactly, selected; undo
     p0, p1 = moved[0], moved[1]
     page.mouse.dblclick(*screen(page, (p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2))
-    assert len(state(page, "state.cur.raw")) == 13
-    page.locator("circle[data-vertex='1']").click(button="right")
+    idle(page)
+    cur = state(page, "state.cur")
+    k = cur["ids"].index(state(page, "state.selected"))
+    assert cur["fixed"][k] and cur["raw"][k] != p0 and state(page, "stats.corrections.length") == 2
+    page.keyboard.press("Control+z")
+    idle(page)
+    assert state(page, "state.cur.raw") == moved
+    # right-click deletes a vertex
+    page.locator("circle[data-vertex='1']").dispatch_event("contextmenu")
+    idle(page)
+    assert state(page, "state.cur.raw") == moved[:1] + moved[2:]
+    page.keyboard.press("Control+z")
+    idle(page)
     assert state(page, "state.cur.raw") == moved
 
     # label 2 (dog), accept with Enter: saved as LabelMe JSON
     page.keyboard.press("2")
     page.keyboard.press("Enter")
+    idle(page)
     assert state(page, "state.shapes")[0]["label"] == "dog" and state(page, "state.cur") is None
     page.evaluate("() => window.polyrnn.flush()")
     doc = json.loads((store.image_dir / "img0.json").read_text())
@@ -184,6 +222,8 @@ def test_an_existing_labelme_folder_keeps_every_shape_after_editing(labelme_serv
     assert [s["group_id"] for s in saved["shapes"][:2]] == [7, 7]
     # editing one part of the two-part person keeps it in its group, with its flags
     page.locator("polygon[data-shape='0']").dispatch_event("mousedown", {"button": 0})
+    page.wait_for_selector("#current-polygon")  # its session is open on the server
+    idle(page)
     page.keyboard.press("Enter")
     page.evaluate("() => window.polyrnn.flush()")
     saved = json.loads((folder / "img0.json").read_text())

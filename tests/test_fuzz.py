@@ -73,7 +73,7 @@ def _fuzz_every_operation(app) -> list[str]:
 
 def test_serve_never_answers_5xx(tmp_path_factory):
     done = _fuzz_every_operation(_serve_app(tmp_path_factory))
-    assert {"POST /api/correct", "PUT /api/annotations/{name}", "PUT /api/labels"} <= set(done)
+    assert {"POST /api/sessions/{sid}", "PUT /api/annotations/{name}", "PUT /api/labels"} <= set(done)
 
 
 def test_label_studio_back_end_never_answers_5xx(tmp_path_factory):
@@ -199,19 +199,22 @@ class EditorSession(RuleBasedStateMachine):
         self.opened = None
 
     @rule(
-        box=st.tuples(odd_number, odd_number, odd_number, odd_number), point=st.tuples(odd_number, odd_number)
+        box=st.tuples(odd_number, odd_number, odd_number, odd_number),
+        point=st.tuples(odd_number, odd_number),
+        op=st.sampled_from(["move", "alt-move", "insert", "delete", "undo", "redo", "accept"]),
+        vertex=st.integers(0, 40),
+        version=st.integers(0, 3),
     )
-    def model_calls(self, box, point):
-        body = {"image": "img0.png", "box": [x if math.isfinite(x) else 1e308 for x in box]}
-        self._ok(self.client.post("/api/predict", json=body))
-        poly = [[10, 10], [90, 10], [90, 90], list(point)]
-        body = {
-            **body,
-            "index": 0,
-            "point": [10, 20],
-            "polygon": [[v if math.isfinite(v) else 1e308 for v in p] for p in poly],
-        }
-        self._ok(self.client.post("/api/correct", json=body))
+    def model_calls(self, box, point, op, vertex, version):
+        """The model's routes with generated numbers: a box, a session, an operation on it."""
+        big = [x if math.isfinite(x) else 1e308 for x in box]
+        self._ok(self.client.post("/api/predict", json={"image": "img0.png", "box": big}))
+        r = self.client.post("/api/sessions", json={"image": "img0.png", "box": big})
+        self._ok(r)
+        sid = r.json()["session"] if r.status_code == 200 else "none"
+        xy = [v if math.isfinite(v) else -1e308 for v in point]
+        body = {"version": version, "op": op, "vertex": vertex, "point": xy}
+        self._ok(self.client.post(f"/api/sessions/{sid}", json=body))
 
     @invariant()
     def memory_is_bounded(self):

@@ -49,17 +49,24 @@ def served(tmp_path):
 )
 def test_correct_refuses_coordinates_far_outside_the_image(served, change):
     c, _ = served
-    body = {"image": "img0.png", "box": [10, 10, 90, 90], "index": 0, "point": [30, 30], "polygon": SQUARE}
-    r = c.post("/api/correct", json={**body, **change})
+    if "polygon" in change:  # a shape to edit, sent to open its session
+        r = c.post("/api/sessions", json={"image": "img0.png", "box": [10, 10, 90, 90], **change})
+    else:  # a drag
+        s = c.post(
+            "/api/sessions", json={"image": "img0.png", "box": [10, 10, 90, 90], "polygon": SQUARE}
+        ).json()
+        op = {"version": s["version"], "op": "move", "vertex": s["ids"][0], **change}
+        r = c.post(f"/api/sessions/{s['session']}", json=op)
     assert r.status_code == 422, r.text
     assert "within the 160x120 image" in r.json()["detail"]
 
 
 def test_a_vertex_just_outside_the_image_is_still_a_correction(served):
     c, _ = served
-    body = {"image": "img0.png", "box": [10, 10, 90, 90], "index": 0, "point": [-5, 30], "polygon": SQUARE}
-    r = c.post("/api/correct", json=body)
-    assert r.status_code == 200 and r.json()["polygon"][0] == [-5.0, 30.0]
+    s = c.post("/api/sessions", json={"image": "img0.png", "box": [10, 10, 90, 90], "polygon": SQUARE}).json()
+    op = {"version": s["version"], "op": "move", "vertex": s["ids"][0], "point": [-5, 30]}
+    r = c.post(f"/api/sessions/{s['session']}", json=op)
+    assert r.status_code == 200 and [-5.0, 30.0] in r.json()["polygon"]
 
 
 def test_the_python_api_bounds_boxes_and_points(tmp_path):

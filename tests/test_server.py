@@ -50,7 +50,8 @@ def test_health_openapi_and_listing(client):
     c, _ = client
     assert c.get("/health").json()["status"] == "ok"
     paths = c.get("/openapi.json").json()["paths"]
-    assert {"/api/predict", "/api/correct", "/api/annotations/{name}"} <= set(paths)
+    assert {"/api/predict", "/api/sessions", "/api/sessions/{sid}", "/api/annotations/{name}"} <= set(paths)
+    assert "/api/correct" not in paths  # the page sends operations, never polygons to reconcile
     assert [i["name"] for i in c.get("/api/images").json()] == ["img0.png", "img1.png"]
     assert c.get("/api/images/img0.png/file").status_code == 200
     assert c.get("/").status_code == 200 and "polyrnn" in c.get("/").text
@@ -62,19 +63,57 @@ def test_predict_then_correct_re_predicts_after_the_vertex(client):
     assert r.status_code == 200
     poly = r.json()["polygon"]
     assert len(poly) == 12 and r.json()["fixed"] == [False] * 12 and r.json()["source"] == "rnn"
-    r = c.post(
-        "/api/correct",
-        json={
-            "image": "img0.png",
-            "box": [20, 10, 140, 110],
-            "index": 3,
-            "point": [100.0, 30.0],
-            "polygon": poly,
-        },
-    )
+    s = c.post("/api/sessions", json={"image": "img0.png", "box": [20, 10, 140, 110]}).json()
+    assert np.allclose(s["polygon"], poly, atol=0.006) and s["version"] == 0  # /api/predict rounds
+    op = {"version": 0, "op": "move", "vertex": s["ids"][3], "point": [100.0, 30.0]}
+    r = c.post(f"/api/sessions/{s['session']}", json=op)
     out = r.json()
     assert r.status_code == 200 and out["fixed"][:4] == [False, False, False, True] and sum(out["fixed"]) == 1
-    assert out["polygon"][:3] == poly[:3] and out["polygon"][3] == [100.0, 30.0]
+    assert out["polygon"][:3] == s["polygon"][:3] and out["polygon"][3] == [100.0, 30.0]
+    assert out["ids"][:4] == s["ids"][:4] and out["version"] == 1 and out["can_undo"]
+
+
+def test_sessions_take_operations_by_vertex_id_and_refuse_stale_versions(client):
+    c, _ = client
+    s = c.post("/api/sessions", json={"image": "img0.png", "box": [20, 10, 140, 110]}).json()
+    url = f"/api/sessions/{s['session']}"
+    first = c.post(
+        url, json={"version": 0, "op": "move", "vertex": s["ids"][2], "point": [60.0, 20.0]}
+    ).json()
+    stale = c.post(url, json={"version": 0, "op": "delete", "vertex": s["ids"][5]})
+    assert stale.status_code == 409  # another tab moved on: nothing applied
+    gone = first["ids"][5]
+    d = c.post(url, json={"version": 1, "op": "delete", "vertex": gone}).json()
+    assert gone not in d["ids"] and len(d["ids"]) == len(first["ids"]) - 1
+    assert c.post(url, json={"version": 2, "op": "delete", "vertex": gone}).status_code == 422
+    u = c.post(url, json={"version": 2, "op": "undo"}).json()
+    assert u["polygon"] == first["polygon"] and u["ids"] == first["ids"] and u["can_redo"]
+    r = c.post(url, json={"version": 3, "op": "redo"}).json()
+    assert r["polygon"] == d["polygon"]
+    alt = c.post(url, json={"version": 4, "op": "alt-move", "vertex": r["ids"][0], "point": [22.0, 12.0]})
+    assert alt.json()["polygon"][1:] == r["polygon"][1:]  # no re-prediction
+    ins = c.post(
+        url, json={"version": 5, "op": "insert", "vertex": r["ids"][0], "point": [30.0, 12.0]}
+    ).json()
+    assert [30.0, 12.0] in ins["polygon"] and len(set(ins["ids"])) == len(ins["ids"])
+    for bad in (
+        {"version": 6, "op": "move", "vertex": 10**6, "point": [1, 1]},
+        {"version": 6, "op": "move", "vertex": ins["ids"][0]},
+        {"version": 6, "op": "move", "vertex": ins["ids"][0], "point": [1e9, 1]},
+        {"version": 6, "op": "fly"},
+    ):
+        assert c.post(url, json=bad).status_code == 422
+    acc = c.post(url, json={"version": 6, "op": "accept"})
+    assert acc.status_code == 200 and acc.json()["polygon"] == ins["polygon"]
+    assert c.post(url, json={"version": 6, "op": "undo"}).status_code == 404  # the session ended
+    assert c.post("/api/sessions/nope", json={"version": 0, "op": "undo"}).status_code == 404
+    edit = c.post(
+        "/api/sessions",
+        json={"image": "img1.png", "box": [10, 10, 50, 50], "polygon": [[10, 10], [50, 10], [30, 50]]},
+    )
+    assert edit.json()["polygon"] == [[10.0, 10.0], [50.0, 10.0], [30.0, 50.0]] and not any(
+        edit.json()["fixed"]
+    )
 
 
 @pytest.mark.parametrize(

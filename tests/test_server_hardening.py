@@ -285,7 +285,7 @@ def test_exports_are_downloadable_and_ready_for_a_trainer(served):
 def test_the_published_schema_matches_the_answers(served):
     c, _ = served
     spec = c.get("/openapi.json").json()
-    correct = spec["paths"]["/api/correct"]["post"]["responses"]
+    correct = spec["paths"]["/api/sessions/{sid}"]["post"]["responses"]
     assert {"200", "404", "413", "422"} <= set(correct)
     put = spec["paths"]["/api/annotations/{name}"]["put"]["responses"]
     assert {"409", "507"} <= set(put)

@@ -1,8 +1,10 @@
 """The FastAPI app behind ``polyrnn serve``.
 
 Endpoints (JSON unless said): ``GET /health``; ``GET /api/images``; ``GET /api/images/{name}/file`` (the
-image bytes); ``GET|PUT /api/annotations/{name}``; ``GET|PUT /api/labels``; ``POST /api/predict``;
-``POST /api/correct``; ``POST /api/export/{coco|yolo|labelme|labelstudio|cvat}`` and
+image bytes); ``GET|PUT /api/annotations/{name}``; ``GET|PUT /api/labels``; ``POST /api/predict`` (one
+automatic polygon); ``POST /api/sessions`` (start editing an object: the server owns its
+:class:`~polyrnn.session.BoxSession`) and ``POST /api/sessions/{id}`` (one operation: move, alt-move, insert,
+delete, undo, redo, accept; a stale version gets 409); ``POST /api/export/{fmt}`` and
 ``GET /api/export/{fmt}/download``. The OpenAPI schema is at ``/openapi.json`` (every error answers
 ``{"detail": ...}``); the interactive docs are off (they load from a CDN). Coordinates are image pixels
 (x, y), the continuous frame of :mod:`polyrnn.geometry`. Who may call it and how much:
@@ -29,14 +31,16 @@ from polyrnn.server.guard import Guard, invalid_request
 from polyrnn.server.schemas import (
     Annotations,
     AnnotationsResponse,
-    CorrectRequest,
     ErrorResponse,
     ExportResponse,
     ImageInfo,
     Labels,
+    OpenSession,
     PolygonResponse,
     PredictRequest,
     SaveResponse,
+    SessionOp,
+    SessionResponse,
 )
 from polyrnn.server.store import (
     AnnotationStore,
@@ -46,6 +50,7 @@ from polyrnn.server.store import (
     UnknownImage,
     UnreadableFile,
 )
+from polyrnn.session import BoxSession
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BYTES = 100 * 1024 * 1024
@@ -93,6 +98,33 @@ class _Images:
         return arr
 
 
+class Sessions:
+    """The objects being edited: an LRU of :class:`~polyrnn.session.BoxSession` by random id (the server
+    owns every polygon being edited; the page sends operations)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._items: OrderedDict[str, BoxSession] = OrderedDict()
+
+    def add(self, session: BoxSession) -> str:
+        import secrets
+
+        sid = secrets.token_urlsafe(12)
+        self._items[sid] = session
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return sid
+
+    def get(self, sid: str) -> BoxSession:
+        if sid not in self._items:
+            raise HTTPException(404, "unknown or expired session: draw the box again")
+        self._items.move_to_end(sid)
+        return self._items[sid]
+
+    def drop(self, sid: str) -> None:
+        self._items.pop(sid, None)
+
+
 @dataclass
 class ServerContext:
     """What the routes share: the store, the decoded images, the predictor behind one lock."""
@@ -101,6 +133,7 @@ class ServerContext:
     predictor: PolygonPredictor
     model_name: str = ""
     images: _Images = field(init=False)
+    sessions: Sessions = field(default_factory=Sessions)
     lock: threading.Lock = field(default_factory=threading.Lock)  # set_image + predict/correct together
     image: str | None = None
 
@@ -213,27 +246,78 @@ def predict(req: PredictRequest, ctx: Ctx) -> PolygonResponse:
     return _response(pred, t0)
 
 
-@router.post("/api/correct", response_model=PolygonResponse)
-def correct(req: CorrectRequest, ctx: Ctx) -> PolygonResponse:
+# --- the server's sessions: one per object being edited ----------------------------------------------------
+def _state(sid: str, s: BoxSession, t0: float) -> SessionResponse:
+    return SessionResponse(
+        session=sid,
+        version=s.version,
+        polygon=s.polygon.tolist(),  # exact: the page shows the session's own numbers
+        fixed=[bool(f) for f in s.fixed],
+        ids=[int(i) for i in s.ids],
+        source=s.source,
+        can_undo=bool(s.history),
+        can_redo=bool(s.future),
+        ms=round((time.perf_counter() - t0) * 1000, 2),
+    )
+
+
+@router.post("/api/sessions", response_model=SessionResponse)
+def open_session(req: OpenSession, ctx: Ctx) -> SessionResponse:
+    """Start editing an object: the automatic polygon of a box, or an existing polygon (``polygon``)."""
     t0 = time.perf_counter()
-    if req.index >= len(req.polygon):
-        raise HTTPException(422, f"index {req.index} is past the polygon's {len(req.polygon)} vertices")
-    if req.fixed is not None and len(req.fixed) != len(req.polygon):
-        raise HTTPException(422, f"fixed has {len(req.fixed)} flags for {len(req.polygon)} vertices")
-    edit = ctx.predictor.correct if req.op == "move" else ctx.predictor.insert
     with ctx.lock:
         image = ctx.use_image(req.image)
         try:
-            pred = edit(
-                req.index,
-                (req.point[0], req.point[1]),
-                box=_clipped(req.box, image),
-                vertices=np.array(req.polygon, dtype=np.float64),
-                fixed=None if req.fixed is None else np.array(req.fixed, dtype=bool),
-            )
-        except (ValueError, IndexError) as e:
+            poly = None if req.polygon is None else np.array(req.polygon, dtype=np.float64)
+            session = ctx.predictor.new_session(_clipped(req.box, image), polygon=poly)
+        except ValueError as e:
             raise HTTPException(422, str(e)) from e
-    return _response(pred, t0)
+        sid = ctx.sessions.add(session)
+    return _state(sid, session, t0)
+
+
+@router.post("/api/sessions/{sid}", response_model=SessionResponse)
+def session_op(sid: str, req: SessionOp, ctx: Ctx) -> SessionResponse:
+    """One operation on an object being edited (see :class:`~polyrnn.server.schemas.SessionOp`)."""
+    t0 = time.perf_counter()
+    with ctx.lock:
+        s = ctx.sessions.get(sid)
+        if req.version != s.version:
+            raise HTTPException(
+                409, f"the session is at version {s.version}, not {req.version}: reload its state"
+            )
+        try:
+            apply_op(s, req.op, req.vertex, req.point)
+        except (ValueError, IndexError, KeyError) as e:
+            raise HTTPException(422, str(e).strip("'\"")) from e
+        if req.op == "accept":
+            ctx.sessions.drop(sid)
+    return _state(sid, s, t0)
+
+
+def apply_op(s: BoxSession, op: str, vertex: int | None, point: list[float] | None) -> None:
+    """Apply one editor operation to a session (what the page sends; the replay benchmark sends the same)."""
+    from polyrnn.geometry import within_image
+
+    if op in ("undo", "redo", "accept"):
+        if op == "undo":
+            s.undo()
+        elif op == "redo":
+            s.redo()
+        return
+    if vertex is None:
+        raise ValueError(f"'{op}' needs a vertex id")
+    index = s.index_of(vertex)
+    if op == "delete":
+        s.delete(index)
+        return
+    if point is None:
+        raise ValueError(f"'{op}' needs a point")
+    xy = within_image([point], s.encoding.image_size, what="point")[0]
+    if op == "insert":
+        s.insert(index, (float(xy[0]), float(xy[1])))
+    else:
+        s.move(index, (float(xy[0]), float(xy[1])), predict=op == "move")
 
 
 # --- export --------------------------------------------------------------------------------------------

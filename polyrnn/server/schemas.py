@@ -33,18 +33,39 @@ class PredictRequest(BaseModel):
         return v
 
 
-class CorrectRequest(PredictRequest):
-    op: Literal["move", "insert"] = Field(
-        default="move", description="move: vertex `index` was dragged; insert: a vertex added after `index`"
+class OpenSession(PredictRequest):
+    polygon: list[Point] | None = Field(
+        default=None,
+        min_length=3,
+        max_length=5000,
+        description="start from this polygon (an existing shape to edit) instead of the model's",
     )
-    index: int = Field(ge=0, description="the dragged vertex, or the edge (after vertex `index`) for insert")
-    point: Point = Field(description="where the annotator put it (x, y)")
-    polygon: list[Point] = Field(
-        min_length=3, max_length=5000, description="the polygon before the edit, as the page shows it"
+
+
+OPS = ("move", "alt-move", "insert", "delete", "undo", "redo", "accept")
+
+
+class SessionOp(BaseModel):
+    version: int = Field(ge=0, description="the session's version the page shows; another one now: 409")
+    op: Literal["move", "alt-move", "insert", "delete", "undo", "redo", "accept"] = Field(
+        description="move: drag `vertex` to `point` (the engine redraws around it); alt-move: the same "
+        "without the engine; insert: a vertex at `point` after `vertex`; delete `vertex`; undo; redo; "
+        "accept: the final polygon (the session ends)"
     )
-    fixed: list[bool] | None = Field(
-        default=None, max_length=5000, description="which vertices the annotator placed (default: none)"
-    )
+    vertex: int | None = Field(default=None, ge=0, le=2**53, description="a vertex id (stable per session)")
+    point: Point | None = Field(default=None, description="(x, y) image pixels, for move and insert")
+
+
+class SessionResponse(BaseModel):
+    session: str = Field(description="the id to send operations to")
+    version: int = Field(description="send it with the next operation")
+    polygon: list[list[float]] = Field(description="(x, y) image pixels, exact")
+    fixed: list[bool] = Field(description="per vertex: placed by the annotator (never moved by the model)")
+    ids: list[int] = Field(description="per vertex: its id, stable for the session's life")
+    source: str = Field(description="where the automatic polygon came from: mask or rnn")
+    can_undo: bool
+    can_redo: bool
+    ms: float = Field(description="server time of the call")
 
 
 class PolygonResponse(BaseModel):

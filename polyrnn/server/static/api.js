@@ -29,7 +29,8 @@ export const api = {
   labels: () => call("GET", "/api/labels"),
   setLabels: (labels) => call("PUT", "/api/labels", { labels }),
   predict: (image, box) => call("POST", "/api/predict", { image, box }),
-  correct: (image, box, index, point, polygon, fixed) =>
-    call("POST", "/api/correct", { image, box, op: "move", index, point, polygon, fixed }),
+  // the server owns the polygon being edited: open a session, then send it operations with its version
+  open: (image, box, polygon = null) => call("POST", "/api/sessions", polygon ? { image, box, polygon } : { image, box }),
+  op: (session, body) => call("POST", `/api/sessions/${encodeURIComponent(session)}`, body),
   exportAs: (fmt) => call("POST", `/api/export/${fmt}`),
 };

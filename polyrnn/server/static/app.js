@@ -1,7 +1,9 @@
 // polyrnn annotation page: draw a box, get the model's polygon, drag a vertex to have the rest
-// re-predicted. State lives in `S`; every change goes through `change()` so undo/redo see it.
+// re-predicted. The polygon being edited lives on the server (a session: this page sends it operations and
+// shows what it returns); the page's own state (`S`: the image's shapes) changes through `change()` so
+// undo/redo see it. Undo/redo go to the session while it has something to undo or redo.
 import { api } from "./api.js";
-import { simplify, nearestEdge } from "./geometry.js";
+import { simplifyIndices, segmentDistance } from "./geometry.js";
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
@@ -12,9 +14,9 @@ const S = {
   readError: null, // why the image's annotation file could not be read (then it is not overwritten unasked)
   base: [],     // the shapes as read, for merging when another tab saved in between
   unsaved: false,
-  cur: null,    // polygon being edited: {box, raw, fixed (per vertex: placed by the annotator), label}
+  cur: null,    // polygon being edited: {session, version, raw, fixed (placed by the annotator), ids, box, label}
   detail: 0,    // simplification tolerance (image pixels); the raw polygon is kept
-  selected: -1, undo: [], redo: [],
+  selected: null, undo: [], redo: [],  // selected: a vertex id (stable across the server's renumbering)
   view: { scale: 1, tx: 0, ty: 0 },
   busy: 0,
 };
@@ -32,17 +34,16 @@ function change(mutate, { save = false } = {}) {
   render();
   if (save) persist();
 }
-function restore(snap) { S.shapes = snap.shapes; S.cur = snap.cur; S.selected = -1; render(); persist(); }
-function undo() { if (S.undo.length) { S.redo.push(snapshot()); restore(S.undo.pop()); status("undo"); } }
-function redo() { if (S.redo.length) { S.undo.push(snapshot()); restore(S.redo.pop()); status("redo"); } }
-const shown = () => (S.cur ? simplify(S.cur.raw, S.detail) : []);
-// which shown vertices the annotator placed (the detail slider keeps raw points, so match by position)
-function shownFixed() {
-  if (!S.cur) return [];
-  const key = (p) => `${p[0]},${p[1]}`;
-  const f = new Set(S.cur.raw.filter((_, i) => S.cur.fixed[i]).map(key));
-  return shown().map((p) => f.has(key(p)));
-}
+function restore(snap) { S.shapes = snap.shapes; S.cur = snap.cur; S.selected = null; render(); persist(); }
+function pageUndo() { if (S.undo.length) { S.redo.push(snapshot()); restore(S.undo.pop()); status("undo"); } }
+function pageRedo() { if (S.redo.length) { S.undo.push(snapshot()); restore(S.redo.pop()); status("redo"); } }
+// while a polygon is being edited, undo/redo are the session's (one operation at a time); else the page's
+function undo() { if (S.cur && S.cur.canUndo) sessionOp("undo"); else if (!S.busy) pageUndo(); }
+function redo() { if (S.cur && S.cur.canRedo) sessionOp("redo"); else if (!S.busy) pageRedo(); }
+const shownIdx = () => (S.cur ? simplifyIndices(S.cur.raw, S.detail) : []);
+const shown = () => shownIdx().map((i) => S.cur.raw[i].slice());
+const shownFixed = () => shownIdx().map((i) => S.cur.fixed[i]);
+const shownIds = () => shownIdx().map((i) => S.cur.ids[i]);
 function status(text, error = false) {
   const el = $("status");
   el.textContent = text;
@@ -162,12 +163,15 @@ function render() {
     e.addEventListener("mousedown", (ev) => { if (ev.button === 0 && !spaceDown) ev.stopPropagation(); });
     e.addEventListener("dblclick", (ev) => { ev.stopPropagation(); insertVertex(i, toImage(ev)); });
   });
-  const fixed = shownFixed();
-  pts.forEach((p, i) => {
-    const cls = "vertex" + (fixed[i] ? " fixed" : "") + (i === S.selected ? " selected" : "");
-    const c = el("circle", { cx: p[0], cy: p[1], r, class: cls, "stroke-width": w, "data-vertex": i }, svg);
+  const fixed = shownFixed(), ids = shownIds();
+  // the annotator's vertices are drawn last (on top) and larger: a model vertex never hides one
+  const order = pts.map((_, i) => i).sort((a, b) => Number(fixed[a]) - Number(fixed[b]));
+  order.forEach((i) => {
+    const p = pts[i];
+    const cls = "vertex" + (fixed[i] ? " fixed" : "") + (ids[i] === S.selected ? " selected" : "");
+    const c = el("circle", { cx: p[0], cy: p[1], r: fixed[i] ? r * 1.3 : r, class: cls, "stroke-width": w, "data-vertex": i, "data-id": ids[i] }, svg);
     c.addEventListener("mousedown", (ev) => startVertexDrag(ev, i));
-    c.addEventListener("contextmenu", (ev) => { ev.preventDefault(); deleteVertex(i); });
+    c.addEventListener("contextmenu", (ev) => { ev.preventDefault(); deleteVertex(ids[i]); });
   });
 }
 
@@ -205,14 +209,17 @@ function toImage(ev) {
   return [(ev.clientX - vp.left - S.view.tx) / S.view.scale, (ev.clientY - vp.top - S.view.ty) / S.view.scale];
 }
 
-// --- model calls --------------------------------------------------------------------------------
+// --- model calls: the server's session --------------------------------------------------------------
+function applyState(r) {
+  Object.assign(S.cur, { session: r.session, version: r.version, raw: r.polygon, fixed: r.fixed, ids: r.ids, canUndo: r.can_undo, canRedo: r.can_redo });
+}
 async function predictBox(box) {
   const t0 = performance.now();
   S.busy++;
   status("tracing…");
   try {
-    const r = await api.predict(S.name, box);
-    change(() => { S.cur = { box, raw: r.polygon, fixed: r.fixed, label: S.label }; S.selected = -1; });
+    const r = await api.open(S.name, box);
+    change(() => { S.cur = { box, label: S.label }; applyState(r); S.selected = null; });
     await nextFrame();
     stats.predictions.push({ ms: performance.now() - t0, server: r.ms });
     showLatency();
@@ -221,23 +228,29 @@ async function predictBox(box) {
     status(`predict failed: ${e.message}`, true);
   } finally { S.busy--; }
 }
-
-async function correctVertex(index, point, before, fixedBefore) {
+// one operation on the session; a session the server no longer has (or at another version: another tab,
+// a restart) is opened again from the polygon on screen, and the operation is not applied
+async function sessionOp(op, vertex = null, point = null) {
+  const cur = S.cur;
+  if (!cur || S.busy) return null;
   const t0 = performance.now();
   S.busy++;
   try {
-    const r = await api.correct(S.name, S.cur.box, index, point, before, fixedBefore);
-    S.cur.raw = r.polygon;
-    S.cur.fixed = r.fixed;
-    render();
-    await nextFrame();
-    const ms = performance.now() - t0;
-    stats.corrections.push({ ms, server: r.ms });
-    showLatency();
-    status(`corrected vertex ${index + 1}: ${r.polygon.length} vertices`);
+    const r = await api.op(cur.session, { version: cur.version, op, vertex, point });
+    if (S.cur === cur) applyState(r);
+    if (op === "move" || op === "insert") {
+      await nextFrame();
+      stats.corrections.push({ ms: performance.now() - t0, server: r.ms });
+      showLatency();
+    }
+    return r;
   } catch (e) {
-    status(`correction failed: ${e.message}`, true);
-  } finally { S.busy--; }
+    if ((e.status === 404 || e.status === 409) && S.cur === cur) {
+      try { applyState(await api.open(S.name, cur.box, cur.raw)); } catch (_) { /* reported below */ }
+      status(`${op} not applied (${e.message}): the polygon was reloaded, try again`, true);
+    } else status(`${op} failed: ${e.message}`, true);
+    return null;
+  } finally { S.busy--; render(); }
 }
 
 // --- editing ------------------------------------------------------------------------------------
@@ -245,68 +258,76 @@ function startVertexDrag(ev, index) {
   if (ev.button !== 0) return;
   ev.stopPropagation();
   ev.preventDefault();
-  const before = shown();
-  const fixedBefore = shownFixed();
-  const snap = snapshot();
+  if (S.busy) return;
+  const id = shownIds()[index], at = shownIdx()[index];
+  const raw = S.cur.raw.map((p) => p.slice());
   const alt = ev.altKey;
-  S.selected = index;
-  let moved = false, last = before[index];
-  const onMove = (e) => {
+  S.selected = id;
+  let moved = false, last = raw[at];
+  const onMove = (e) => {  // a preview: the session decides the polygon when the drag ends
     moved = true;
     last = toImage(e);
-    const pts = before.map((p) => p.slice());
-    pts[index] = last;
-    S.cur.raw = pts;
-    S.cur.fixed = fixedBefore.slice();
-    S.cur.fixed[index] = true;
+    S.cur.raw = raw.map((p, k) => (k === at ? last : p));
     render();
   };
   const onUp = async () => {
     window.removeEventListener("mousemove", onMove);
     window.removeEventListener("mouseup", onUp);
     if (!moved) { render(); return; }
-    S.undo.push(snap); S.redo = [];
-    if (alt) { status(`moved vertex ${index + 1} (no re-prediction)`); return; }
-    await correctVertex(index, last, before, fixedBefore);
+    const r = await sessionOp(alt ? "alt-move" : "move", id, last);
+    if (!r) { S.cur.raw = raw; render(); return; }
+    status(alt ? `moved a vertex (no re-prediction)` : `corrected: ${r.polygon.length} vertices`);
   };
   window.addEventListener("mousemove", onMove);
   window.addEventListener("mouseup", onUp);
 }
 
-function insertVertex(edge, p) {
-  change(() => {
-    const pts = shown(), fx = shownFixed();
-    pts.splice(edge + 1, 0, p); fx.splice(edge + 1, 0, true);
-    S.cur.raw = pts; S.cur.fixed = fx; S.selected = edge + 1;
-  });
-  status(`inserted vertex ${edge + 2}`);
+async function insertVertex(edge, p) {
+  // the shown edge runs between two shown vertices; the new vertex goes on the raw edge between them nearest p
+  const idx = shownIdx(), raw = S.cur.raw, n = raw.length;
+  let k = idx[edge], best = k, bestD = Infinity;
+  const end = idx[(edge + 1) % idx.length];
+  do {
+    const d = segmentDistance(p, raw[k], raw[(k + 1) % n]);
+    if (d < bestD) { bestD = d; best = k; }
+    k = (k + 1) % n;
+  } while (k !== end);
+  const r = await sessionOp("insert", S.cur.ids[best], p);
+  if (!r) return;
+  const at = r.polygon.findIndex((q, i) => r.fixed[i] && Math.hypot(q[0] - p[0], q[1] - p[1]) < 1e-6);
+  S.selected = at >= 0 ? r.ids[at] : null;
+  render();
+  status(`inserted a vertex: ${r.polygon.length} vertices`);
 }
-function deleteVertex(i) {
-  if (!S.cur) return;
-  if (shown().length <= 3) { status("a polygon needs at least 3 vertices", true); return; }
-  change(() => {
-    const pts = shown(), fx = shownFixed();
-    pts.splice(i, 1); fx.splice(i, 1);
-    S.cur.raw = pts; S.cur.fixed = fx; S.selected = -1;
-  });
-  status(`deleted vertex ${i + 1}`);
+async function deleteVertex(id) {
+  if (!S.cur || id === null || id === undefined) return;
+  if (S.cur.raw.length <= 3) { status("a polygon needs at least 3 vertices", true); return; }
+  const r = await sessionOp("delete", id);
+  if (r) { S.selected = null; render(); status(`deleted a vertex: ${r.polygon.length} vertices`); }
 }
 function accept() {
-  if (!S.cur) return;
+  if (!S.cur || S.busy) return;
   const label = S.labels[S.cur.label] ?? S.cur.name ?? S.labels[0];
   const base = S.cur.base ?? { group_id: null, description: "", shape_type: "polygon", flags: {} };
-  change(() => { S.shapes.splice(S.cur.at ?? S.shapes.length, 0, { ...base, label, points: shown() }); S.cur = null; S.selected = -1; }, { save: true });
+  const { session, version } = S.cur;
+  change(() => { S.shapes.splice(S.cur.at ?? S.shapes.length, 0, { ...base, label, points: shown() }); S.cur = null; S.selected = null; }, { save: true });
+  api.op(session, { version, op: "accept" }).catch(() => {});  // the session ends (the shape is the page's now)
   status(`accepted a ${label} polygon`);
 }
-function cancel() { if (S.cur) { change(() => { S.cur = null; S.selected = -1; }); status("cancelled"); } }
-function editShape(i) {
+function cancel() { if (S.cur) { change(() => { S.cur = null; S.selected = null; }); status("cancelled"); } }
+async function editShape(i) {
   const s = S.shapes[i];
   const xs = s.points.map((p) => p[0]), ys = s.points.map((p) => p[1]);
-  const box = [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)];
+  const clamp = (v, hi) => Math.max(0, Math.min(hi, v));
+  const box = [clamp(Math.min(...xs), S.width), clamp(Math.min(...ys), S.height), clamp(Math.max(...xs), S.width), clamp(Math.max(...ys), S.height)];
   const { points, label, ...base } = s;
+  S.busy++;
+  let r;
+  try { r = await api.open(S.name, box, points); } catch (e) { status(`cannot edit this shape: ${e.message}`, true); return; } finally { S.busy--; }
   change(() => {
     S.shapes.splice(i, 1);
-    S.cur = { box, raw: points, fixed: points.map(() => false), label: Math.max(0, S.labels.indexOf(label)), base, at: i, name: label };
+    S.cur = { box, label: Math.max(0, S.labels.indexOf(label)), base, at: i, name: label };
+    applyState(r);
   }, { save: true });
   selectLabel(S.cur.label);
   status(`editing a ${s.label} polygon — Enter to accept again`);
@@ -353,7 +374,7 @@ async function openImage(i) {
   if (window.polyrnn.flush && S.name) await window.polyrnn.flush().catch(() => {});
   S.index = i;
   S.name = S.images[i].name;
-  S.cur = null; S.shapes = []; S.undo = []; S.redo = []; S.selected = -1; S.readError = null; S.base = [];
+  S.cur = null; S.shapes = []; S.undo = []; S.redo = []; S.selected = null; S.readError = null; S.base = [];
   $("image-name").textContent = `${S.name} (${i + 1}/${S.images.length})`;
   history.replaceState(null, "", `#${encodeURIComponent(S.name)}`);
   listImages();
@@ -410,7 +431,7 @@ $("viewport").addEventListener("mousedown", (ev) => {
     const clamp = (v, hi) => Math.max(0, Math.min(hi, v));
     const box = [clamp(Math.min(a[0], b[0]), S.width), clamp(Math.min(a[1], b[1]), S.height),
                  clamp(Math.max(a[0], b[0]), S.width), clamp(Math.max(a[1], b[1]), S.height)];
-    if (box[2] - box[0] < 4 || box[3] - box[1] < 4) { S.selected = -1; render(); return; }
+    if (box[2] - box[0] < 4 || box[3] - box[1] < 4) { S.selected = null; render(); return; }
     predictBox(box);
   };
   window.addEventListener("mousemove", move); window.addEventListener("mouseup", up);
@@ -444,7 +465,7 @@ window.addEventListener("keydown", (ev) => {
   else if (k === "d" || k === "D") openImage(S.index + 1);
   else if (k === "f" || k === "F") fit();
   else if (k === "h" || k === "H" || k === "?") toggleHelp();
-  else if ((k === "Delete" || k === "Backspace") && S.selected >= 0) { ev.preventDefault(); deleteVertex(S.selected); }
+  else if ((k === "Delete" || k === "Backspace") && S.selected !== null) { ev.preventDefault(); deleteVertex(S.selected); }
   else if (/^[1-9]$/.test(k)) selectLabel(Number(k) - 1);
 });
 window.addEventListener("keyup", (ev) => { if (ev.key === " ") { spaceDown = false; $("viewport").classList.remove("panning"); } });

@@ -21,11 +21,18 @@ function rdp(points, tol) {
   return left.slice(0, -1).concat(rdp(points.slice(at), tol));
 }
 
-// Ramer–Douglas–Peucker on a closed polygon; the first vertex stays first, at least 3 are kept.
+// Ramer–Douglas–Peucker on a closed polygon: the indices of the vertices kept (the first stays first, at
+// least 3 are kept), so the shown vertices keep their ids.
+export function simplifyIndices(points, tol) {
+  const all = points.map((_, i) => i);
+  if (tol <= 0 || points.length <= 3) return all;
+  const tagged = points.map((p, i) => [p[0], p[1], i]);
+  const out = rdp([...tagged, tagged[0]], tol).slice(0, -1).map((p) => p[2]);
+  return out.length >= 3 ? out : all;
+}
+
 export function simplify(points, tol) {
-  if (tol <= 0 || points.length <= 3) return points.map((p) => p.slice());
-  const out = rdp([...points, points[0]], tol).slice(0, -1);
-  return out.length >= 3 ? out.map((p) => p.slice()) : points.map((p) => p.slice());
+  return simplifyIndices(points, tol).map((i) => points[i].slice());
 }
 
 export function nearestEdge(points, p) {
