@@ -86,6 +86,11 @@ class BoxSession:
         assert self.state is not None and self.state.ids is not None
         return self.state.ids
 
+    @property
+    def long_side(self) -> float:
+        """The box's longer side in image pixels."""
+        return float(self.encoding.long_side)
+
     def index_of(self, vertex_id: int) -> int:
         """The current index of the vertex with id ``vertex_id``; ``KeyError`` when it is gone."""
         hit = np.flatnonzero(self.ids == vertex_id)

@@ -12,6 +12,7 @@ long sides, and otherwise inserts a vertex at the second point on that edge. Eve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -118,22 +119,38 @@ def next_correction(
     return None
 
 
+class Editor(Protocol):
+    """What the simulated annotator drives: a :class:`~polyrnn.session.BoxSession`, or the editor's server
+    through HTTP (``benchmarks/editor_replay.py``) — the same operations either way."""
+
+    @property
+    def polygon(self) -> np.ndarray: ...  # (N, 2) image pixels
+
+    @property
+    def fixed(self) -> np.ndarray: ...  # (N,) bool
+
+    @property
+    def long_side(self) -> float: ...  # the box's longer side, pixels
+
+    def move(self, index: int, xy: tuple[float, float]) -> object: ...
+
+    def insert(self, edge: int, xy: tuple[float, float]) -> object: ...
+
+
 def clicks_to_quality(
-    session: object,
+    session: Editor,
     gt: np.ndarray,
     ignore: np.ndarray | None,
     *,
     max_corrections: int = 20,
     near: float = NEAR,
 ) -> list[float]:
-    """IoU after k = 0..max_corrections corrections of a :class:`~polyrnn.session.BoxSession` (driven through
-    its ``move`` / ``insert``); once nothing is wrong the IoU is repeated."""
-    from polyrnn.session import BoxSession
-
-    assert isinstance(session, BoxSession)
+    """IoU after k = 0..max_corrections corrections of an :class:`Editor` (a
+    :class:`~polyrnn.session.BoxSession`, driven through its ``move`` / ``insert``); once nothing is wrong the
+    IoU is repeated."""
     h, w = gt.shape
     boundary = boundary_points(gt)
-    near_px = near * session.encoding.long_side
+    near_px = near * session.long_side
 
     def mask() -> np.ndarray:
         return rasterize([session.polygon], h, w)

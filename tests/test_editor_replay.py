@@ -1,0 +1,21 @@
+"""The editor is exactly what is measured: the simulated annotator through the real HTTP server (the page's
+requests) gives the same IoU at every step as ``polyrnn evaluate`` (3 val2017 objects; the benchmark runs 60)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@pytest.mark.shared
+def test_the_editor_over_http_equals_evaluate(datasets):
+    from editor_replay import replay
+
+    r = replay(datasets / "coco-mini" / "val2017", limit=3, corrections=5)
+    assert r["objects"] == 3 and r["engine"] == "refine"
+    assert float(r["max_diff_per_step"].max()) <= 1e-6, r["max_diff_per_step"]
+    assert r["identical_objects"] == 3
+    assert r["requests"] > 3  # corrections went through the server
