@@ -1,5 +1,5 @@
 """The editor is exactly what is measured: the simulated annotator through the real HTTP server (the page's
-requests) gives the same IoU at every step as ``polyrnn evaluate`` (3 val2017 objects; the benchmark runs 60)."""
+requests) gives the same IoU at every step as ``polyrnn evaluate`` (3 val2017 objects; the benchmark: 60)."""
 
 import sys
 from pathlib import Path
