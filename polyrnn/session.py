@@ -175,6 +175,43 @@ class BoxSession:
         )
         return self.state
 
+    def click(self, xy: tuple[float, float], positive: bool) -> State:
+        """A region-level correction, as CVAT's clicks: the object includes (``positive``) or excludes the
+        point (image pixels). The engine redraws the outline near it from every click so far; the guard
+        rails hold (fixed vertices kept, a simple polygon, changes within ``confine`` box long sides of the
+        click), and so must the click itself (a positive one inside the new polygon, a negative one outside),
+        else the polygon stays as it was. The click is remembered for later corrections either way."""
+        from shapely.geometry import Point, Polygon
+
+        assert self.state is not None
+        v = _point(xy)
+        before = self.state
+        clicks = [*before.clicks, Click((float(v[0]), float(v[1])), 1 if positive else -1)]
+        proposal = ENGINES[self.engine.name].propose_click(self.encoding, self.engine, before, clicks, v)
+        self._push()
+        state = State(before.polygon.copy(), before.fixed.copy(), clicks, before.ids)
+        if proposal is not None and len(proposal.polygon) >= 3 and is_simple(proposal.polygon):
+            shape = Polygon(proposal.polygon)
+            right = shape.covers(Point(float(v[0]), float(v[1]))) == positive
+            if right and self._confined(before, proposal, v):
+                state = State(proposal.polygon, proposal.fixed, clicks)
+                state.ids = self._ids_for(state, before)
+        self.state = state
+        return state
+
+    def _confined(self, before: State, proposal: State, at: np.ndarray) -> bool:
+        """Every fixed vertex kept, in order, and nothing added or dropped farther than ``confine`` box long
+        sides from ``at``."""
+        if not _same_ring(before.polygon[before.fixed], proposal.polygon[proposal.fixed]):
+            return False
+        old = {tuple(p) for p in before.polygon}
+        kept = {tuple(p) for p in proposal.polygon}
+        new = np.array([p for p in proposal.polygon if tuple(p) not in old]).reshape(-1, 2)
+        gone = np.array([p for p in before.polygon if tuple(p) not in kept]).reshape(-1, 2)
+        changed = np.concatenate([new, gone])
+        reach = self.engine.confine * self.encoding.long_side
+        return not len(changed) or float(np.max(np.linalg.norm(changed - at, axis=1))) <= reach
+
     def undo(self) -> State:
         """Back to the exact state before the last operation."""
         if not self.history:
@@ -241,19 +278,9 @@ class BoxSession:
         nothing farther than ``confine`` long sides from the edit; else the plain edit."""
         if proposal is None or len(proposal.polygon) < 3:
             return manual
-        if not _same_ring(manual.polygon[manual.fixed], proposal.polygon[proposal.fixed]):
-            return manual
         if not is_simple(proposal.polygon):
             return manual
-        old = {tuple(p) for p in manual.polygon}
-        kept = {tuple(p) for p in proposal.polygon}
-        new = np.array([p for p in proposal.polygon if tuple(p) not in old]).reshape(-1, 2)
-        gone = np.array([p for p in manual.polygon if tuple(p) not in kept]).reshape(-1, 2)
-        changed = np.concatenate([new, gone])  # vertices added and vertices dropped
-        reach = self.engine.confine * self.encoding.long_side
-        if len(changed) and float(np.max(np.linalg.norm(changed - manual.polygon[index], axis=1))) > reach:
-            return manual
-        return proposal
+        return proposal if self._confined(manual, proposal, manual.polygon[index]) else manual
 
 
 def _same_ring(want: np.ndarray, got: np.ndarray) -> bool:

@@ -221,3 +221,32 @@ def test_vertex_ids_survive_edits_and_redo_restores_undone_work():
         s.redo()  # a new operation forgets what could be redone
     new = s.insert(2, (30.0, 30.0), predict=False)
     assert len(set(new.ids.tolist())) == len(new.ids) and int(new.ids[3]) not in ids0
+
+
+@pytest.mark.shared
+def test_a_click_goes_through_the_guard_rails(datasets):
+    """CVAT's clicks are session operations: the click comes out on its side, or nothing changes."""
+    from shapely.geometry import Point, Polygon
+
+    from polyrnn.data import load_dataset
+    from polyrnn.data.instance import load_image
+    from polyrnn.evaluation.clicks import worst_error
+    from polyrnn.geometry import rasterize
+    from polyrnn.predictor import PolygonPredictor
+
+    pred = PolygonPredictor.from_weights()
+    insts = load_dataset(datasets / "coco-mini" / "val2017", min_size=32).instances[:6]
+    for inst in insts:
+        pred.set_image(load_image(inst.image_path))
+        s = pred.new_session(inst.box_xyxy)
+        before = s.polygon.copy()
+        e = worst_error(rasterize([before], inst.height, inst.width), inst.mask(), inst.ignore_mask())
+        if e is None:
+            continue
+        x, y, missed, _ = e
+        s.click((x, y), missed)
+        inside = Polygon(s.polygon).covers(Point(x, y))
+        assert inside == missed or np.array_equal(s.polygon, before)
+        assert len(s.state.clicks) == 1 and s.state.clicks[0].sign == (1 if missed else -1)
+        s.undo()
+        np.testing.assert_array_equal(s.polygon, before)

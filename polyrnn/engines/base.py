@@ -64,3 +64,15 @@ class Engine(Protocol):
     def propose(
         self, encoding: BoxEncoding, config: EngineConfig, before: State, manual: State, index: int
     ) -> State | None: ...
+
+    def propose_click(
+        self,
+        encoding: BoxEncoding,
+        config: EngineConfig,
+        before: State,
+        clicks: list[Click],
+        point: np.ndarray,
+    ) -> State | None:
+        """A region-level correction (a positive or negative click at ``point``, the last of ``clicks``): the
+        proposed outline, or None (the engine cannot use clicks)."""
+        ...

@@ -3,7 +3,9 @@ the same start."""
 
 from __future__ import annotations
 
-from polyrnn.encoding import BoxEncoding
+import numpy as np
+
+from polyrnn.encoding import BoxEncoding, Click
 from polyrnn.engines.base import EngineConfig, State
 
 
@@ -17,3 +19,13 @@ class Manual:
         self, encoding: BoxEncoding, config: EngineConfig, before: State, manual: State, index: int
     ) -> State | None:
         return None
+
+    def propose_click(
+        self,
+        encoding: BoxEncoding,
+        config: EngineConfig,
+        before: State,
+        clicks: list[Click],
+        point: np.ndarray,
+    ) -> State | None:
+        return None  # clicks say where the object is, not where its vertices go

@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from polyrnn.encoding import BoxEncoding
+from polyrnn.encoding import BoxEncoding, Click
 from polyrnn.engines.base import EngineConfig, State
 from polyrnn.geometry import rasterize, signed_area, simplify
 
@@ -26,10 +26,8 @@ class Refine:
         enc, p = encoding, manual.polygon
         refined = enc.refined_mask(before.polygon, p[manual.fixed], manual.clicks)
         # outside the neighbourhood of the edit the polygon stays as it is
-        reach_crop = config.confine * enc.long_side * enc.crop.crop_size / enc.crop.side
         c = enc.to_map(p[index], enc.crop.crop_size)[0]
-        yy, xx = np.mgrid[: enc.crop.crop_size, : enc.crop.crop_size]
-        near = (xx + 0.5 - c[0]) ** 2 + (yy + 0.5 - c[1]) ** 2 <= reach_crop**2
+        near = _near(enc, config, c)
         current = rasterize([enc.to_map(p, enc.crop.crop_size)], enc.crop.crop_size, enc.crop.crop_size)
         contour = _object_contour(np.where(near, refined, current), current, c)
         if contour is None:
@@ -42,6 +40,34 @@ class Refine:
             reach=config.confine * enc.long_side,
             tolerance=0.75 * enc.crop.side / enc.crop.crop_size,
         )
+
+    def propose_click(
+        self,
+        encoding: BoxEncoding,
+        config: EngineConfig,
+        before: State,
+        clicks: list[Click],
+        point: np.ndarray,
+    ) -> State | None:
+        """The refiner's mask for every click so far redraws the outline near the click (within ``confine``
+        box long sides); the object's component is the one that overlaps the polygon most."""
+        enc, size = encoding, encoding.crop.crop_size
+        refined = enc.refined_mask(before.polygon, before.polygon[before.fixed], clicks)
+        c = enc.to_map(np.asarray(point).reshape(1, 2), size)[0]
+        current = rasterize([enc.to_map(before.polygon, size)], size, size)
+        contour = _object_contour(np.where(_near(enc, config, c), refined, current), current, c)
+        if contour is None:
+            return None
+        poly = simplify(enc.crop.crop_to_image(contour), 0.75 * enc.crop.side / size)
+        return State(poly, np.zeros(len(poly), dtype=bool))
+
+
+def _near(enc: BoxEncoding, config: EngineConfig, c: np.ndarray) -> np.ndarray:
+    """(crop_size, crop_size) bool: the crop pixels within ``confine`` box long sides of ``c`` (crop px)."""
+    size = enc.crop.crop_size
+    reach = config.confine * enc.long_side * size / enc.crop.side
+    yy, xx = np.mgrid[:size, :size]
+    return (xx + 0.5 - c[0]) ** 2 + (yy + 0.5 - c[1]) ** 2 <= reach**2  # type: ignore[no-any-return]
 
 
 def _object_contour(mask: np.ndarray, current: np.ndarray, c: np.ndarray) -> np.ndarray | None:

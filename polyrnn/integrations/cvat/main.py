@@ -118,27 +118,23 @@ def trace(
     pos: np.ndarray,
     neg: np.ndarray,
 ) -> dict[str, Any]:
-    """The reply for one request: the automatic polygon, then the clicks applied by the correction engine."""
+    """The reply for one request: the automatic polygon, then each click that the polygon gets wrong applied
+    as a correction of the object's session (:meth:`polyrnn.session.BoxSession.click`: the editor's engine
+    and guard rails)."""
     from shapely.geometry import Point, Polygon
 
     from polyrnn.batch.annotate import confidences
-    from polyrnn.encoding import Click
     from polyrnn.geometry import rasterize
 
     predictor.set_image(image)
-    session = predictor.session(box)
-    pred = predictor.predict(box)
-    polygon = pred.vertices
-    area = Polygon(polygon).buffer(0)
-    clicks = [Click((float(x), float(y)), 1) for x, y in pos if not area.covers(Point(x, y))]
-    clicks += [Click((float(x), float(y)), -1) for x, y in neg if area.covers(Point(x, y))]
+    session = predictor.new_session(box)
+    for points, positive in ((pos, True), (neg, False)):
+        for x, y in points:
+            inside = Polygon(session.polygon).buffer(0).covers(Point(float(x), float(y)))
+            if inside != positive:  # a click the polygon already agrees with says nothing
+                session.click((float(x), float(y)), positive)
+    polygon = session.polygon
     enc = session.encoding
-    if clicks and enc.refiner is not None:
-        from polyrnn.modeling.mask_net import mask_polygon
-
-        refined = enc.refined_mask(polygon, np.zeros((0, 2)), clicks)
-        better = mask_polygon(refined.astype(np.float32), enc.crop)
-        polygon = better if better is not None and len(better) >= 3 else polygon
     score = confidences(enc.mask_probability(), None)["expected_iou"] if enc.mask_model is not None else 0.0
     mask = rasterize([polygon], image.shape[0], image.shape[1])
     return {
