@@ -1,7 +1,7 @@
-"""Objects per second of ``polyrnn predict --dataset`` for several worker counts (and engines), against
+"""Objects per second of ``polyrnn predict --dataset`` for several worker counts (and runners), against
 tracing the same boxes one by one with ``polyrnn predict IMAGE --box`` (a process and a model load each):
 
-    python benchmarks/predict_throughput.py --workers 1,2 --engines local,ray --one-by-one 10
+    python benchmarks/predict_throughput.py --workers 1,2 --runners local,ray --one-by-one 10
 
 Each run is a fresh output folder and a fresh process, so model loading and (for Ray) the runtime's start are
 counted, as a user pays them. Prints one Markdown row per run.
@@ -23,11 +23,11 @@ from polyrnn.batch.boxes import read_boxes
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco-mini" / "val2017"
 
 
-def run_dataset(dataset: Path, workers: int, engine: str, threads: int) -> tuple[int, float, float]:
+def run_dataset(dataset: Path, workers: int, runner: str, threads: int) -> tuple[int, float, float]:
     """(objects, wall seconds of the whole command, objects/s as the command reports it)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "polyrnn.cli", "predict", "--dataset", str(dataset), "--out", tmp]
-        cmd += ["--workers", str(workers), "--engine", engine, "--threads", str(threads)]
+        cmd += ["--workers", str(workers), "--runner", runner, "--threads", str(threads)]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         wall = time.perf_counter() - t0
@@ -52,13 +52,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, default=DEFAULT)
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--engines", default="local")
+    ap.add_argument("--runners", default="local")
     ap.add_argument("--threads", type=int, default=1, help="threads per worker")
     ap.add_argument("--one-by-one", type=int, default=10, help="boxes traced one command each (0: skip)")
     args = ap.parse_args()
     per = one_by_one(args.dataset, args.one_by_one) if args.one_by_one else None
     print(
-        "| engine | workers | objects | wall s (incl. start) | objects/s (command's count) | vs one by one |"
+        "| runner | workers | objects | wall s (incl. start) | objects/s (command's count) | vs one by one |"
     )
     print("|---|---|---|---|---|---|")
     if per is not None:
@@ -66,11 +66,11 @@ def main() -> None:
         print(
             f"| `polyrnn predict IMAGE --box`, one by one | 1 | {n} | {per * n:.1f} | {1 / per:.2f} | 1.0x |"
         )
-    for engine in args.engines.split(","):
+    for runner in args.runners.split(","):
         for w in (int(v) for v in args.workers.split(",")):
-            n, wall, rate = run_dataset(args.dataset, w, engine, args.threads)
+            n, wall, rate = run_dataset(args.dataset, w, runner, args.threads)
             ratio = f"{(n / wall) * per:.0f}x" if per else ""
-            print(f"| {engine} | {w} | {n} | {wall:.1f} | {rate:.2f} | {ratio} |", flush=True)
+            print(f"| {runner} | {w} | {n} | {wall:.1f} | {rate:.2f} | {ratio} |", flush=True)
 
 
 if __name__ == "__main__":

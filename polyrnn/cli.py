@@ -210,7 +210,7 @@ def cmd_predict_dataset(args: argparse.Namespace) -> int:
         shard=Shard.parse(args.shard),
         workers=args.workers,
         threads=resolve_threads(args.threads),
-        engine=args.engine,
+        runner=args.runner,
         ray_address=args.ray_address,
         review_below=args.review_below,
         allow_outside=args.allow_outside_images,
@@ -675,7 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--workers", type=_number(int, 1, 4096), default=1, help="processes on this machine, or Ray actors"
     )
-    g.add_argument("--engine", default="local", choices=["local", "ray"], help="local processes or Ray Data")
+    g.add_argument(
+        "--runner", default="local", choices=["local", "ray"], help="local processes, or Ray Data actors"
+    )
     g.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     g.add_argument(
         "--review-below",

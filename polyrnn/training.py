@@ -345,7 +345,31 @@ def _resume_state(cfg: TrainConfig, run: Path, resume: bool) -> tuple[TrainConfi
         raise TrainingError(f"--resume: {last} does not exist")
     state = read_checkpoint(last)
     saved = train_config_from_dict(state["train_config"])
-    return replace(saved, epochs=cfg.epochs, device=cfg.device, workers=cfg.workers), state
+    resumed = replace(saved, epochs=cfg.epochs, device=cfg.device, workers=cfg.workers)
+    differ = [f"{k}={v!r} (the run has {w!r})" for k, v, w in _differences(cfg, resumed)]
+    if differ:  # never silently dropped: a resumed run continues with the settings it started with
+        raise TrainingError(
+            f"--resume continues {run} with its own settings, but this call asks for "
+            + ", ".join(differ[:5])
+            + ("" if len(differ) <= 5 else f" and {len(differ) - 5} more")
+            + ": drop them (only epochs, device and workers may change), or start a new run from its "
+            f"weights with init_weights={last} and another name"
+        )
+    return resumed, state
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, a's value, b's value) for every field where two configs differ."""
+    from dataclasses import fields, is_dataclass
+
+    out: list[tuple[str, Any, Any]] = []
+    for f in fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if is_dataclass(x) and is_dataclass(y):
+            out += _differences(x, y, f"{prefix}{f.name}.")
+        elif x != y and not (isinstance(x, list | tuple) and list(x) == list(y)):
+            out.append((prefix + f.name, x, y))
+    return out
 
 
 def _optimizer(model: Model, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:

@@ -20,6 +20,6 @@ def ray_runtime():
 
 def test_ray_engine_gives_the_local_output(ray_runtime, subset, baseline, tmp_path):  # noqa: F811
     out = tmp_path / "run"
-    r = _run(subset, out, engine="ray", workers=2)
+    r = _run(subset, out, runner="ray", workers=2)
     assert r["images"] == 3 and r["errors"] == 0
     assert _outputs(out) == _outputs(baseline)

@@ -71,6 +71,14 @@ def test_resume_continues_exactly(labelme_dir, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
 
 
+def test_resume_refuses_settings_it_would_drop(labelme_dir, tmp_path):
+    run_training(_cfg(labelme_dir, tmp_path, "name=r", "epochs=1"), log=lambda *_: None)
+    with pytest.raises(TrainingError, match=r"lr=0\.5 \(the run has"):
+        run_training(_cfg(labelme_dir, tmp_path, "name=r", "epochs=2", "lr=0.5"), resume=True, log=print)
+    last = read_checkpoint(tmp_path / "runs" / "r" / "weights" / "last.pt")
+    assert last["epoch"] == 1  # nothing trained
+
+
 def test_existing_run_needs_resume(labelme_dir, tmp_path):
     run_training(_cfg(labelme_dir, tmp_path, "name=x", "epochs=1"), log=lambda *_: None)
     with pytest.raises(TrainingError, match="--resume"):

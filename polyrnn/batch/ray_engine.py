@@ -1,4 +1,4 @@
-"""The same pre-annotation on a Ray cluster (``polyrnn predict --dataset ... --engine ray``).
+"""The same pre-annotation on a Ray cluster (``polyrnn predict --dataset ... --runner ray``).
 
 Ray Data carries the images' box lists to a pool of actors (``map_batches`` with a callable class: each actor
 loads the models once and traces one image per call) and streams the records back to the driver, which writes
@@ -40,7 +40,7 @@ def ray_records(
     try:
         import ray
     except ImportError:
-        raise ValueError("--engine ray needs Ray: pip install 'polyrnn[ray]'") from None
+        raise ValueError("--runner ray needs Ray: pip install 'polyrnn[ray]'") from None
     if not jobs:
         return
     if not ray.is_initialized():

@@ -365,7 +365,7 @@ def predict_dataset(
     shard: Shard = Shard(),
     workers: int = 1,
     threads: int = 1,
-    engine: str = "local",
+    runner: str = "local",
     ray_address: str | None = None,
     review_below: float | None = None,
     allow_outside: bool = False,
@@ -377,8 +377,8 @@ def predict_dataset(
     merge's summary under ``"merged"``)."""
     from polyrnn.batch.boxes import read_boxes
 
-    if engine not in ("local", "ray"):
-        raise RunError(f"unknown engine '{engine}' (local or ray)")
+    if runner not in ("local", "ray"):
+        raise RunError(f"unknown runner '{runner}' (local or ray)")
     out = Path(out)
     boxes = read_boxes(boxes_path, format, image_dir=image_dir, allow_outside=allow_outside)
     job = {
@@ -407,7 +407,7 @@ def predict_dataset(
         for s in boxes.skipped[:10]:
             log(f"skipped {s}")
     models = {"weights": weights, "mask_weights": mask_weights, "variant": variant, "context": context}
-    if engine == "ray":
+    if runner == "ray":
         from polyrnn.batch.ray_engine import ray_records
 
         records = ray_records(jobs, models=models, threads=threads, workers=workers, address=ray_address)
