@@ -424,7 +424,8 @@ def _print_eval_summary(report: dict[str, Any], paths: list[Path]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from polyrnn.build import CheckpointError, load_models
-    from polyrnn.evaluation.evaluate import build_meta, evaluate_dataset, summarize_results, write_report
+    from polyrnn.evaluation.evaluate import evaluate_dataset
+    from polyrnn.evaluation.report import build_meta, summarize_results, write_report
 
     _eval_options(args, "rnn")  # option errors before anything loads
     _check_weights(args.weights, args.mask_weights)
