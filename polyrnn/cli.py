@@ -604,6 +604,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"CPU threads for torch (default 1, or ${THREADS_ENV}; 0 = all cores)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_data(sub, common)
+    _add_predict(sub, common)
+    _add_bench(sub, common)
+    _add_train(sub, common)
+    _add_train_refiner(sub, common)
+    _add_evaluate(sub, common)
+    _add_label_studio(sub, common)
+    _add_serve(sub, common)
+    _add_export(sub, common)
+    return parser
+
+
+def _add_data(sub: Any, common: argparse.ArgumentParser) -> None:
 
     data = sub.add_parser(parents=[common], name="data", help="inspect datasets: stats, show, ceiling")
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -640,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data.set_defaults(func=data_help)
 
+
+def _add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         parents=[common],
         name="predict",
@@ -696,6 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_predict)
 
+
+def _add_bench(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(parents=[common], name="bench", help="measure model speed on this machine")
     p.add_argument("--variant", default="lite", choices=["tiny", "lite", "vgg16"])
     p.add_argument("--weights", default=None)
@@ -708,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
+
+def _add_train(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(parents=[common], name="train", help="train a model from a YAML recipe")
     p.add_argument(
         "--config", required=True, help="YAML recipe: a path or a packaged name (tiny, lite, vgg16)"
@@ -729,6 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
+
+def _add_train_refiner(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         parents=[common], name="train-refiner", help="train the correction engine's refiner (recipe refiner)"
     )
@@ -737,6 +758,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="run folder name (default: the recipe's)")
     p.set_defaults(func=cmd_train_refiner)
 
+
+def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         parents=[common],
         name="evaluate",
@@ -811,6 +834,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_label_studio(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         parents=[common],
         name="label-studio",
@@ -836,6 +861,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_label_studio)
 
+
+def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(parents=[common], name="serve", help="the annotation tool in the browser")
     p.add_argument(
         "image_dir",
@@ -871,6 +898,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_number(int, 0, 65535), default=8000)
     p.set_defaults(func=cmd_serve)
 
+
+def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         parents=[common],
         name="export",
@@ -880,7 +909,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=EXPORT_FORMATS)
     p.add_argument("out", help="output folder")
     p.set_defaults(func=cmd_export)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
