@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from polyrnn.batch.annotate import Annotator
-from polyrnn.data import load_dataset
 from polyrnn.data.instance import Instance, load_image
 from polyrnn.evaluation.metrics import mask_iou
+from polyrnn.formats import load_dataset
 from polyrnn.geometry import rasterize
 
 

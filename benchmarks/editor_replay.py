@@ -67,9 +67,9 @@ class HttpEditor:
 def replay(dataset: Path, limit: int, corrections: int, min_size: float = 32.0) -> dict[str, Any]:
     """IoU curves of the first ``limit`` objects through evaluate and through HTTP, and their differences."""
     from polyrnn.build import load_models
-    from polyrnn.data import load_dataset
     from polyrnn.evaluation.clicks import clicks_to_quality
     from polyrnn.evaluation.evaluate import EvalOptions, evaluate_dataset
+    from polyrnn.formats import load_dataset
     from polyrnn.predictor import PolygonPredictor
     from polyrnn.server.app import create_app
     from polyrnn.server.http import running

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from polyrnn.batch.boxes import read_boxes
+from polyrnn.formats import read_boxes
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco-mini" / "val2017"
 

@@ -12,10 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polyrnn.batch.boxes import BOX_FORMATS
 from polyrnn.config import MASK_FLIP, REJOIN
-from polyrnn.data import FORMATS, DataError, load_dataset
-from polyrnn.data.writers import FORMATS as EXPORT_FORMATS
+from polyrnn.data import DataError
+from polyrnn.formats import BOX_FORMATS, load_dataset
+from polyrnn.formats import DATASET_FORMATS as FORMATS
+from polyrnn.formats import EXPORTS as EXPORT_FORMATS
 from polyrnn.runtime import THREADS_ENV, set_threads
 
 if TYPE_CHECKING:
@@ -572,7 +573,7 @@ def cmd_label_studio(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from polyrnn.data.writers import export_folder
+    from polyrnn.formats import export_folder
     from polyrnn.server.store import AnnotationStore
 
     src = Path(args.folder)

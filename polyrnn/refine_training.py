@@ -268,7 +268,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def split_instances(cfg: RefinerConfig) -> tuple[list[Instance], list[Instance]]:
-    from polyrnn.data import load_datasets
+    from polyrnn.formats import load_datasets
     from polyrnn.training import split_by_image
 
     insts = load_datasets(list(cfg.train), None, min_size=cfg.min_size).instances

@@ -31,7 +31,6 @@ from polyrnn.build import (
     save_checkpoint,
 )
 from polyrnn.config import INFERENCE, TrainConfig, config_to_yaml, train_config_from_dict
-from polyrnn.data import load_datasets
 from polyrnn.data.crop import CropBox
 from polyrnn.data.dataset import (
     LengthGroupedBatchSampler,
@@ -43,6 +42,7 @@ from polyrnn.data.dataset import (
 )
 from polyrnn.data.instance import Instance
 from polyrnn.distributed import SINGLE, Dist, all_sum, barrier, setup, teardown
+from polyrnn.formats import load_datasets
 from polyrnn.geometry import mask_iou, rasterize
 from polyrnn.io import atomic_write_text
 from polyrnn.modeling.losses import PolygonLoss
@@ -320,7 +320,7 @@ def load_instances(cfg: TrainConfig) -> tuple[list[Instance], list[Instance]]:
     if d.limit_train:
         train = train[: d.limit_train]
     if d.val:
-        from polyrnn.data import load_dataset
+        from polyrnn.formats import load_dataset
 
         val = load_dataset(d.val, d.format or None, min_size=d.min_size, classes=classes).instances
         val = usable(val, grid_size=cfg.model.grid_size, max_len=cfg.model.max_len)

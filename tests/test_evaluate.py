@@ -249,8 +249,8 @@ def test_golden_figures_of_the_shipped_engines_on_three_val2017_objects(datasets
     import torch
 
     from polyrnn.build import load_models
-    from polyrnn.data import load_dataset
     from polyrnn.evaluation.evaluate import EvalOptions, evaluate_dataset
+    from polyrnn.formats import load_dataset
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -45,8 +45,8 @@ def _event(body: dict) -> types.SimpleNamespace:
 @pytest.mark.shared
 def test_cvat_handler_traces_a_real_object(context, datasets):
     from polyrnn.batch.annotate import Annotator
-    from polyrnn.data import load_dataset
     from polyrnn.data.instance import load_image
+    from polyrnn.formats import load_dataset
     from polyrnn.geometry import mask_iou, rasterize
 
     buses = [i for i in load_dataset(datasets / "labelme-examples").instances if i.class_name == "bus"]
@@ -142,7 +142,7 @@ def _rect(inst, label: str) -> dict:
 def ls(datasets, tmp_path_factory):
     from fastapi.testclient import TestClient
 
-    from polyrnn.data import load_dataset
+    from polyrnn.formats import load_dataset
     from polyrnn.integrations.label_studio import LabelStudioBackend, create_app
 
     folder = datasets / "labelme-examples"

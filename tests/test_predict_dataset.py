@@ -12,9 +12,9 @@ import pytest
 from helpers import write_image
 
 from polyrnn.batch import worker as batch_worker
-from polyrnn.batch.boxes import read_boxes
 from polyrnn.batch.run import RunError, Shard, merge, predict_dataset, read_shard
 from polyrnn.data.instance import DataError
+from polyrnn.formats import read_boxes
 
 BOXES = [("cat", (4.0, 6.0, 30.0, 40.0)), ("dog", (20.0, 2.0, 60.0, 20.0))]  # x1, y1, x2, y2 on 64x48
 
@@ -212,8 +212,8 @@ def test_coco_output_iou_equals_evaluate_automatic(subset, baseline):
     from pycocotools.coco import COCO
 
     from polyrnn.build import load_models
-    from polyrnn.data import read_coco
     from polyrnn.evaluation.evaluate import EvalOptions, evaluate_dataset
+    from polyrnn.formats.coco import read_coco
     from polyrnn.geometry import mask_iou, rasterize
 
     gt = read_coco(subset, image_dir=_val(subset)).filtered()
@@ -287,7 +287,8 @@ def test_two_worker_processes_give_the_same_output(subset, baseline, tmp_path):
 @pytest.mark.shared
 def test_outputs_follow_their_formats(subset, baseline):
     """Label Studio tasks and CVAT XML as their documentation describes them; LabelMe and YOLO read back."""
-    from polyrnn.data import read_labelme, read_yolo
+    from polyrnn.formats.labelme import read_labelme
+    from polyrnn.formats.yolo import read_yolo
 
     tasks = json.loads((baseline / "labelstudio" / "tasks.json").read_text())
     config = ET.fromstring((baseline / "labelstudio" / "config.xml").read_text())

@@ -6,7 +6,8 @@ from helpers import write_image
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from polyrnn.data import DataError, detect_format, load_dataset, load_datasets
+from polyrnn.data import DataError
+from polyrnn.formats import detect_format, load_dataset, load_datasets
 from polyrnn.geometry import mask_iou
 
 # --- the real datasets ----------------------------------------------------------------------------

@@ -102,12 +102,12 @@ def test_commands_end_in_one_line_not_a_traceback(tmp_path, capsys, datasets):
 
 
 def test_an_unexpected_error_is_one_line_too(tmp_path, capsys, monkeypatch):
-    import polyrnn.data.writers
+    import polyrnn.formats
 
     def boom(*args, **kw):
         raise KeyError("surprise")
 
-    monkeypatch.setattr(polyrnn.data.writers, "export_folder", boom)
+    monkeypatch.setattr(polyrnn.formats, "export_folder", boom)
     monkeypatch.delenv("POLYRNN_DEBUG", raising=False)
     err = _one_line_exit_2(["export", str(tmp_path), "--to", "coco", str(tmp_path / "o")], capsys)
     assert "KeyError" in err and "POLYRNN_DEBUG" in err
@@ -240,8 +240,8 @@ def _coco_with_outside_names(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_predict_dataset_refuses_images_outside_the_image_folder(tmp_path):
-    from polyrnn.batch.boxes import read_boxes
     from polyrnn.batch.run import predict_dataset
+    from polyrnn.formats import read_boxes
 
     path, images = _coco_with_outside_names(tmp_path)
     boxes = read_boxes(path, image_dir=images)
@@ -257,7 +257,8 @@ def test_predict_dataset_refuses_images_outside_the_image_folder(tmp_path):
 
 def test_output_names_never_collide(tmp_path):
     from polyrnn.data.instance import Instance
-    from polyrnn.data.writers import write_labelme, write_yolo
+    from polyrnn.formats.labelme import write_labelme
+    from polyrnn.formats.yolo import write_yolo
 
     root = tmp_path / "imgs"
     files = [

@@ -216,13 +216,13 @@ def test_export_from_api_and_cli(client, tmp_path):
     lines = (out / "labels" / "img1.txt").read_text().split("\n")
     assert lines[0].startswith("0 ") and len(lines[0].split()) == 9
     assert "dog" in (out / "data.yaml").read_text() and (out / "images" / "img1.png").is_file()
-    from polyrnn.data import load_dataset
+    from polyrnn.formats import load_dataset
 
     assert len(load_dataset(out, "yolo").instances) == 3
     assert main(["export", str(store.image_dir), "--to", "labelme", str(tmp_path / "lm")]) == 0
     assert len(load_dataset(tmp_path / "lm", "labelme").instances) == 3
     # Label Studio and CVAT: human polygons (no score) become annotations; the boxes read back
-    from polyrnn.batch.boxes import read_boxes
+    from polyrnn.formats import read_boxes
 
     assert main(["export", str(store.image_dir), "--to", "labelstudio", str(tmp_path / "ls")]) == 0
     tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())

@@ -110,7 +110,7 @@ def test_an_existing_labelme_file_round_trips_with_every_shape_and_field(served)
     for key in ("flags", "imageData", "extra_top_level", "version", "imagePath"):
         assert saved[key] == original[key], key
     # the two parts of the person are still one object (same group_id) for the readers and exports
-    from polyrnn.data.labelme import read_labelme
+    from polyrnn.formats.labelme import read_labelme
 
     people = [i for i in read_labelme(store.image_dir).instances if i.class_name == "person"]
     assert len(people) == 1 and len(people[0].polygons) == 2

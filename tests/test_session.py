@@ -228,9 +228,9 @@ def test_a_click_goes_through_the_guard_rails(datasets):
     """CVAT's clicks are session operations: the click comes out on its side, or nothing changes."""
     from shapely.geometry import Point, Polygon
 
-    from polyrnn.data import load_dataset
     from polyrnn.data.instance import load_image
     from polyrnn.evaluation.clicks import worst_error
+    from polyrnn.formats import load_dataset
     from polyrnn.geometry import rasterize
     from polyrnn.predictor import PolygonPredictor
 

@@ -10,8 +10,8 @@ from helpers import write_image
 from polyrnn.build import build_model, read_checkpoint
 from polyrnn.cli import main
 from polyrnn.config import ModelConfig, load_train_config
-from polyrnn.data import load_dataset
 from polyrnn.data.dataset import PolygonDataset, collate
+from polyrnn.formats import load_dataset
 from polyrnn.training import TrainingError, run_training
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from polyrnn.batch import worker
-from polyrnn.batch.boxes import ImageBoxes
+from polyrnn.formats.base import ImageBoxes
 
 
 class RayTracer:

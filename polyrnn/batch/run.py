@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from polyrnn.batch.boxes import BoxSet, ImageBoxes
 from polyrnn.batch.worker import local_records
 from polyrnn.config import INFERENCE
 from polyrnn.data.instance import Instance
-from polyrnn.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from polyrnn.formats.base import BoxSet, ImageBoxes
+from polyrnn.io import atomic_write_csv, atomic_write_json
 
 MANIFEST = "manifest.json"
 DECIMALS = 6  # predicted polygons are written to 1e-6 px, so the outputs score as the model's outline
@@ -262,49 +262,21 @@ def merge(
     model_version: str = "polyrnn",
 ) -> dict[str, Any]:
     """Write the outputs of ``out`` (see the module's docstring) from its shard files; returns a summary."""
-    from polyrnn.data.writers import (
-        label_studio_config,
-        write_coco,
-        write_cvat,
-        write_label_studio,
-        write_labelme,
-        write_yolo,
-    )
+    from polyrnn.formats import WriteOptions, write
 
     manifest, records = collect(out, allow_partial=allow_partial)
     root, classes = Path(manifest["image_root"]), list(manifest["classes"])
     insts = _instances(records)
     classes = list(dict.fromkeys([*classes, *sorted({i.class_name for i in insts})]))
-    written: dict[str, str] = {}
-    for fmt in formats:
-        if fmt == "coco":
-            write_coco(
-                insts, out / "coco" / "annotations.json", root=root, classes=classes, decimals=DECIMALS
-            )
-            written[fmt] = str(out / "coco" / "annotations.json")
-        elif fmt == "labelme":
-            write_labelme(insts, out / "labelme", root=root, images="refer", decimals=DECIMALS)
-            written[fmt] = str(out / "labelme")
-        elif fmt == "yolo":
-            write_yolo(insts, out / "yolo", root=root, classes=classes, images="link")
-            written[fmt] = str(out / "yolo")
-        elif fmt == "labelstudio":
-            tasks = {Path(r["image"]): r["task"] for r in records if "task" in r}
-            write_label_studio(
-                insts,
-                out / "labelstudio" / "tasks.json",
-                root=root,
-                tasks=tasks,
-                model_version=model_version,
-                decimals=DECIMALS,
-            )
-            atomic_write_text(out / "labelstudio" / "config.xml", label_studio_config(classes))
-            written[fmt] = str(out / "labelstudio" / "tasks.json")
-        elif fmt == "cvat":
-            write_cvat(insts, out / "cvat" / "annotations.xml", root=root, classes=classes, decimals=DECIMALS)
-            written[fmt] = str(out / "cvat" / "annotations.xml")
-        else:
-            raise RunError(f"unknown output format '{fmt}' (one of {', '.join(OUTPUTS)})")
+    opts = WriteOptions(
+        root=root,
+        classes=classes,
+        decimals=DECIMALS,
+        keep_images=True,  # LabelMe and YOLO point at the original images
+        model_version=model_version,
+        tasks={Path(r["image"]): r["task"] for r in records if "task" in r},
+    )
+    written = {fmt: str(write(fmt, insts, out / fmt, opts)) for fmt in formats}
     review = _review_rows(records, review_below)
     if review_below is not None:
         atomic_write_csv(out / "review.csv", review, ["image", "ref", "class", "score", "source"])
@@ -373,9 +345,9 @@ def predict_dataset(
 ) -> dict[str, Any]:
     """Trace every box of a box file into ``out`` (see the module's docstring); the outputs are written when
     the run has one shard, else by :func:`merge` once all have finished. Images outside the image root are
-    skipped unless ``allow_outside`` (:func:`polyrnn.batch.boxes.confine`). Returns the counts (and the
+    skipped unless ``allow_outside`` (:func:`polyrnn.formats.confine`). Returns the counts (and the
     merge's summary under ``"merged"``)."""
-    from polyrnn.batch.boxes import read_boxes
+    from polyrnn.formats import read_boxes
 
     if runner not in ("local", "ray"):
         raise RunError(f"unknown runner '{runner}' (local or ray)")

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from polyrnn.batch.boxes import ImageBoxes
 from polyrnn.data.instance import DataError, Skip
+from polyrnn.formats.base import ImageBoxes
 
 
 # --- one image -------------------------------------------------------------------------------------------

@@ -37,9 +37,9 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyrnn.batch.boxes import ImageBoxes, label_studio_image, ls_box, ls_results
 from polyrnn.data.instance import DataError, Skip, load_image
-from polyrnn.data.writers import polygon_result
+from polyrnn.formats.base import ImageBoxes
+from polyrnn.formats.labelstudio import label_studio_image, ls_box, ls_results, polygon_result
 from polyrnn.io import atomic_write_json
 
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
@@ -335,12 +335,12 @@ class LabelStudioBackend:
         return {"model_version": version, "weights": weights, "instances": count, "skipped": skipped}
 
     def _write_coco(self, kept: dict[str, Any], folder: Path, skipped: list[str]) -> int:
-        """The kept annotations as ``folder/instances.json`` (:func:`polyrnn.data.writers.write_coco`; the
+        """The kept annotations as ``folder/instances.json`` (:func:`polyrnn.formats.coco.write_coco`; the
         images stay where they are); returns the objects written. An entry that cannot be used (its image is
         gone, or it was stored before entries were checked) is left out with its reason in ``skipped``."""
         from polyrnn.data.common import image_size
         from polyrnn.data.instance import Instance
-        from polyrnn.data.writers import write_coco
+        from polyrnn.formats.coco import write_coco
 
         insts: list[Instance] = []
         for key, item in kept.items():

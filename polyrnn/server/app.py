@@ -324,8 +324,7 @@ def apply_op(s: BoxSession, op: str, vertex: int | None, point: list[float] | No
 @router.post("/api/export/{fmt}", response_model=ExportResponse)
 def export(fmt: str, ctx: Ctx) -> ExportResponse:
     from polyrnn.data.instance import DataError
-    from polyrnn.data.writers import FORMATS as EXPORTS
-    from polyrnn.data.writers import export_folder
+    from polyrnn.formats import EXPORTS, export_folder
 
     if fmt not in EXPORTS:
         raise HTTPException(404, f"unknown export format '{fmt}' (one of {', '.join(EXPORTS)})")
@@ -358,7 +357,7 @@ def export_download(fmt: str, ctx: Ctx) -> FileResponse:
     """The last export as one file: ``annotations.json`` (COCO) or a zip (the others)."""
     import shutil
 
-    from polyrnn.data.writers import FORMATS as EXPORTS
+    from polyrnn.formats import EXPORTS
 
     folder = ctx.store.state_dir / "export" / fmt
     if fmt not in EXPORTS or not folder.is_dir():

@@ -305,8 +305,8 @@ async function deleteVertex(id) {
   const r = await sessionOp("delete", id);
   if (r) { S.selected = null; render(); status(`deleted a vertex: ${r.polygon.length} vertices`); }
 }
-function accept() {
-  if (!S.cur || S.busy) return;
+function accept() {  // what is on screen (an operation still in flight no longer applies to it)
+  if (!S.cur) return;
   const label = S.labels[S.cur.label] ?? S.cur.name ?? S.labels[0];
   const base = S.cur.base ?? { group_id: null, description: "", shape_type: "polygon", flags: {} };
   const { session, version } = S.cur;

@@ -15,6 +15,7 @@ from PIL import Image
 
 from polyrnn.data.common import IMAGE_SUFFIXES, box_of, check_box, image_size
 from polyrnn.data.instance import DataError, Dataset, Instance, Skip
+from polyrnn.formats.base import Format
 from polyrnn.geometry import mask_to_polygons
 
 MASK_DIRS = ("masks", "data_GT", "gt", "GT", "boundary_GT")
@@ -86,3 +87,6 @@ def read_masks(root: Path | str) -> Dataset:
             )
         )
     return Dataset(instances, images=n_images, skipped=skipped, format="masks", root=str(root))
+
+
+FORMAT = Format("masks", "masks", read=read_masks)

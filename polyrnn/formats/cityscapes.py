@@ -15,6 +15,7 @@ from shapely.geometry import Polygon
 
 from polyrnn.data.common import box_of, check_box, parse_polygon, read_json
 from polyrnn.data.instance import DataError, Dataset, Instance, Skip
+from polyrnn.formats.base import Format
 
 CITYSCAPES_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 
@@ -108,3 +109,6 @@ def read_cityscapes(root: Path | str) -> Dataset:
         n_images += int(ok)
         instances.extend(found)
     return Dataset(instances, images=n_images, skipped=skipped, format="cityscapes", root=str(root))
+
+
+FORMAT = Format("cityscapes", "Cityscapes", read=read_cityscapes)

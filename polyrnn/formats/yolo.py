@@ -3,13 +3,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from polyrnn.data.common import box_of, check_box, find_images, image_size, parse_polygon
+from polyrnn.data.common import box_of, check_box, find_images, image_size, parse_polygon, relative_key
 from polyrnn.data.instance import DataError, Dataset, Instance, Skip
+from polyrnn.formats.base import (
+    BoxObject,
+    BoxSet,
+    Format,
+    ImageBoxes,
+    WriteOptions,
+    by_image,
+    clip,
+    finish_boxes,
+    flat_names,
+    place_image,
+)
+from polyrnn.io import atomic_write_text
 
 COCO80 = [
     "person",
@@ -198,3 +213,87 @@ def read_yolo(root: Path | str) -> Dataset:
         if label not in seen_labels:
             skipped.append(Skip(str(label), "label file without an image"))
     return Dataset(instances, images=n_images, skipped=skipped, format="yolo", root=str(root))
+
+
+# --- YOLO ------------------------------------------------------------------------------------------------
+def read_yolo_boxes(root: Path) -> BoxSet:
+    """Boxes of a YOLO folder (``images/``, ``labels/``): ``class cx cy w h`` lines (normalised); a segment
+    line ``class x1 y1 ...`` gives its polygon's box. Class names from ``data.yaml`` (else COCO's 80)."""
+    from polyrnn.formats.yolo import yolo_class_names, yolo_label_path
+
+    images_root, labels_root = root / "images", root / "labels"
+    if not images_root.is_dir() or not labels_root.is_dir():
+        raise DataError(f"{root}: a YOLO dataset needs folders 'images/' and 'labels/'")
+    names = yolo_class_names(root)
+    skipped: list[Skip] = []
+    images: dict[str, ImageBoxes] = {}
+    for image in find_images(images_root):
+        entry = ImageBoxes(key=relative_key(image, images_root), path=image, normalized=True)
+        images[entry.key] = entry
+        label = yolo_label_path(image, images_root, labels_root)
+        if label.is_file():
+            entry.objects = _yolo_lines(label, names, skipped)
+    return finish_boxes(images, names, skipped, "yolo", images_root)
+
+
+def _yolo_lines(label: Path, names: list[str], skipped: list[Skip]) -> list[BoxObject]:
+    from polyrnn.formats.yolo import yolo_lines
+
+    out = []
+    for where, ln, cls, values in yolo_lines(label, names, skipped):
+        if len(values) == 4:
+            cx, cy, w, h = values
+            if not all(math.isfinite(v) for v in values) or w <= 0 or h <= 0:
+                skipped.append(Skip(where, "box needs finite cx cy and positive w h"))
+                continue
+            box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        else:
+            poly = parse_polygon(values, where, skipped)
+            if poly is None:
+                continue
+            x, y, w, h = box_of([poly])
+            box = (x, y, x + w, y + h)
+        out.append(BoxObject(box, names[cls], f"{label.name}:line {ln}"))
+    return out
+
+
+def write_yolo(
+    instances: Sequence[Instance], out: Path, *, root: Path, classes: Sequence[str], images: str = "copy"
+) -> None:
+    """YOLO segmentation: ``images/`` (copies, or with ``images="link"`` links to the originals),
+    ``labels/`` (one line per polygon part: class, then x y pairs normalised to 0–1) and ``data.yaml`` with
+    the class names."""
+    import yaml
+
+    ids = {c: i for i, c in enumerate(classes)}
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    groups = sorted(by_image(instances).items())
+    names = flat_names([image for image, _ in groups], root)
+    for image, insts in groups:
+        name = names[image]
+        place_image(image, out / "images" / name, images)
+        w, h = insts[0].image_size
+        lines = []
+        for inst in insts:
+            for part in inst.polygons:
+                xy = np.clip(clip(part, w, h) / (w, h), 0.0, 1.0).reshape(-1)
+                lines.append(" ".join([str(ids[inst.class_name]), *(f"{v:.6f}" for v in xy)]))
+        atomic_write_text(out / "labels" / (Path(name).stem + ".txt"), "\n".join(lines) + "\n")
+    atomic_write_text(
+        out / "data.yaml",
+        yaml.safe_dump(
+            {"path": ".", "train": "images", "val": "images", "names": dict(enumerate(classes))},
+            sort_keys=False,
+        ),
+    )
+
+
+def write(instances: Sequence[Instance], out: Path, opts: WriteOptions) -> Path:
+    images = "link" if opts.keep_images else "copy"
+    write_yolo(instances, out, root=opts.root, classes=opts.classes, images=images)
+    return out
+
+
+FORMAT = Format(
+    "yolo", "YOLO-seg", read=read_yolo, read_boxes=lambda path, _: read_yolo_boxes(path), write=write
+)

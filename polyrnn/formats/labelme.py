@@ -3,13 +3,27 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from polyrnn.data.common import box_of, check_box, image_size, parse_polygon, read_json
+from polyrnn.data.common import box_of, check_box, image_size, parse_polygon, read_json, relative_key
 from polyrnn.data.instance import DataError, Dataset, Instance, Skip
+from polyrnn.formats.base import (
+    BoxObject,
+    BoxSet,
+    Format,
+    ImageBoxes,
+    WriteOptions,
+    by_image,
+    finish_boxes,
+    flat_names,
+    inside,
+)
+from polyrnn.io import atomic_write_json
 
 IGNORE_LABEL = "__ignore__"
 
@@ -46,15 +60,6 @@ def labelme_image(path: Path, data: dict) -> Path:
     """The image a LabelMe document names: ``imagePath`` relative to the JSON's folder (labelme's own
     default, ``<stem>.jpg``, without one)."""
     return path.parent / str(data.get("imagePath") or path.with_suffix(".jpg").name)
-
-
-def inside(path: Path, root: Path) -> bool:
-    """``path`` resolves (links followed) to a place under ``root``."""
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except (ValueError, OSError, RuntimeError):
-        return False
 
 
 def read_labelme_file(
@@ -189,3 +194,107 @@ def read_labelme(
         n_images += int(ok)
         instances.extend(found)
     return Dataset(instances, images=n_images, skipped=skipped, format="labelme", root=str(folder))
+
+
+# --- LabelMe ---------------------------------------------------------------------------------------------
+def read_labelme_boxes(folder: Path) -> BoxSet:
+    """``rectangle`` shapes of the LabelMe JSON files in ``folder`` (recursively); other shapes are left."""
+    skipped: list[Skip] = []
+    images: dict[str, ImageBoxes] = {}
+    for path in sorted(folder.rglob("*.json")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue  # tool state (.polyrnn/) and hidden folders
+        try:
+            data = read_json(path)
+        except DataError as e:
+            skipped.append(Skip(str(path), str(e).split(": ", 1)[-1]))
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
+            skipped.append(Skip(str(path), "not a LabelMe file (field 'shapes' missing or not a list)"))
+            continue
+        image = path.parent / str(data.get("imagePath") or path.with_suffix(".jpg").name)
+        if not image.is_file():
+            skipped.append(Skip(f"{path}:imagePath", f"image file '{image.name}' not found"))
+            continue
+        try:
+            size: tuple[int, int] | None = (int(data["imageWidth"]), int(data["imageHeight"]))
+        except (KeyError, TypeError, ValueError):
+            size = None
+        entry = ImageBoxes(key=relative_key(image, folder), path=image, size=size)
+        for j, shape in enumerate(data["shapes"]):
+            if not isinstance(shape, dict) or shape.get("shape_type") != "rectangle":
+                continue
+            where = f"{path}:shapes[{j}]"
+            try:
+                pts = np.asarray(shape.get("points"), dtype=np.float64).reshape(2, 2)
+            except (TypeError, ValueError):
+                skipped.append(Skip(where + ".points", "rectangle needs two corner points"))
+                continue
+            (x1, y1), (x2, y2) = pts.min(axis=0), pts.max(axis=0)
+            if not np.isfinite(pts).all() or x2 <= x1 or y2 <= y1:
+                skipped.append(Skip(where + ".points", "rectangle is empty or not finite"))
+                continue
+            box = (float(x1), float(y1), float(x2), float(y2))
+            entry.objects.append(BoxObject(box, str(shape.get("label", "")), f"{path.name}:shapes[{j}]"))
+        images[entry.key] = entry
+    return finish_boxes(images, [], skipped, "labelme", folder)
+
+
+def write_labelme(
+    instances: Sequence[Instance], out: Path, *, root: Path, images: str = "copy", decimals: int = 2
+) -> None:
+    """LabelMe: each image copied into ``out`` with its JSON beside it (parts of one object share a
+    ``group_id``); with ``images="refer"`` the images stay where they are and ``imagePath`` leads to them
+    relative to the JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    groups = sorted(by_image(instances).items())
+    names = flat_names([image for image, _ in groups], root)
+    for image, insts in groups:
+        name = names[image]
+        if images == "refer":
+            image_path = Path(os.path.relpath(image.resolve(), out.resolve())).as_posix()
+        else:
+            shutil.copyfile(image, out / name)
+            image_path = name
+        shapes = []
+        for gid, inst in enumerate(insts):
+            for part in inst.polygons:
+                shapes.append(
+                    {
+                        "label": inst.class_name,
+                        "points": np.asarray(part).round(decimals).tolist(),
+                        "group_id": gid if len(inst.polygons) > 1 else None,
+                        "description": "",
+                        "shape_type": "polygon",
+                        "flags": {},
+                        **({"score": round(float(inst.score), 4)} if inst.score is not None else {}),
+                    }
+                )
+        w, h = insts[0].image_size
+        atomic_write_json(
+            out / (Path(name).stem + ".json"),
+            {
+                "version": "5.4.1",
+                "flags": {},
+                "shapes": shapes,
+                "imagePath": image_path,
+                "imageData": None,
+                "imageHeight": int(h),
+                "imageWidth": int(w),
+            },
+        )
+
+
+def write(instances: Sequence[Instance], out: Path, opts: WriteOptions) -> Path:
+    images = "refer" if opts.keep_images else "copy"
+    write_labelme(instances, out, root=opts.root, images=images, decimals=opts.decimals or 2)
+    return out
+
+
+FORMAT = Format(
+    "labelme",
+    "LabelMe",
+    read=read_labelme,
+    read_boxes=lambda path, _: read_labelme_boxes(path),
+    write=write,
+)
