@@ -274,3 +274,11 @@ def test_server_lock_serialises_image_switches(client):
     for img, poly in seen:
         by_image.setdefault(img, set()).add(poly)
     assert all(len(polys) == 1 for polys in by_image.values())  # same image + box -> same polygon
+
+
+def test_the_export_menu_comes_from_the_table_of_formats(client):
+    from polyrnn.formats import EXPORTS, FORMATS
+
+    c, _ = client
+    got = c.get("/api/exports").json()
+    assert [f["name"] for f in got] == list(EXPORTS) and got[0]["title"] == FORMATS[EXPORTS[0]].title

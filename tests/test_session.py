@@ -2,6 +2,7 @@
 the refiner's training."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,46 @@ def test_a_click_goes_through_the_guard_rails(datasets):
         assert len(s.state.clicks) == 1 and s.state.clicks[0].sign == (1 if missed else -1)
         s.undo()
         np.testing.assert_array_equal(s.polygon, before)
+
+
+def test_an_engine_is_one_file_and_one_line(monkeypatch):
+    """An engine added to the table is taken by the session, the Python API and evaluate."""
+    from polyrnn.build import build_model
+    from polyrnn.data import Instance
+    from polyrnn.engines import ENGINES
+    from polyrnn.evaluation.evaluate import EvalOptions, evaluate_instance
+    from polyrnn.predictor import PolygonPredictor
+
+    class Shift:  # moves the vertex after the dragged one by the same drag (the guard rails still apply)
+        name = "shift"
+
+        def check(self, encoding):
+            return None
+
+        def propose(self, encoding, config, before, manual, index):
+            p = manual.polygon.copy()
+            k = (index + 1) % len(p)
+            if not manual.fixed[k]:
+                p[k] += manual.polygon[index] - before.polygon[index]
+            return State(p, manual.fixed.copy())
+
+        def propose_click(self, encoding, config, before, clicks, point):
+            return None
+
+    monkeypatch.setitem(ENGINES, "shift", Shift())
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    model.max_len = 12
+    pred = PolygonPredictor(model, engine="shift", eos_threshold=2.0)
+    img = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
+    pred.set_image(img)
+    square = np.array([[20.0, 20.0], [80.0, 20.0], [80.0, 60.0], [20.0, 60.0]])
+    session = pred.new_session((10, 10, 110, 80), polygon=square)  # the editor's server opens these
+    moved = session.move(1, (83.0, 20.0)).polygon
+    np.testing.assert_allclose(moved, [[20, 20], [83, 20], [83, 60], [20, 60]])
+    inst = Instance(
+        Path("x.png"), (128, 96), "a", (20, 20, 60, 40), [np.array([[20, 20], [80, 20], [80, 60]], float)]
+    )
+    opts = EvalOptions(thresholds=(), baselines=(), max_corrections=2, engines=("shift", "manual"))
+    res = evaluate_instance(model, inst, img, opts)
+    assert set(res.curves) == {"shift", "manual"} and len(res.curves["shift"]) == 3

@@ -32,6 +32,7 @@ from polyrnn.server.schemas import (
     Annotations,
     AnnotationsResponse,
     ErrorResponse,
+    ExportFormat,
     ExportResponse,
     ImageInfo,
     Labels,
@@ -321,6 +322,14 @@ def apply_op(s: BoxSession, op: str, vertex: int | None, point: list[float] | No
 
 
 # --- export --------------------------------------------------------------------------------------------
+@router.get("/api/exports", response_model=list[ExportFormat])
+def export_formats() -> list[ExportFormat]:
+    """The formats the folder can be exported as (the page's export menu)."""
+    from polyrnn.formats import EXPORTS, FORMATS
+
+    return [ExportFormat(name=n, title=FORMATS[n].title) for n in EXPORTS]
+
+
 @router.post("/api/export/{fmt}", response_model=ExportResponse)
 def export(fmt: str, ctx: Ctx) -> ExportResponse:
     from polyrnn.data.instance import DataError

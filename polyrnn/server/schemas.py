@@ -152,6 +152,11 @@ class Labels(BaseModel):
     _text = model_validator(mode="after")(_text_only)
 
 
+class ExportFormat(BaseModel):
+    name: str = Field(description="what POST /api/export/{name} takes")
+    title: str
+
+
 class ExportResponse(BaseModel):
     format: str
     path: str

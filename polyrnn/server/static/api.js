@@ -32,5 +32,6 @@ export const api = {
   // the server owns the polygon being edited: open a session, then send it operations with its version
   open: (image, box, polygon = null) => call("POST", "/api/sessions", polygon ? { image, box, polygon } : { image, box }),
   op: (session, body) => call("POST", `/api/sessions/${encodeURIComponent(session)}`, body),
+  exports: () => call("GET", "/api/exports"),
   exportAs: (fmt) => call("POST", `/api/export/${fmt}`),
 };

@@ -489,8 +489,18 @@ $("edit-labels").onclick = async () => {
     status(`labels: ${S.labels.join(", ")}`);
   } catch (e) { status(`labels not saved: ${e.message}`, true); }
 };
-document.querySelectorAll("[data-export]").forEach((b) => {
-  b.onclick = async () => {
+// one button per export format, from the server's table of formats
+function exportButtons(formats) {
+  $("exports").replaceChildren(...formats.map((f) => {
+    const b = document.createElement("button");
+    b.dataset.export = f.name;
+    b.textContent = f.title;
+    b.onclick = () => exportAs(b);
+    return b;
+  }));
+}
+function exportAs(b) {
+  return (async () => {
     await window.polyrnn.flush().catch(() => {});
     try {
       const r = await api.exportAs(b.dataset.export);
@@ -500,8 +510,8 @@ document.querySelectorAll("[data-export]").forEach((b) => {
       const a = document.createElement("a");
       a.href = r.download; a.download = ""; document.body.appendChild(a); a.click(); a.remove();
     } catch (e) { status(`export failed: ${e.message}`, true); }
-  };
-});
+  })();
+}
 window.addEventListener("resize", fit);
 // a save still pending when the page goes away is sent with keepalive, so it outlives the page
 window.addEventListener("beforeunload", (ev) => {
@@ -514,6 +524,7 @@ window.addEventListener("beforeunload", (ev) => {
   try {
     S.images = await api.images();
     S.labels = (await api.labels()).labels;
+    exportButtons(await api.exports());
   } catch (e) { status(`server unreachable: ${e.message}`, true); return; }
   fillLabels();
   const want = decodeURIComponent(location.hash.slice(1));
