@@ -23,10 +23,10 @@ from polyrnn.config import INFERENCE, MASK_FLIP, REJOIN
 from polyrnn.data.crop import CropBox
 from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
-from polyrnn.evaluation.annotator import ModelSession, threshold_protocol
+from polyrnn.evaluation.annotator import threshold_protocol
 from polyrnn.evaluation.baselines import box_polygon, grabcut_mask
 from polyrnn.evaluation.clicks import NEAR, clicks_to_quality
-from polyrnn.geometry import mask_iou, rasterize, signed_area
+from polyrnn.geometry import mask_iou, rasterize
 from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.modeling.polygon_rnn import PolygonRNN
 from polyrnn.modeling.refiner import Refiner
@@ -85,61 +85,6 @@ def human_vertices(polygon: np.ndarray) -> int:
     """Vertices of a human-drawn (N, 2) polygon, a repeated closing vertex not counted."""
     p = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
     return len(p) - int(len(p) > 1 and bool(np.array_equal(p[0], p[-1])))
-
-
-def outline_runs(polygon: np.ndarray, tokens: list[int], crop: CropBox) -> dict[int, np.ndarray]:
-    """For grid ``tokens`` quantised from an exact image ``polygon`` (N, 2) (by ``polygon_to_tokens``),
-    token -> the exact outline from that token's vertex up to (not including) the next token's: (K, 2)
-    image pixels. A polygon that keeps consecutive tokens of it keeps that exact outline (as the editor
-    keeps the points it was given). Empty when the tokens do not follow the outline in one turn."""
-    p: np.ndarray = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
-    if signed_area(crop.image_to_grid(p)) < 0:  # tokens are oriented positively
-        p = p[::-1]
-    cells = crop.cells_to_tokens(crop.image_to_cells(p))
-    where: list[int] = []
-    for t in tokens:
-        hits = np.flatnonzero(cells == t)
-        if not len(hits):
-            return {}
-        where.append(int(hits[0]))
-    n = len(p)
-    start = where[0]
-    rel = [(w - start) % n for w in where]
-    if rel != sorted(rel) or len(set(rel)) != len(rel):
-        return {}
-    ends = rel[1:] + [n]
-    return {t: p[[(start + k) % n for k in range(a, b)]] for t, a, b in zip(tokens, rel, ends, strict=True)}
-
-
-def _exact_scorer(
-    iou_of: Callable[[list[np.ndarray]], float],
-    grid_iou: Callable[[list[int]], float],
-    crop: CropBox,
-    mask_poly: np.ndarray | None,
-    initial: list[int] | None,
-) -> Callable[[list[int]], float]:
-    """IoU of a token polygon where vertices kept from the mask model's polygon keep their exact place, and
-    the exact outline to the next one where that is kept too (as in the editor); model and annotator
-    vertices are cell centres. Without a mask polygon: the grid polygon's IoU."""
-    runs = outline_runs(mask_poly, initial, crop) if initial is not None and mask_poly is not None else {}
-    if not runs:
-        return grid_iou
-    ring = initial or []
-    successor = dict(zip(ring, ring[1:] + ring[:1], strict=True))
-
-    def score(tokens: list[int]) -> float:
-        centres = crop.cells_to_image(crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))
-        pts: list[np.ndarray] = []
-        for j, t in enumerate(tokens):
-            if t not in runs:
-                pts.append(centres[j : j + 1])
-            elif successor[t] == tokens[(j + 1) % len(tokens)]:
-                pts.append(runs[t])
-            else:
-                pts.append(runs[t][:1])
-        return iou_of([np.concatenate(pts)])
-
-    return score
 
 
 def _baselines(
@@ -205,7 +150,6 @@ def evaluate_instance(
     def grid_iou(tokens: list[int]) -> float:
         return iou_of([crop.cells_to_image(crop.tokens_to_cells(np.array(tokens, dtype=np.int64)))])
 
-    pixels = crop.crop_image(image)
     # the grid ceiling: the quantised ground truth itself (as polyrnn.data.ceiling, on this crop)
     res = InstanceResult(
         class_name=inst.class_name,
@@ -237,34 +181,24 @@ def evaluate_instance(
             res.baselines["mask"] = iou_of([mask_poly] if mask_poly is not None else [])
 
     t0 = time.perf_counter()
-    initial: list[int] | None = None
-    if options.start == "mask" and mask_poly is not None:
-        initial = [int(t) for t in polygon_to_tokens(mask_poly, crop, max_len=model.max_len)[:-1]]
-    session = ModelSession(
-        model, pixels, eos_threshold=options.eos_threshold, initial=initial, rejoin=options.rejoin
-    )
-    auto_tokens = session.complete([session.first()])
-    res.ms["model"] = (time.perf_counter() - t0) * 1000 + (res.ms.get("mask", 0.0) if initial else 0.0)
-    exact = _exact_scorer(iou_of, grid_iou, crop, mask_poly, initial)
-
-    def score(tokens: list[int]) -> float:
-        if initial is not None and tokens == session.initial:  # the automatic polygon, not quantised
-            return res.automatic
-        return exact(tokens)
-
-    if initial is not None and mask_poly is not None:
-        res.automatic = iou_of([mask_poly])
-        # the decoder's own automatic polygon, from the same encoding
-        first, _ = model.first_vertices(session.vertex_logits)
-        dec = model.decode(session.static, [int(first[0, 0])], eos_threshold=options.eos_threshold)
-        res.automatic_rnn = grid_iou(dec.tokens)
-    else:
-        res.automatic = score(auto_tokens)
+    auto, _ = enc.automatic()  # the mask model's outline, or the decoder's polygon (options.start)
+    res.ms["model"] = (time.perf_counter() - t0) * 1000 + res.ms.get("mask", 0.0)
+    res.automatic = iou_of([auto])
+    if mask_poly is not None and options.start != "rnn":  # the decoder's own, from the same encoding
+        res.automatic_rnn = iou_of([enc.decoder_polygon()[0]])
 
     if len(gt_tokens) >= 3:
-        for t in options.thresholds:
-            tokens, clicks = threshold_protocol(session, gt_tokens, t, d)
-            res.annotator[t] = (score(tokens), clicks)
+        for t in options.thresholds:  # the paper's protocol, through the session with the paper's engine
+            engine = EngineConfig(
+                name="rnn",
+                confine=math.inf,  # the paper's annotator: no reach limit
+                rejoin=options.rejoin,
+                eos_threshold=options.eos_threshold,
+                mask_flip=options.mask_flip,
+                context=options.context,
+            )
+            poly, clicks = threshold_protocol(BoxSession(enc, engine), gt_tokens, t)
+            res.annotator[t] = (iou_of([poly]), clicks)
     else:  # degenerate on the grid: nothing to correct towards
         res.annotator = {t: (res.automatic, 0) for t in options.thresholds}
     if options.max_corrections >= 0:
