@@ -90,6 +90,10 @@ def test_annotate_correct_undo_label_accept_reload_export(server, browser):
     assert abs(after[3][0] - 100) < 1.5 and abs(after[3][1] - 30) < 1.5
     assert state(page, "state.cur.fixed")[:4] == [False, False, False, True]  # only the annotator's vertex
     assert page.locator("circle.vertex.fixed").count() == 1
+    # the annotator's vertex is drawn on top (last): a model vertex next to it never hides it
+    assert page.evaluate(
+        "() => [...document.querySelectorAll('circle.vertex')].pop().classList.contains('fixed')"
+    )
     latency = state(page, "stats.corrections")[0]["ms"]
 
     # undo / redo one correction at a time (the session's)

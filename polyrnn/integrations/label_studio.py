@@ -109,6 +109,7 @@ class LabelStudioBackend:
     mask_weights: str | None = None
     download_timeout: float = 30.0
     _annotator: Any = field(default=None, init=False, repr=False)
+    _predictor: Any = field(default=None, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
     _model_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _training: threading.Thread | None = field(default=None, init=False, repr=False)
@@ -231,6 +232,7 @@ class LabelStudioBackend:
         h, w = image.shape[:2]
         given = (context or {}).get("result") if isinstance(context, dict) else None
         source = [r for r in given if isinstance(r, dict)] if isinstance(given, list) else []
+        interactive = bool(source)  # a box the user just drew with a smart tool
         source = source or ls_results(task)
         skipped: list[Skip] = []
         where = f"task {task.get('id')} result"
@@ -238,11 +240,14 @@ class LabelStudioBackend:
         pixel, _ = ImageBoxes(key=str(task.get("id")), path=path, objects=boxes, normalized=True).pixel_boxes(
             (w, h)
         )
-        traced = []
+        traced: list[Any] = []
         if pixel:
             annotator = self.annotator()
             with self._model_lock:  # one model, several request threads
-                traced = annotator.annotate(image, [b for _, b in pixel])
+                if interactive:  # the editor's session for the box drawn (its start: the same polygon)
+                    traced = [self._session_start(annotator, image, b) for _, b in pixel]
+                else:
+                    traced = annotator.annotate(image, [b for _, b in pixel])
         results: list[dict[str, Any]] = []
         for (obj, box), t in zip(pixel, traced, strict=True):
             x1, y1, x2, y2 = box
@@ -252,6 +257,20 @@ class LabelStudioBackend:
             results.append({**r, "from_name": ctl.from_name, "to_name": ctl.to_name})
         score = float(np.mean([r["score"] for r in results])) if results else 0.0
         return {"result": results, "score": round(score, 4), "model_version": self.model_version}
+
+    def _session_start(self, annotator: Any, image: np.ndarray, box: tuple[float, ...]) -> Any:
+        """The automatic polygon of an interactive box through a :class:`~polyrnn.session.BoxSession` (the
+        code the editor and CVAT run), with the annotator's confidence."""
+        from polyrnn.batch.annotate import SCORE, Traced, confidences
+        from polyrnn.predictor import PolygonPredictor
+
+        if self._predictor is None or self._predictor.model is not annotator.polygon_model:
+            self._predictor = PolygonPredictor(annotator.polygon_model, mask_model=annotator.mask_model)
+        self._predictor.set_image(image)
+        session = self._predictor.new_session(tuple(box))  # type: ignore[arg-type]
+        enc = session.encoding
+        score = confidences(enc.mask_probability(), None)[SCORE] if enc.mask_model is not None else 0.0
+        return Traced(session.polygon.copy(), float(score), session.source, {})
 
     # --- fit ---------------------------------------------------------------------------------------
     def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
