@@ -76,3 +76,22 @@ class Engine(Protocol):
         """A region-level correction (a positive or negative click at ``point``, the last of ``clicks``): the
         proposed outline, or None (the engine cannot use clicks)."""
         ...
+
+
+class VertexEngine:
+    """Defaults for an engine that reads vertices only: it runs on any box and declines clicks."""
+
+    name = ""
+
+    def check(self, encoding: BoxEncoding) -> None:
+        return None
+
+    def propose_click(
+        self,
+        encoding: BoxEncoding,
+        config: EngineConfig,
+        before: State,
+        clicks: list[Click],
+        point: np.ndarray,
+    ) -> State | None:
+        return None  # clicks say where the object is, not where its vertices go

@@ -3,29 +3,14 @@ the same start."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from polyrnn.encoding import BoxEncoding, Click
-from polyrnn.engines.base import EngineConfig, State
+from polyrnn.encoding import BoxEncoding
+from polyrnn.engines.base import EngineConfig, State, VertexEngine
 
 
-class Manual:
+class Manual(VertexEngine):
     name = "manual"
-
-    def check(self, encoding: BoxEncoding) -> None:
-        return None
 
     def propose(
         self, encoding: BoxEncoding, config: EngineConfig, before: State, manual: State, index: int
     ) -> State | None:
         return None
-
-    def propose_click(
-        self,
-        encoding: BoxEncoding,
-        config: EngineConfig,
-        before: State,
-        clicks: list[Click],
-        point: np.ndarray,
-    ) -> State | None:
-        return None  # clicks say where the object is, not where its vertices go

@@ -6,16 +6,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from polyrnn.encoding import BoxEncoding, Click
-from polyrnn.engines.base import EngineConfig, State
+from polyrnn.encoding import BoxEncoding
+from polyrnn.engines.base import EngineConfig, State, VertexEngine
 from polyrnn.modeling.polygon_rnn import DecodeCursor
 
 
-class Rnn:
+class Rnn(VertexEngine):
     name = "rnn"
-
-    def check(self, encoding: BoxEncoding) -> None:
-        return None
 
     def propose(
         self, encoding: BoxEncoding, config: EngineConfig, before: State, manual: State, index: int
@@ -54,13 +51,3 @@ class Rnn:
         return State(
             poly, flags
         )  # a fixed vertex lost before the edit (it shared a cell) is refused by _guard
-
-    def propose_click(
-        self,
-        encoding: BoxEncoding,
-        config: EngineConfig,
-        before: State,
-        clicks: list[Click],
-        point: np.ndarray,
-    ) -> State | None:
-        return None  # clicks say where the object is, not where its vertices go
