@@ -12,11 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from polyrnn import formats
 from polyrnn.config import MASK_FLIP, REJOIN
 from polyrnn.data import DataError
-from polyrnn.formats import BOX_FORMATS, load_dataset
-from polyrnn.formats import DATASET_FORMATS as FORMATS
-from polyrnn.formats import EXPORTS as EXPORT_FORMATS
+from polyrnn.formats import load_dataset
 from polyrnn.runtime import THREADS_ENV, set_threads
 
 if TYPE_CHECKING:
@@ -54,7 +53,12 @@ def _add_dataset_args(p: argparse.ArgumentParser, *, min_size_default: float = 0
     p.add_argument(
         "dataset", help="dataset path: COCO JSON or folder, YOLO root, LabelMe / Cityscapes / mask folder"
     )
-    p.add_argument("--format", choices=FORMATS, default=None, help="dataset format (detected when omitted)")
+    p.add_argument(
+        "--format",
+        choices=formats.DATASET_FORMATS,
+        default=None,
+        help="dataset format (detected when omitted)",
+    )
     p.add_argument(
         "--min-size",
         type=_number(float, 0, 1e6),
@@ -682,7 +686,7 @@ def _add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
         help="boxes: COCO JSON/folder, YOLO, LabelMe, Label Studio JSON export, CVAT XML",
     )
     g.add_argument(
-        "--format", default=None, choices=BOX_FORMATS, help="format of BOXES (detected when omitted)"
+        "--format", default=None, choices=formats.BOX_FORMATS, help="format of BOXES (detected when omitted)"
     )
     g.add_argument("--images", default=None, metavar="DIR", help="image folder (COCO, Label Studio, CVAT)")
     g.add_argument("--out", default=None, metavar="DIR", help="output folder (resumed when it exists)")
@@ -767,7 +771,12 @@ def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
         help="IoU, simulated annotator, NoC and baselines on a dataset -> report",
     )
     p.add_argument("--dataset", required=True, help="dataset path (any supported format)")
-    p.add_argument("--format", choices=FORMATS, default=None, help="dataset format (detected when omitted)")
+    p.add_argument(
+        "--format",
+        choices=formats.DATASET_FORMATS,
+        default=None,
+        help="dataset format (detected when omitted)",
+    )
     p.add_argument(
         "--min-size",
         type=_number(float, 0, 1e6),
@@ -907,7 +916,7 @@ def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
         help="convert a folder of LabelMe annotations to COCO, YOLO or LabelMe",
     )
     p.add_argument("folder", help="folder of LabelMe JSON files (what polyrnn serve saves)")
-    p.add_argument("--to", required=True, choices=EXPORT_FORMATS)
+    p.add_argument("--to", required=True, choices=formats.EXPORTS)
     p.add_argument("out", help="output folder")
     p.set_defaults(func=cmd_export)
 

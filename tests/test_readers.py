@@ -246,3 +246,38 @@ def test_unknown_layout_is_a_clear_error(tmp_path):
         load_dataset(tmp_path)
     with pytest.raises(DataError, match="no such file"):
         load_dataset(tmp_path / "missing")
+
+
+def test_a_format_is_one_file_and_one_line(tmp_path, monkeypatch):
+    """A format added to the table is an export of `polyrnn export`, of the editor's menu and of the merge."""
+    import json as json_
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from helpers import write_image
+    from test_server import tiny_predictor
+
+    from polyrnn import formats
+    from polyrnn.cli import build_parser
+    from polyrnn.formats.base import Format
+    from polyrnn.server.app import create_app
+    from polyrnn.server.store import AnnotationStore
+
+    def write_csv(instances, out, opts):
+        out.mkdir(parents=True, exist_ok=True)
+        rows = [f"{i.image_path.name},{i.class_name},{len(i.polygons[0])}" for i in instances]
+        (out / "polygons.csv").write_text("\n".join(rows) + "\n")
+        return out / "polygons.csv"
+
+    monkeypatch.setitem(formats.FORMATS, "csv", Format("csv", "CSV", write=write_csv))
+    monkeypatch.setattr(formats, "EXPORTS", (*formats.EXPORTS, "csv"))
+    folder = tmp_path / "imgs"
+    write_image(folder / "a.png")
+    doc = {"shapes": [{"label": "cat", "points": [[1, 1], [20, 1], [20, 20]]}], "imagePath": "a.png"}
+    (folder / "a.json").write_text(json_.dumps(doc))
+    summary = formats.export_folder(folder, "csv", tmp_path / "out")
+    assert summary["path"].read_text() == "a.png,cat,3\n"
+    c = TestClient(create_app(AnnotationStore(folder), tiny_predictor()), base_url="http://127.0.0.1:8000")
+    assert {"name": "csv", "title": "CSV"} in c.get("/api/exports").json()
+    assert c.post("/api/export/csv").status_code == 200
+    assert "csv" in build_parser().parse_args(["export", str(folder), "--to", "csv", "o"]).to
