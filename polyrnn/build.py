@@ -275,21 +275,26 @@ def _arch(cfg: ModelConfig) -> dict[str, Any]:
     return d
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a polyrnn checkpoint (``weights_only=True``), checking its format fields."""
-    path = Path(path)
+def _load_file(path: Path, fmt: str, kind: str) -> dict[str, Any]:
+    """A checkpoint file of format ``fmt`` (``weights_only``, on the CPU); :class:`CheckpointError` naming the
+    file when it is missing, unreadable or of another format (``kind``: what it should hold, for messages)."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
+        raise CheckpointError(f"{path}: no such {kind}weights file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds on a corrupt or foreign file
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({e.__class__.__name__}: {e})"
         ) from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path}: not a polyrnn checkpoint (field 'format' is not '{CHECKPOINT_FORMAT}')"
-        )
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise CheckpointError(f"{path}: not a polyrnn {kind}checkpoint (field 'format' is not '{fmt}')")
+    return ckpt
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a polyrnn checkpoint (``weights_only=True``), checking its format fields."""
+    path = Path(path)
+    ckpt = _load_file(path, CHECKPOINT_FORMAT, "")
     for key in ("model_config", "model"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint has no '{key}'")
@@ -438,14 +443,7 @@ def load_refiner(path: str | Path, mask_path: str | Path | None = None) -> Refin
     """A trained refiner (strict, ``weights_only``); with ``mask_path``, checks that it was trained on that
     mask model's features (:class:`~polyrnn.build.CheckpointError` otherwise)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such refiner weights file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds on a corrupt or foreign file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e.__class__.__name__})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != REFINER_FORMAT:
-        raise CheckpointError(f"{path}: not a polyrnn refiner checkpoint (field 'format')")
+    ckpt = _load_file(path, REFINER_FORMAT, "refiner ")
     if mask_path is not None and ckpt.get("mask_sha256") != sha256_file(mask_path):
         raise CheckpointError(f"{path}: trained on another mask model's features than {mask_path}")
     c = ckpt["refiner_config"]

@@ -8,7 +8,7 @@ line in :data:`polyrnn.engines.ENGINES`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -52,40 +52,22 @@ class State:
         return bool(np.array_equal(self.polygon, polygon) and np.array_equal(self.fixed, fixed))
 
 
-class Engine(Protocol):
-    """A correction engine: ``check`` says whether it can run on a box (``ValueError`` naming what is
-    missing), ``propose`` turns the plain edit ``manual`` of ``before`` (vertex ``index`` moved or inserted)
-    into a proposed state, or None to keep the plain edit."""
-
-    name: str
-
-    def check(self, encoding: BoxEncoding) -> None: ...
-
-    def propose(
-        self, encoding: BoxEncoding, config: EngineConfig, before: State, manual: State, index: int
-    ) -> State | None: ...
-
-    def propose_click(
-        self,
-        encoding: BoxEncoding,
-        config: EngineConfig,
-        before: State,
-        clicks: list[Click],
-        point: np.ndarray,
-    ) -> State | None:
-        """A region-level correction (a positive or negative click at ``point``, the last of ``clicks``): the
-        proposed outline, or None (the engine cannot use clicks)."""
-        ...
-
-
-class VertexEngine:
-    """Defaults for an engine that reads vertices only: it runs on any box and declines clicks."""
+class Engine:
+    """A correction engine (subclass it): ``check`` says whether it can run on a box (``ValueError`` naming
+    what is missing; by default it runs on any), ``propose`` turns the plain edit ``manual`` of ``before``
+    (vertex ``index`` moved or inserted) into a proposed state, or None to keep the plain edit, and
+    ``propose_click`` does the same for a region-level click (by default the engine declines clicks)."""
 
     name = ""
 
     def check(self, encoding: BoxEncoding) -> None:
         return None
 
+    def propose(
+        self, encoding: BoxEncoding, config: EngineConfig, before: State, manual: State, index: int
+    ) -> State | None:
+        raise NotImplementedError
+
     def propose_click(
         self,
         encoding: BoxEncoding,
@@ -94,4 +76,6 @@ class VertexEngine:
         clicks: list[Click],
         point: np.ndarray,
     ) -> State | None:
-        return None  # clicks say where the object is, not where its vertices go
+        """A positive or negative click at ``point`` (the last of ``clicks``): the proposed outline, or None
+        (clicks say where the object is, not where its vertices go)."""
+        return None

@@ -4,10 +4,10 @@ the same start."""
 from __future__ import annotations
 
 from polyrnn.encoding import BoxEncoding
-from polyrnn.engines.base import EngineConfig, State, VertexEngine
+from polyrnn.engines.base import Engine, EngineConfig, State
 
 
-class Manual(VertexEngine):
+class Manual(Engine):
     name = "manual"
 
     def propose(

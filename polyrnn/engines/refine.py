@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 
 from polyrnn.encoding import BoxEncoding, Click
-from polyrnn.engines.base import EngineConfig, State
+from polyrnn.engines.base import Engine, EngineConfig, State
 from polyrnn.geometry import rasterize, signed_area, simplify
 
 
-class Refine:
+class Refine(Engine):
     name = "refine"
 
     def check(self, encoding: BoxEncoding) -> None:
@@ -24,15 +24,10 @@ class Refine:
         self, encoding: BoxEncoding, config: EngineConfig, before: State, manual: State, index: int
     ) -> State | None:
         enc, p = encoding, manual.polygon
-        refined = enc.refined_mask(before.polygon, p[manual.fixed], manual.clicks)
         # outside the neighbourhood of the edit the polygon stays as it is
-        c = enc.to_map(p[index], enc.crop.crop_size)[0]
-        near = _near(enc, config, c)
-        current = rasterize([enc.to_map(p, enc.crop.crop_size)], enc.crop.crop_size, enc.crop.crop_size)
-        contour = _object_contour(np.where(near, refined, current), current, c)
+        contour = _local_outline(enc, config, before.polygon, p[manual.fixed], manual.clicks, p, p[index])
         if contour is None:
             return None
-        contour = enc.crop.crop_to_image(contour)
         return splice(
             manual,
             contour,
@@ -51,15 +46,32 @@ class Refine:
     ) -> State | None:
         """The refiner's mask for every click so far redraws the outline near the click (within ``confine``
         box long sides); the object's component is the one that overlaps the polygon most."""
-        enc, size = encoding, encoding.crop.crop_size
-        refined = enc.refined_mask(before.polygon, before.polygon[before.fixed], clicks)
-        c = enc.to_map(np.asarray(point).reshape(1, 2), size)[0]
-        current = rasterize([enc.to_map(before.polygon, size)], size, size)
-        contour = _object_contour(np.where(_near(enc, config, c), refined, current), current, c)
+        enc, size, p = encoding, encoding.crop.crop_size, before.polygon
+        contour = _local_outline(enc, config, p, p[before.fixed], clicks, p, np.asarray(point))
         if contour is None:
             return None
-        poly = simplify(enc.crop.crop_to_image(contour), 0.75 * enc.crop.side / size)
+        poly = simplify(contour, 0.75 * enc.crop.side / size)
         return State(poly, np.zeros(len(poly), dtype=bool))
+
+
+def _local_outline(
+    enc: BoxEncoding,
+    config: EngineConfig,
+    before: np.ndarray,
+    fixed_points: np.ndarray,
+    clicks: list[Click],
+    current: np.ndarray,
+    at: np.ndarray,
+) -> np.ndarray | None:
+    """The object's outline (K, 2, image pixels, dense) where the refiner's mask (for the polygon ``before``,
+    the fixed points and the clicks) replaces the ``current`` polygon's mask within ``confine`` box long sides
+    of ``at``; None when nothing is left."""
+    size = enc.crop.crop_size
+    refined = enc.refined_mask(before, fixed_points, clicks)
+    c = enc.to_map(np.asarray(at).reshape(1, 2), size)[0]
+    mask = rasterize([enc.to_map(current, size)], size, size)
+    contour = _object_contour(np.where(_near(enc, config, c), refined, mask), mask, c)
+    return None if contour is None else enc.crop.crop_to_image(contour)
 
 
 def _near(enc: BoxEncoding, config: EngineConfig, c: np.ndarray) -> np.ndarray:

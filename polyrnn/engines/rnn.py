@@ -7,11 +7,11 @@ import numpy as np
 import torch
 
 from polyrnn.encoding import BoxEncoding
-from polyrnn.engines.base import EngineConfig, State, VertexEngine
+from polyrnn.engines.base import Engine, EngineConfig, State
 from polyrnn.modeling.polygon_rnn import DecodeCursor
 
 
-class Rnn(VertexEngine):
+class Rnn(Engine):
     name = "rnn"
 
     def propose(

@@ -23,9 +23,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from polyrnn.data.common import find_images
 from polyrnn.io import atomic_write_json, atomic_write_text
-from polyrnn.server.schemas import MAX_LABEL, MAX_LABELS
+from polyrnn.server.schemas import MAX_LABEL, MAX_LABELS, Shape
 
 LABELME_VERSION = "5.4.1"
 DEFAULT_LABELS = ["object"]
@@ -41,7 +43,12 @@ class UnknownImage(StoreError):
 
 
 class UnreadableFile(StoreError):
-    """An existing annotation file that cannot be parsed: saving over it needs ``replace_unreadable``."""
+    """An existing annotation file that cannot be parsed: saving over it needs ``replace_unreadable``.
+    ``version`` is the file's version all the same (a save that replaces it must start from it)."""
+
+    def __init__(self, message: str, version: str = "") -> None:
+        super().__init__(message)
+        self.version = version
 
 
 class StaleVersion(StoreError):
@@ -170,13 +177,10 @@ class AnnotationStore:
         try:
             doc = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            err = UnreadableFile(f"{path.name}: cannot be read as JSON ({e.__class__.__name__}: {e})")
-            err.version = version  # type: ignore[attr-defined]
-            raise err from e
+            why = f"{path.name}: cannot be read as JSON ({e.__class__.__name__}: {e})"
+            raise UnreadableFile(why, version) from e
         if not isinstance(doc, dict) or not isinstance(doc.get("shapes", []), list):
-            err = UnreadableFile(f"{path.name}: not a LabelMe file (field 'shapes' is not a list)")
-            err.version = version  # type: ignore[attr-defined]
-            raise err
+            raise UnreadableFile(f"{path.name}: not a LabelMe file (field 'shapes' is not a list)", version)
         return doc, version
 
     def version(self, name: str) -> str:
@@ -184,7 +188,7 @@ class AnnotationStore:
         try:
             return self._read(name)[1]
         except UnreadableFile as e:
-            return str(getattr(e, "version", ""))
+            return e.version
 
     def load(self, name: str) -> dict[str, Any]:
         """``{"shapes": [...], "error": None, "version": v}``: every shape of the file in its order, with all
@@ -196,7 +200,7 @@ class AnnotationStore:
         try:
             doc, version = self._read(name)
         except UnreadableFile as e:
-            return {"shapes": [], "error": str(e), "version": str(getattr(e, "version", ""))}
+            return {"shapes": [], "error": str(e), "version": e.version}
         raw = (doc or {}).get("shapes", [])
         return {"shapes": [_shown(s, i) for i, s in enumerate(raw)], "error": None, "version": version}
 
@@ -225,18 +229,19 @@ class AnnotationStore:
         path = self.json_path(name)
         image = self.image_path(name)
         with self._lock:
-            now = self.version(name)
+            unreadable: UnreadableFile | None = None
+            try:
+                old, now = self._read(name)  # read once: the version checked is the document kept from
+            except UnreadableFile as e:
+                old, now, unreadable = None, e.version, e
             if version is not None and version != now:
                 raise StaleVersion(
                     f"the annotations of '{name}' changed since this page read them (another tab or tool "
                     "saved them): nothing was saved; reload, or merge yours into theirs"
                 )
-            try:
-                old = self.read_document(name)
-            except UnreadableFile:
+            if unreadable is not None:
                 if not replace_unreadable:
-                    raise
-                old = None
+                    raise unreadable
                 self._keep_unreadable(self._read_path(name))
             before = (old or {}).get("shapes", [])
             written = []
@@ -268,8 +273,16 @@ class AnnotationStore:
             except OSError as e:
                 raise StorageError(e.errno, f"{path}: could not be moved aside ({e.strerror or e})") from e
 
+    def _shapes(self, name: str) -> list[Any]:
+        """The file's shapes as they are on disk (none when it is missing or cannot be parsed)."""
+        try:
+            doc, _ = self._read(name)
+        except UnreadableFile:
+            return []
+        return list((doc or {}).get("shapes", []))
+
     def count(self, name: str) -> int:
-        return len(self.load(name)["shapes"])
+        return len(self._shapes(name))
 
     # --- labels ------------------------------------------------------------------------------------
     def labels(self) -> list[str]:
@@ -287,9 +300,9 @@ class AnnotationStore:
                     pass
         seen: dict[str, None] = {}
         for name in self.names:
-            for s in self.load(name)["shapes"]:
-                label = s.get("label")
-                if isinstance(label, str) and label.strip() and KEPT not in s and _label_ok(label):
+            for s in self._shapes(name):
+                label = s.get("label") if isinstance(s, dict) else None
+                if isinstance(label, str) and label.strip() and _label_ok(label):
                     seen.setdefault(label, None)
         return list(seen)[:MAX_LABELS] or list(DEFAULT_LABELS)
 
@@ -335,10 +348,6 @@ def _shown(shape: Any, index: int) -> dict[str, Any]:
     """The shape as the page gets it: as it is when the editor can show it (the schema's
     :class:`~polyrnn.server.schemas.Shape`, and JSON without NaN or unencodable text), else a read-only
     stand-in naming its index and why."""
-    from pydantic import ValidationError
-
-    from polyrnn.server.schemas import Shape
-
     why = "not an object"
     if isinstance(shape, dict):
         try:
