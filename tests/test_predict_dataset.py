@@ -105,10 +105,17 @@ def test_every_box_format_reads_the_same_boxes(tmp_path):
         assert len(bs.images) == 1 and bs.images[0].path.name == "a.jpg", fmt
         got, skipped = bs.images[0].pixel_boxes((64, 48))
         assert not skipped
+        if fmt == "labelme":  # its polygon is traced again from its box
+            (tree,) = [(o, b) for o, b in got if o.class_name == "tree"]
+            assert tree[1] == (1.0, 1.0, 5.0, 5.0) and "polygon's box" in tree[0].ref
+            got = [(o, b) for o, b in got if o.class_name != "tree"]
         assert [o.class_name for o, _ in got] == ["cat", "dog"], fmt
         np.testing.assert_allclose([b for _, b in got], [b for _, b in BOXES], atol=1e-6, err_msg=fmt)
         assert {"cat", "dog"} <= set(bs.classes)
-    assert read_boxes(paths["labelstudio"]).images[0].task == {"image": "/data/local-files/?d=images/a.jpg"}
+    assert read_boxes(paths["labelstudio"]).images[0].origin == {
+        "id": 1,
+        "data": {"image": "/data/local-files/?d=images/a.jpg"},
+    }
 
 
 def test_box_readers_name_what_they_skip(tmp_path):
@@ -361,7 +368,7 @@ def test_unreadable_images_are_logged_and_skipped(tmp_path):
     skipped = (out / "skipped.csv").read_text()
     assert "b.jpg" in skipped and "cannot read image" in skipped
     coco = json.loads((out / "coco" / "annotations.json").read_text())
-    assert len(coco["annotations"]) == 2 and {c["name"] for c in coco["categories"]} >= {"cat", "dog"}
+    assert len(coco["annotations"]) == 3 and {c["name"] for c in coco["categories"]} >= {"cat", "dog", "tree"}
 
 
 def test_predict_command_and_merge(tmp_path, capsys):

@@ -6,10 +6,14 @@ Layout of an output folder ``DIR``::
                                        shard must match it
     DIR/shards/part-00000-of-00002.jsonl  one line per finished image (its boxes, polygons, scores, errors)
     DIR/shards/part-00000-of-00002.json   the shard's status, written when it finishes
-    DIR/coco/annotations.json          after the merge: COCO instances with a ``score`` per object
+    DIR/coco/annotations.json          after the merge: COCO instances with a ``score`` per object (boxes from
+                                       a COCO file: its image and category ids, ``source_id`` per object)
+    DIR/coco/results.json              the same as a COCO results file (RLE), for ``loadRes`` + COCOeval
     DIR/labelme/*.json                 LabelMe JSON per image (``imagePath`` leads to the original image)
     DIR/yolo/                          YOLO-seg labels, ``images/`` linking to the originals, ``data.yaml``
-    DIR/labelstudio/tasks.json         Label Studio tasks with ``polygonlabels`` predictions (+ config.xml)
+    DIR/labelstudio/tasks.json         Label Studio tasks with ``polygonlabels`` predictions (+ config.xml);
+                                       boxes from Label Studio: the same task ids and data, and
+                                       ``predictions.json`` to import onto the existing tasks
     DIR/cvat/annotations.xml           CVAT for images XML 1.1 with ``<polygon>`` elements
     DIR/review.csv                     objects below ``--review-below``, least confident first
     DIR/skipped.csv                    every image and box left out, with the file and the reason
@@ -45,6 +49,15 @@ DECIMALS = 6  # predicted polygons are written to 1e-6 px, so the outputs score 
 OUTPUTS = ("coco", "labelme", "yolo", "labelstudio", "cvat")
 # what must be the same for every shard and every restart of one output folder
 JOB_KEYS = ("boxes", "format", "image_dir", "weights", "mask_weights", "variant", "context", "shards")
+
+
+FORMAT_BOXES = {  # what each box reader takes as a box, for the message when it found none
+    "coco": "annotations' bbox (crowd regions left out)",
+    "yolo": "label lines (class cx cy w h, or a polygon's bounds)",
+    "labelme": "rectangle shapes and polygons' bounds",
+    "labelstudio": "rectanglelabels results (unrotated) of each task's annotation or prediction",
+    "cvat": "<box> elements",
+}
 
 
 class RunError(ValueError):
@@ -155,6 +168,7 @@ def prepare(out: Path, job: dict[str, Any], boxes: BoxSet) -> dict[str, Any]:
         "images": len(boxes.images),
         "boxes": boxes.boxes,
         "read_skipped": [{"where": s.where, "reason": s.reason} for s in boxes.skipped[:10000]],
+        "origin": boxes.origin,
     }
     atomic_write_json(path, manifest)
     return manifest
@@ -228,6 +242,7 @@ def _instances(records: list[dict[str, Any]]) -> list[Instance]:
                     polygons=[np.asarray(poly, dtype=np.float64)],
                     source=obj["ref"],
                     score=float(obj["score"]),
+                    source_id=obj.get("id"),
                 )
             )
     return out
@@ -274,7 +289,9 @@ def merge(
         decimals=DECIMALS,
         keep_images=True,  # LabelMe and YOLO point at the original images
         model_version=model_version,
-        tasks={Path(r["image"]): r["task"] for r in records if "task" in r},
+        origin_format=str(manifest["job"].get("format") or ""),
+        origin=manifest.get("origin"),
+        origins={Path(r["image"]): r["origin"] for r in records if "origin" in r},
     )
     written = {fmt: str(write(fmt, insts, out / fmt, opts)) for fmt in formats}
     review = _review_rows(records, review_below)
@@ -376,6 +393,14 @@ def predict_dataset(
             f"{len(boxes.images)} images read from {boxes_path} ({boxes.format}); "
             f"{len(boxes.skipped)} skipped"
         )
+        from_polygons = sum("polygon's box" in o.ref for i in boxes.images for o in i.objects)
+        if from_polygons:
+            log(f"{from_polygons} of the boxes are polygons' bounds: those objects are traced again")
+        if boxes.boxes == 0:
+            log(
+                f"no box to trace in {boxes_path}: {boxes.format} boxes are "
+                f"{FORMAT_BOXES.get(boxes.format, 'its boxes')}; see what was skipped below"
+            )
         for s in boxes.skipped[:10]:
             log(f"skipped {s}")
     models = {"weights": weights, "mask_weights": mask_weights, "variant": variant, "context": context}

@@ -20,8 +20,8 @@ def trace_image(annotator: Any, job: ImageBoxes) -> dict[str, Any]:
     from polyrnn.data.instance import load_image
 
     record: dict[str, Any] = {"key": job.key, "image": str(job.path)}
-    if job.task is not None:
-        record["task"] = job.task
+    if job.origin is not None:
+        record["origin"] = job.origin
     try:
         image = load_image(job.path)
     except DataError as e:
@@ -43,6 +43,7 @@ def trace_image(annotator: Any, job: ImageBoxes) -> dict[str, Any]:
             "polygon": None if t.polygon is None else t.polygon.tolist(),  # exact: see write_coco
             "score": round(float(t.score), 4),
             "source": t.source,
+            **({"id": obj.id} if obj.id is not None else {}),
         }
         for (obj, box), t in zip(usable, traced, strict=True)
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +77,25 @@ def check_box(
     return (x0, y0, x1 - x0, y1 - y0)
 
 
-def relative_key(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` as a POSIX string (its file name when it lies elsewhere): how images are
-    named in exports and shards."""
+def relative_name(path: Path | str, root: Path | str) -> str:
+    """``path`` relative to ``root`` as a POSIX string, by the names as given: a link inside ``root`` keeps
+    its own name and is never followed to ``../../<where it leads>``. Where the names do not lead under
+    ``root`` but the resolved ones do (``root`` given through a link), the resolved ones; else ``../`` steps.
+    How exports name images (COCO ``file_name``, LabelMe ``imagePath``)."""
+    lexical = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
+    if not lexical.startswith("../") and lexical != "..":
+        return lexical
     try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.name
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except (ValueError, OSError, RuntimeError):
+        return lexical
+
+
+def relative_key(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as a POSIX string (:func:`relative_name`; its file name when it lies
+    elsewhere): how images are named in shards and Label Studio URLs."""
+    name = relative_name(path, root)
+    return path.name if name.startswith("../") else name
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -51,6 +51,8 @@ class Instance:
             is the exact ground truth and ``polygons`` are traced from it.
         source: "file:field" of the annotation, for messages and exports.
         score: a model's confidence in 0..1 for predicted instances (written by the exports), else None.
+        source_id: for a predicted instance, the id of the input annotation whose box it traced (a COCO
+            annotation id), which an output in the input's format points back to; else None.
     """
 
     image_path: Path
@@ -64,6 +66,7 @@ class Instance:
     mask_path: Path | None = None
     source: str = ""
     score: float | None = None
+    source_id: int | str | None = None
 
     @property
     def width(self) -> int:

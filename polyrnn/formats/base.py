@@ -4,6 +4,7 @@ helpers writers use, and the :class:`Format` record each format file fills in (l
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ Box = tuple[float, float, float, float]
 @dataclass
 class BoxObject:
     """One box: (x1, y1, x2, y2) in pixels, or in fractions of the image width/height when its
-    :class:`ImageBoxes` is ``normalized``; ``ref`` names where it came from (file and field or id)."""
+    :class:`ImageBoxes` is ``normalized``; ``ref`` names where it came from (file and field or id), ``id`` is
+    its own id in the input file (a COCO annotation id), which an output in the same format points back to."""
 
     box: Box
     class_name: str
     ref: str
+    id: int | str | None = None
 
 
 @dataclass
@@ -38,7 +41,9 @@ class ImageBoxes:
         objects: its boxes.
         size: (width, height) when the box file gives it, else None (read from the image).
         normalized: boxes are fractions of the image size (YOLO; Label Studio without the size).
-        task: for Label Studio input, the task's ``data`` (kept so predictions attach to the same image).
+        origin: the input file's own record of the image, which an output in the same format keeps so that
+            it attaches to the same image: COCO its ``images`` entry, Label Studio the task's ``id`` and
+            ``data``.
     """
 
     key: str
@@ -46,17 +51,20 @@ class ImageBoxes:
     objects: list[BoxObject] = field(default_factory=list)
     size: tuple[int, int] | None = None
     normalized: bool = False
-    task: dict[str, Any] | None = None
+    origin: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (what travels to Ray workers)."""
         return {
             "key": self.key,
             "path": str(self.path),
-            "objects": [{"box": list(o.box), "class_name": o.class_name, "ref": o.ref} for o in self.objects],
+            "objects": [
+                {"box": list(o.box), "class_name": o.class_name, "ref": o.ref, "id": o.id}
+                for o in self.objects
+            ],
             "size": list(self.size) if self.size is not None else None,
             "normalized": self.normalized,
-            "task": self.task,
+            "origin": self.origin,
         }
 
     @classmethod
@@ -64,10 +72,13 @@ class ImageBoxes:
         return cls(
             key=d["key"],
             path=Path(d["path"]),
-            objects=[BoxObject(tuple(o["box"]), o["class_name"], o["ref"]) for o in d["objects"]],  # type: ignore[arg-type]
+            objects=[
+                BoxObject(tuple(o["box"]), o["class_name"], o["ref"], o.get("id"))  # type: ignore[arg-type]
+                for o in d["objects"]
+            ],
             size=tuple(d["size"]) if d["size"] is not None else None,  # type: ignore[arg-type]
             normalized=bool(d["normalized"]),
-            task=d["task"],
+            origin=d.get("origin"),
         )
 
     def pixel_boxes(self, size: tuple[int, int]) -> tuple[list[tuple[BoxObject, Box]], list[Skip]]:
@@ -89,13 +100,16 @@ class ImageBoxes:
 
 @dataclass
 class BoxSet:
-    """What a box reader returns: images (sorted by key), class names in id order, what was skipped."""
+    """What a box reader returns: images (sorted by key), class names in id order, what was skipped, and
+    ``origin``: the input file's own records that an output in the same format keeps (COCO: its
+    ``categories``)."""
 
     images: list[ImageBoxes]
     classes: list[str]
     skipped: list[Skip] = field(default_factory=list)
     format: str = ""
     image_root: Path = Path(".")
+    origin: dict[str, Any] | None = None
 
     @property
     def boxes(self) -> int:
@@ -121,8 +135,11 @@ class WriteOptions:
         decimals: coordinates' decimals (None: the format's default; predictions use 6, see ``write_coco``).
         keep_images: leave the images where they are (LabelMe ``imagePath`` to the original, YOLO links)
             rather than copying them beside the output.
-        model_version, tasks: Label Studio: the predictions' model version and, per image, the input task's
-            ``data`` (so predictions attach to the same tasks).
+        model_version: the predictions' model version (Label Studio).
+        origin_format, origin, origins: where the boxes came from: the input's format, its own records
+            (:attr:`BoxSet.origin`) and, per image, the image's record (:attr:`ImageBoxes.origin`). The writer
+            of that same format keeps them (COCO image and category ids, Label Studio task ids and data), so
+            the output lines up with the input file; other writers ignore them.
     """
 
     root: Path
@@ -130,7 +147,15 @@ class WriteOptions:
     decimals: int | None = None
     keep_images: bool = False
     model_version: str = "polyrnn"
-    tasks: dict[Path, dict[str, Any]] | None = None
+    origin_format: str = ""
+    origin: dict[str, Any] | None = None
+    origins: dict[Path, dict[str, Any]] | None = None
+
+    def origins_for(self, fmt: str) -> tuple[dict[str, Any], dict[Path, dict[str, Any]]]:
+        """(dataset records, per-image records) of the input when it was in ``fmt``, else empty ones."""
+        if self.origin_format != fmt:
+            return {}, {}
+        return dict(self.origin or {}), dict(self.origins or {})
 
 
 @dataclass(frozen=True)
@@ -192,13 +217,12 @@ def flat_names(images: Sequence[Path], root: Path) -> dict[Path, str]:
     (``sub__x-1a2b3c4d.jpg``)."""
     import hashlib
 
+    from polyrnn.data.common import relative_name
+
     flat: dict[Path, str] = {}
     for image in images:
-        try:
-            rel = image.resolve().relative_to(root.resolve())
-        except ValueError:
-            rel = Path(image.name)
-        flat[image] = "__".join(rel.parts)
+        rel = relative_name(image, root)
+        flat[image] = "__".join(Path(rel).parts) if not rel.startswith("../") else image.name
     stems: dict[str, int] = {}
     for name in flat.values():
         stems[Path(name).stem.casefold()] = stems.get(Path(name).stem.casefold(), 0) + 1
@@ -210,10 +234,11 @@ def flat_names(images: Sequence[Path], root: Path) -> dict[Path, str]:
 
 
 def place_image(image: Path, dest: Path, mode: str) -> None:
-    """Put an image where a format expects it: ``copy``, or ``link`` (a symbolic link to the original)."""
+    """Put an image where a format expects it: ``copy``, or ``link`` (a symbolic link to the original, by its
+    absolute name: a link is not followed)."""
     if mode == "link":
         if dest.is_symlink() or dest.exists():
             dest.unlink()
-        dest.symlink_to(image.resolve())
+        dest.symlink_to(os.path.abspath(image))
     else:
         shutil.copyfile(image, dest)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from polyrnn.data.common import check_box, parse_polygon, read_json
+from polyrnn.data.common import check_box, parse_polygon, read_json, relative_name
 from polyrnn.data.instance import DataError, Dataset, Instance, Skip
 from polyrnn.formats.base import (
     Box,
@@ -191,7 +190,7 @@ def read_coco_boxes(json_path: Path, image_dir: Path | None = None) -> BoxSet:
             skipped.append(Skip(where, f"image file '{name}' not found in {', '.join(map(str, dirs))}"))
             continue
         root = found
-        by_id[im_id] = ImageBoxes(key=Path(name).as_posix(), path=found / name, size=size)
+        by_id[im_id] = ImageBoxes(key=Path(name).as_posix(), path=found / name, size=size, origin=dict(im))
     for i, ann in enumerate(data["annotations"]):
         where = f"{json_path}:annotations[{i}]"
         if not isinstance(ann, dict):
@@ -210,9 +209,13 @@ def read_coco_boxes(json_path: Path, image_dir: Path | None = None) -> BoxSet:
         box = _xywh(ann.get("bbox"), where + ".bbox", skipped)
         if box is not None:
             ref = f"{json_path.name}:annotations[{i}] id={ann.get('id')}"
-            img.objects.append(BoxObject(box, cats[cat], ref))
+            ann_id = ann.get("id")
+            ann_id = ann_id if isinstance(ann_id, int | str) and not isinstance(ann_id, bool) else None
+            img.objects.append(BoxObject(box, cats[cat], ref, ann_id))
     images = {b.key: b for b in by_id.values()}
-    return finish_boxes(images, [cats[k] for k in sorted(cats)], skipped, "coco", root)
+    boxes = finish_boxes(images, [cats[k] for k in sorted(cats)], skipped, "coco", root)
+    boxes.origin = {"categories": [dict(c) for c in data["categories"]]}
+    return boxes
 
 
 def _xywh(value: Any, where: str, skipped: list[Skip]) -> Box | None:
@@ -228,25 +231,51 @@ def _xywh(value: Any, where: str, skipped: list[Skip]) -> Box | None:
 
 
 def write_coco(
-    instances: Sequence[Instance], out_json: Path, *, root: Path, classes: Sequence[str], decimals: int = 2
+    instances: Sequence[Instance],
+    out_json: Path,
+    *,
+    root: Path,
+    classes: Sequence[str],
+    decimals: int = 2,
+    origin: dict[str, Any] | None = None,
+    origins: dict[Path, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A COCO instances JSON; ``file_name`` is each image's path relative to ``root``, the image folder
-    (a trainer is pointed at it), and polygons are clipped to the image like the boxes and rounded to
-    ``decimals`` (predictions keep 6: a mask's outline can run through pixel centres, where rounding to
-    1/100 px moves pixels in or out)."""
-    cat_ids = {c: i + 1 for i, c in enumerate(classes)}
+    (a trainer is pointed at it; links are not followed), and polygons are clipped to the image like the
+    boxes and rounded to ``decimals`` (predictions keep 6: a mask's outline can run through pixel centres,
+    where rounding to 1/100 px moves pixels in or out).
+
+    When the boxes came from a COCO file (``origin``: its ``categories``; ``origins``: each image's own
+    ``images`` entry), the output keeps that file's category ids, image ids, file names and sizes, and each
+    annotation's ``source_id`` is the id of the annotation whose box it traced (:attr:`Instance.source_id`):
+    the output lines up with the source, so ``COCO(source).loadRes`` and COCOeval take it. Classes and images
+    the source lacks get ids after its largest."""
+    source_cats = [c for c in (origin or {}).get("categories", []) if isinstance(c, dict)]
+    cat_ids: dict[str, int] = {}
+    for c in source_cats:
+        cat_ids.setdefault(str(c.get("name")), int(c["id"]))
+    next_cat = max(cat_ids.values(), default=0) + 1
+    categories = [{**c} for c in source_cats]
+    for name in [*classes, *sorted({i.class_name for i in instances} - set(classes))]:
+        if name not in cat_ids:
+            cat_ids[name] = next_cat
+            categories.append({"id": next_cat, "name": name, "supercategory": ""})
+            next_cat += 1
+    origins = origins or {}
+    next_image = max((int(o["id"]) for o in origins.values() if "id" in o), default=0) + 1
     images: list[dict[str, Any]] = []
     anns: list[dict[str, Any]] = []
-    for img_id, (image, insts) in enumerate(sorted(by_image(instances).items()), start=1):
+    for image, insts in sorted(by_image(instances).items()):
         w, h = insts[0].image_size
-        images.append(
-            {
-                "id": img_id,
-                "file_name": Path(os.path.relpath(image.resolve(), root.resolve())).as_posix(),
-                "width": int(w),
-                "height": int(h),
-            }
-        )
+        record = origins.get(image)
+        if record is not None and "id" in record:
+            img_id = int(record["id"])
+            images.append({**record, "id": img_id, "width": int(w), "height": int(h)})
+        else:
+            img_id, next_image = next_image, next_image + 1
+            images.append(
+                {"id": img_id, "file_name": relative_name(image, root), "width": int(w), "height": int(h)}
+            )
         for inst in insts:
             segs = [clip(p, w, h).reshape(-1).round(decimals).tolist() for p in inst.polygons]
             rle = mask_utils.merge(mask_utils.frPyObjects(segs, int(h), int(w)))
@@ -261,16 +290,43 @@ def write_coco(
                     "bbox": [round(float(v), 2) for v in (x, y, bw, bh)],
                     "iscrowd": 0,
                     **({"score": round(float(inst.score), 4)} if inst.score is not None else {}),
+                    **({"source_id": inst.source_id} if inst.source_id is not None else {}),
                 }
             )
     doc = {
         "info": {"description": "exported by polyrnn"},
         "images": images,
         "annotations": anns,
-        "categories": [{"id": i, "name": c, "supercategory": ""} for c, i in cat_ids.items()],
+        "categories": categories,
     }
     atomic_write_json(out_json, doc)
     return doc
+
+
+def write_coco_results(doc: dict[str, Any], out_json: Path) -> list[dict[str, Any]]:
+    """The scored annotations of a :func:`write_coco` document as a COCO *results* file: a list of
+    ``{image_id, category_id, segmentation (compressed RLE), bbox, score}`` (and ``source_id``), what
+    ``COCO.loadRes`` and ``COCOeval(..., "segm")`` take as they are."""
+    sizes = {im["id"]: (int(im["height"]), int(im["width"])) for im in doc["images"]}
+    results: list[dict[str, Any]] = []
+    for ann in doc["annotations"]:
+        if "score" not in ann:
+            continue
+        h, w = sizes[ann["image_id"]]
+        rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], h, w))
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "segmentation": rle,
+                "bbox": ann["bbox"],
+                "score": ann["score"],
+                **({"source_id": ann["source_id"]} if "source_id" in ann else {}),
+            }
+        )
+    atomic_write_json(out_json, results)
+    return results
 
 
 def coco_json_for(path: Path) -> tuple[Path, Path | None] | None:
@@ -307,8 +363,20 @@ def read_boxes(path: Path, image_dir: Path | None) -> BoxSet:
 
 
 def write(instances: Sequence[Instance], out: Path, opts: WriteOptions) -> Path:
+    """``out/annotations.json``, and for predictions (scored instances) ``out/results.json`` beside it."""
     path = out / "annotations.json"
-    write_coco(instances, path, root=opts.root, classes=opts.classes, decimals=opts.decimals or 2)
+    origin, origins = opts.origins_for("coco")
+    doc = write_coco(
+        instances,
+        path,
+        root=opts.root,
+        classes=opts.classes,
+        decimals=opts.decimals or 2,
+        origin=origin,
+        origins=origins,
+    )
+    if any(i.score is not None for i in instances):
+        write_coco_results(doc, out / "results.json")
     return path
 
 

@@ -3,14 +3,22 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from polyrnn.data.common import box_of, check_box, image_size, parse_polygon, read_json, relative_key
+from polyrnn.data.common import (
+    box_of,
+    check_box,
+    image_size,
+    parse_polygon,
+    read_json,
+    relative_key,
+    relative_name,
+)
 from polyrnn.data.instance import DataError, Dataset, Instance, Skip
 from polyrnn.formats.base import (
     BoxObject,
@@ -198,7 +206,10 @@ def read_labelme(
 
 # --- LabelMe ---------------------------------------------------------------------------------------------
 def read_labelme_boxes(folder: Path) -> BoxSet:
-    """``rectangle`` shapes of the LabelMe JSON files in ``folder`` (recursively); other shapes are left."""
+    """Boxes of the LabelMe JSON files in ``folder`` (recursively): each ``rectangle`` shape, and each
+    ``polygon``'s bounds (parts sharing a ``group_id`` and label: their joint bounds), so a folder of finished
+    polygons is traced again from their boxes (``ref`` says "polygon's box"). Other shapes (points, lines,
+    circles) are skipped with their reason."""
     skipped: list[Skip] = []
     images: dict[str, ImageBoxes] = {}
     for path in sorted(folder.rglob("*.json")):
@@ -212,7 +223,7 @@ def read_labelme_boxes(folder: Path) -> BoxSet:
         if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
             skipped.append(Skip(str(path), "not a LabelMe file (field 'shapes' missing or not a list)"))
             continue
-        image = path.parent / str(data.get("imagePath") or path.with_suffix(".jpg").name)
+        image = labelme_image(path, data)
         if not image.is_file():
             skipped.append(Skip(f"{path}:imagePath", f"image file '{image.name}' not found"))
             continue
@@ -221,23 +232,39 @@ def read_labelme_boxes(folder: Path) -> BoxSet:
         except (KeyError, TypeError, ValueError):
             size = None
         entry = ImageBoxes(key=relative_key(image, folder), path=image, size=size)
-        for j, shape in enumerate(data["shapes"]):
-            if not isinstance(shape, dict) or shape.get("shape_type") != "rectangle":
-                continue
-            where = f"{path}:shapes[{j}]"
-            try:
-                pts = np.asarray(shape.get("points"), dtype=np.float64).reshape(2, 2)
-            except (TypeError, ValueError):
-                skipped.append(Skip(where + ".points", "rectangle needs two corner points"))
-                continue
-            (x1, y1), (x2, y2) = pts.min(axis=0), pts.max(axis=0)
-            if not np.isfinite(pts).all() or x2 <= x1 or y2 <= y1:
-                skipped.append(Skip(where + ".points", "rectangle is empty or not finite"))
-                continue
-            box = (float(x1), float(y1), float(x2), float(y2))
-            entry.objects.append(BoxObject(box, str(shape.get("label", "")), f"{path.name}:shapes[{j}]"))
+        entry.objects = _shape_boxes(path, data["shapes"], skipped)
         images[entry.key] = entry
     return finish_boxes(images, [], skipped, "labelme", folder)
+
+
+def _shape_boxes(path: Path, shapes: list[Any], skipped: list[Skip]) -> list[BoxObject]:
+    """The boxes of one file's shapes: rectangles as drawn, polygons (joined by ``group_id``) by bounds."""
+    out: list[BoxObject] = []
+    groups: dict[tuple[Any, str], int] = {}  # (group_id, label) -> index in out
+    for j, shape in enumerate(shapes):
+        where = f"{path}:shapes[{j}]"
+        region = _region(shape, where, skipped)
+        if region is None:
+            continue
+        label, pts = region
+        (x1, y1), (x2, y2) = pts.min(axis=0), pts.max(axis=0)
+        if not np.isfinite(pts).all() or x2 <= x1 or y2 <= y1:
+            skipped.append(Skip(where + ".points", "the shape is empty or not finite"))
+            continue
+        box = (float(x1), float(y1), float(x2), float(y2))
+        polygon = (shape.get("shape_type") or "polygon") == "polygon"
+        ref = f"{path.name}:shapes[{j}]" + (" (polygon's box)" if polygon else "")
+        gid = shape.get("group_id")
+        key = (gid, label)
+        if polygon and isinstance(gid, int) and not isinstance(gid, bool) and key in groups:
+            o = out[groups[key]]
+            o.box = (min(o.box[0], x1), min(o.box[1], y1), max(o.box[2], x2), max(o.box[3], y2))
+            o.ref += f"+shapes[{j}]"
+            continue
+        if polygon and isinstance(gid, int) and not isinstance(gid, bool):
+            groups[key] = len(out)
+        out.append(BoxObject(box, label, ref))
+    return out
 
 
 def write_labelme(
@@ -252,7 +279,7 @@ def write_labelme(
     for image, insts in groups:
         name = names[image]
         if images == "refer":
-            image_path = Path(os.path.relpath(image.resolve(), out.resolve())).as_posix()
+            image_path = relative_name(image, out)
         else:
             shutil.copyfile(image, out / name)
             image_path = name

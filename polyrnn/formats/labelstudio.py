@@ -68,7 +68,8 @@ def ls_results(task: dict[str, Any]) -> list[dict[str, Any]]:
 def read_label_studio_boxes(json_path: Path, image_dir: Path | None = None) -> BoxSet:
     """``rectanglelabels`` of a Label Studio JSON export (a list of tasks). Each task's image (``data``'s
     first value, or its ``image`` key) is found in ``image_dir`` (default: the JSON's folder) by
-    :func:`label_studio_image`; the task's ``data`` is kept for the predictions written back."""
+    :func:`label_studio_image`; the task's ``id`` and ``data`` are kept (:attr:`ImageBoxes.origin`) so the
+    predictions written back attach to the same tasks."""
     tasks = read_json(json_path)
     if not isinstance(tasks, list):
         raise DataError(f"{json_path}: not a Label Studio JSON export (expected a list of tasks)")
@@ -90,7 +91,11 @@ def read_label_studio_boxes(json_path: Path, image_dir: Path | None = None) -> B
         if path is None:
             skipped.append(Skip(where + ".data", f"image '{url}' not found under {image_dir}"))
             continue
-        entry = ImageBoxes(key=relative_key(path, image_dir), path=path, normalized=True, task=dict(data))  # type: ignore[arg-type]
+        origin: dict[str, Any] = {"data": dict(data)}  # type: ignore[arg-type]
+        task_id = task.get("id")  # type: ignore[union-attr]
+        if isinstance(task_id, int) and not isinstance(task_id, bool):
+            origin["id"] = task_id
+        entry = ImageBoxes(key=relative_key(path, image_dir), path=path, normalized=True, origin=origin)
         if entry.key in images:
             skipped.append(Skip(where, f"a second task for image {entry.key} (the first is used)"))
             continue
@@ -180,19 +185,22 @@ def write_label_studio(
     decimals: int = 4,
 ) -> list[dict[str, Any]]:
     """Label Studio tasks with pre-annotations: one task per image, its ``predictions`` holding one
-    ``polygonlabels`` result per polygon part (points in percent of the image, ``closed``), each with the
-    instance's ``score``, and the prediction's ``model_version`` and mean ``score``. Without a score the
-    polygons are written as ``annotations`` instead (human work being moved between tools).
+    ``polygonlabels`` result per polygon part (points in percent of the image, ``closed``; ids unique in the
+    task), each with the instance's ``score``, and the prediction's ``model_version`` and mean ``score``.
+    Without a score the polygons are written as ``annotations`` instead (human work being moved between
+    tools).
 
     Args:
         root: image folder; a task's image is ``url_prefix`` + the image's path relative to it (Label
-            Studio's local-files URL by default) unless ``tasks`` gives the task's ``data`` for that image.
+            Studio's local-files URL by default) unless ``tasks`` gives the input task for that image
+            (``{"id", "data"}``, :attr:`ImageBoxes.origin`): then the task keeps its ``id`` and ``data``.
         from_name, to_name: the names of the PolygonLabels and Image tags (see :func:`label_studio_config`).
     """
     out: list[dict[str, Any]] = []
     for image, insts in sorted(by_image(instances).items()):
         w, h = insts[0].image_size
-        data = dict((tasks or {}).get(image) or {"image": url_prefix + relative_key(image, root)})
+        given = (tasks or {}).get(image) or {}
+        data = dict(given.get("data") or {"image": url_prefix + relative_key(image, root)})
         results: list[dict[str, Any]] = []
         for inst in insts:
             for part in inst.polygons:
@@ -209,21 +217,40 @@ def write_label_studio(
             }
         else:
             group, entry = "annotations", {}
-        out.append({"data": data, group: [{**entry, "result": results}]})
+        task = {"id": given["id"]} if "id" in given else {}
+        out.append({**task, "data": data, group: [{**entry, "result": results}]})
     atomic_write_json(out_json, out)
     return out
 
 
+def prediction_imports(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The predictions of tasks that kept their Label Studio ``id``, as the list Label Studio's
+    ``POST /api/projects/{id}/import/predictions`` (SDK: ``projects.import_predictions``) attaches to those
+    existing tasks: ``{"task": id, "result", "score", "model_version"}``."""
+    return [
+        {"task": t["id"], **p}
+        for t in tasks
+        if isinstance(t.get("id"), int)
+        for p in t.get("predictions", [])
+    ]
+
+
 def write(instances: Sequence[Instance], out: Path, opts: WriteOptions) -> Path:
+    """``out/tasks.json`` and ``out/config.xml``; when the boxes came from Label Studio tasks with ids, also
+    ``out/predictions.json`` (:func:`prediction_imports`)."""
     path = out / "tasks.json"
-    write_label_studio(
+    _, origins = opts.origins_for("labelstudio")
+    tasks = write_label_studio(
         instances,
         path,
         root=opts.root,
         model_version=opts.model_version,
-        tasks=opts.tasks,
+        tasks=origins,
         decimals=opts.decimals or 4,
     )
+    imports = prediction_imports(tasks)
+    if imports:
+        atomic_write_json(out / "predictions.json", imports)
     atomic_write_text(out / "config.xml", label_studio_config(list(opts.classes)))
     return path
 

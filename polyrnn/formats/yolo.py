@@ -262,7 +262,9 @@ def write_yolo(
 ) -> None:
     """YOLO segmentation: ``images/`` (copies, or with ``images="link"`` links to the originals),
     ``labels/`` (one line per polygon part: class, then x y pairs normalised to 0–1) and ``data.yaml`` with
-    the class names."""
+    ``train``/``val`` and the class names, as ultralytics reads it (``yolo segment train data=out/data.yaml``):
+    no ``path`` key, so the dataset root is the YAML's own folder wherever it is moved (a relative ``path``
+    would be taken under ultralytics' ``datasets_dir``)."""
     import yaml
 
     ids = {c: i for i, c in enumerate(classes)}
@@ -282,7 +284,7 @@ def write_yolo(
     atomic_write_text(
         out / "data.yaml",
         yaml.safe_dump(
-            {"path": ".", "train": "images", "val": "images", "names": dict(enumerate(classes))},
+            {"train": "images", "val": "images", "names": dict(enumerate(classes))},
             sort_keys=False,
         ),
     )
