@@ -1,6 +1,6 @@
-"""Outputs that the readers users feed them to accept as they are: COCO ids that line up with the source file
-and a results file for pycocotools, Label Studio tasks that keep their ids, a YOLO ``data.yaml`` as ultralytics
-resolves it, names that do not follow links, and a LabelMe folder of polygons as boxes to trace again."""
+"""Outputs that the readers users feed them to accept as they are: COCO ids that line up with the source
+file and a results file for pycocotools, Label Studio tasks that keep their ids, a YOLO ``data.yaml`` as
+ultralytics resolves it, names that do not follow links, and LabelMe polygons as boxes to trace again."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _source_coco(root: Path) -> Path:
 
 
 def _as_predictions(path: Path, images: Path) -> tuple[list[Instance], WriteOptions]:
-    """The source's own polygons as predictions (score 1) with the origin a ``predict --dataset`` run keeps."""
+    """The source's own polygons as predictions (score 1), with the origin ``predict --dataset`` keeps."""
     boxes = read_boxes(path, image_dir=images)
     insts = []
     for inst in read_coco(path, image_dir=images).instances:

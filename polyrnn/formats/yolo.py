@@ -262,9 +262,9 @@ def write_yolo(
 ) -> None:
     """YOLO segmentation: ``images/`` (copies, or with ``images="link"`` links to the originals),
     ``labels/`` (one line per polygon part: class, then x y pairs normalised to 0–1) and ``data.yaml`` with
-    ``train``/``val`` and the class names, as ultralytics reads it (``yolo segment train data=out/data.yaml``):
-    no ``path`` key, so the dataset root is the YAML's own folder wherever it is moved (a relative ``path``
-    would be taken under ultralytics' ``datasets_dir``)."""
+    ``train``/``val`` and the class names, as ultralytics reads it (``data=out/data.yaml``): no ``path``
+    key, so the dataset root is the YAML's own folder wherever it is moved (a relative ``path`` would be
+    taken under ultralytics' ``datasets_dir``)."""
     import yaml
 
     ids = {c: i for i, c in enumerate(classes)}
