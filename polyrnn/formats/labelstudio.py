@@ -107,8 +107,15 @@ def read_label_studio_boxes(json_path: Path, image_dir: Path | None = None) -> B
     return finish_boxes(images, [], skipped, "labelstudio", image_dir)
 
 
+BOX_TYPES = ("rectanglelabels", "rectangle")  # <RectangleLabels> (smart or not) and <Rectangle smart="true">
+
+
 def ls_box(res: dict[str, Any], where: str, skipped: list[Skip]) -> BoxObject | None:
-    if res.get("type") != "rectanglelabels":
+    """The box of a ``rectanglelabels`` or ``rectangle`` result, in fractions of the image (x1, y1, x2, y2).
+    A rotated rectangle (Label Studio turns it about its top-left corner, in pixels) gives the bounds of its
+    corners, which needs the result's ``original_width``/``original_height``. Other results are not boxes
+    (None, not skipped); a box that cannot be read is skipped with its reason."""
+    if res.get("type") not in BOX_TYPES:
         return None
     v = res.get("value")
     try:
@@ -119,17 +126,39 @@ def ls_box(res: dict[str, Any], where: str, skipped: list[Skip]) -> BoxObject | 
     except (KeyError, TypeError, ValueError, OverflowError):
         skipped.append(Skip(where + ".value", "rectangle needs numbers x, y, width, height (percent)"))
         return None
-    if rotation != 0.0:
-        skipped.append(Skip(where + ".value.rotation", "rotated rectangles are not supported"))
-        return None
-    if not all(math.isfinite(q) for q in (x, y, w, h)) or w <= 0 or h <= 0:
+    if not all(math.isfinite(q) for q in (x, y, w, h, rotation)) or w <= 0 or h <= 0:
         skipped.append(Skip(where + ".value", "rectangle is empty or not finite"))
         return None
+    box = (x, y, x + w, y + h)
+    if rotation % 360.0 != 0.0:
+        try:
+            size = (float(res["original_width"]), float(res["original_height"]))
+        except (KeyError, TypeError, ValueError):
+            size = (0.0, 0.0)
+        if not all(math.isfinite(q) and q > 0 for q in size):
+            skipped.append(
+                Skip(where + ".value.rotation", "a rotated rectangle needs original_width, original_height")
+            )
+            return None
+        box = _rotated_bounds(box, rotation, size)
     labels = v.get("rectanglelabels")
     label = labels[0] if isinstance(labels, list) and labels and isinstance(labels[0], str) else ""
-    return BoxObject(
-        (x, y, x + w, y + h), label, where.rsplit(":", 1)[-1] + f" id={str(res.get('id'))[:100]}"
-    )
+    return BoxObject(box, label, where.rsplit(":", 1)[-1] + f" id={str(res.get('id'))[:100]}")
+
+
+def _rotated_bounds(
+    box: tuple[float, float, float, float], degrees: float, size: tuple[float, float]
+) -> tuple[float, float, float, float]:
+    """The axis-aligned bounds (fractions) of a box (fractions) turned clockwise by ``degrees`` about its
+    top-left corner in the pixels of an image of ``size`` (width, height), as Label Studio draws it."""
+    w, h = size
+    x1, y1, x2, y2 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    corners = [(dx, dy) for dx in (0.0, x2 - x1) for dy in (0.0, y2 - y1)]
+    xs = [x1 + dx * c - dy * s for dx, dy in corners]
+    ys = [y1 + dx * s + dy * c for dx, dy in corners]
+    return (min(xs) / w, min(ys) / h, max(xs) / w, max(ys) / h)
 
 
 def label_studio_config(classes: Sequence[str], *, from_name: str = "label", to_name: str = "image") -> str:

@@ -21,12 +21,15 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
 import math
 import os
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +42,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from polyrnn.data.instance import DataError, Skip, load_image
 from polyrnn.formats.base import ImageBoxes
-from polyrnn.formats.labelstudio import label_studio_image, ls_box, ls_results, polygon_result
+from polyrnn.formats.labelstudio import BOX_TYPES, label_studio_image, ls_box, ls_results, polygon_result
 from polyrnn.io import atomic_write_json
 
-TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
+KEEP_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")  # one, or a list (import)
+FORGET_EVENTS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")  # LS 1.x sends the plural with a list of ids
+TRAIN_EVENTS = (*KEEP_EVENTS, *FORGET_EVENTS, "START_TRAINING")
+MAX_API_BYTES = 10 * 2**20  # one Label Studio API answer (an annotation, a task)
+log = logging.getLogger("polyrnn.label_studio")
 MAX_TASKS = 1000  # tasks in one /predict request
 MAX_IMAGE_BYTES = 100 * 2**20  # a downloaded task image
 
@@ -114,6 +121,7 @@ class LabelStudioBackend:
     _model_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _training: threading.Thread | None = field(default=None, init=False, repr=False)
     _new: int = field(default=0, init=False)
+    _access: tuple[str | None, float] = field(default=(None, 0.0), init=False, repr=False)
     last_fit: dict[str, Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -185,9 +193,7 @@ class LabelStudioBackend:
         cache = self.work_dir / "images" / hashlib.sha1(full.encode("utf-8", "surrogateescape")).hexdigest()
         if cache.is_file():
             return cache
-        req = urllib.request.Request(
-            full, headers={"Authorization": f"Token {self.token}"} if self.token else {}
-        )
+        req = urllib.request.Request(full, headers=self.auth_header())
         opener = urllib.request.build_opener(_NoRedirect)
         deadline = time.monotonic() + self.download_timeout
         data = bytearray()
@@ -211,18 +217,81 @@ class LabelStudioBackend:
         atomic_write_bytes(cache, bytes(data))
         return cache
 
+    # --- Label Studio's API -------------------------------------------------------------------------
+    def auth_header(self) -> dict[str, str]:
+        """How requests to Label Studio authenticate with ``token`` (LABEL_STUDIO_API_KEY): a legacy API
+        token as ``Token <key>``; a personal access token (a JWT refresh token, Label Studio 1.17+'s default)
+        is exchanged at ``/api/token/refresh/`` for a short-lived access token, sent as ``Bearer`` and
+        renewed a minute before it expires."""
+        if not self.token:
+            return {}
+        if not _is_jwt(self.token):
+            return {"Authorization": f"Token {self.token}"}
+        with self._lock:
+            access, expires = self._access
+            if access is None or time.time() > expires - 60:
+                answer = self._post_json("/api/token/refresh/", {"refresh": self.token})
+                access = answer.get("access") if isinstance(answer, dict) else None
+                if not isinstance(access, str) or not _is_jwt(access):
+                    raise DataError("Label Studio did not exchange LABEL_STUDIO_API_KEY for an access token")
+                self._access = (access, _jwt_expiry(access))
+        return {"Authorization": f"Bearer {access}"}
+
+    def api_json(self, path: str) -> Any:
+        """``GET`` a Label Studio API path (``/api/...``) with :meth:`auth_header`: its JSON, or None for a
+        404. No redirects, :data:`MAX_API_BYTES`, ``download_timeout`` seconds; :class:`DataError` else."""
+        return self._request_json(urllib.request.Request(self._api_url(path), headers=self.auth_header()))
+
+    def _post_json(self, path: str, body: dict[str, Any]) -> Any:
+        req = urllib.request.Request(
+            self._api_url(path),
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        return self._request_json(req)
+
+    def _api_url(self, path: str) -> str:
+        base = urllib.parse.urlsplit(self.url or "")
+        if base.scheme not in ("http", "https") or not base.netloc:
+            raise DataError(f"LABEL_STUDIO_URL={self.url!r} is not an http(s) address")
+        return urllib.parse.urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + path, "", ""))
+
+    def _request_json(self, req: urllib.request.Request) -> Any:
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(req, timeout=min(10.0, self.download_timeout)) as r:
+                raw = r.read(MAX_API_BYTES + 1)
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            raise DataError(f"Label Studio answered {e.code} to {req.get_method()} {req.full_url}") from None
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            raise DataError(
+                f"Label Studio could not be reached at {req.full_url} ({type(e).__name__})"
+            ) from None
+        if len(raw) > MAX_API_BYTES:
+            raise DataError(f"Label Studio's answer to {req.full_url} is larger than {MAX_API_BYTES} bytes")
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise DataError(f"Label Studio's answer to {req.full_url} is not JSON") from None
+
     # --- predict -----------------------------------------------------------------------------------
     def predict(
         self, tasks: list[dict[str, Any]], *, label_config: str, context: dict[str, Any] | None = None
-    ) -> list[dict[str, Any]]:
-        """One prediction per task: ``{"result": [polygonlabels...], "score", "model_version"}``; the boxes
-        are the ``context``'s rectangles when given (interactive), else the task's own."""
+    ) -> list[dict[str, Any] | list[Any]]:
+        """One answer per task, in order: a prediction ``{"result": [polygonlabels...], "score",
+        "model_version"}``, or ``[]`` (no prediction: Label Studio stores nothing and asks again later) when
+        the task has no box to trace. The boxes are the ``context``'s rectangles when given (a smart tool's
+        box), else the task's own (its first annotation's, else its first prediction's). Boxes are
+        ``rectanglelabels`` or ``rectangle`` results, rotated ones by their bounds (:data:`BOX_TYPES`)."""
         ctl = parse_label_config(label_config)
         return [self._predict_task(task, ctl, context) for task in tasks]
 
     def _predict_task(
         self, task: dict[str, Any], ctl: Controls, context: dict[str, Any] | None
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | list[Any]:
         data = task.get("data")
         url = data.get(ctl.data_key) if isinstance(data, dict) else None
         if not isinstance(url, str):
@@ -237,23 +306,33 @@ class LabelStudioBackend:
         skipped: list[Skip] = []
         where = f"task {task.get('id')} result"
         boxes = [b for k, r in enumerate(source) if (b := ls_box(r, f"{where}[{k}]", skipped))]
-        pixel, _ = ImageBoxes(key=str(task.get("id")), path=path, objects=boxes, normalized=True).pixel_boxes(
-            (w, h)
-        )
-        traced: list[Any] = []
-        if pixel:
-            annotator = self.annotator()
-            with self._model_lock:  # one model, several request threads
-                if interactive:  # the editor's session for the box drawn (its start: the same polygon)
-                    traced = [self._session_start(annotator, image, b) for _, b in pixel]
-                else:
-                    traced = annotator.annotate(image, [b for _, b in pixel])
+        entry = ImageBoxes(key=str(task.get("id")), path=path, objects=boxes, normalized=True)
+        pixel, bad = entry.pixel_boxes((w, h))
+        if not pixel:  # nothing to trace: no prediction rather than an empty one stored under this version
+            kinds = sorted({str(r.get("type")) for r in source}) or ["no results"]
+            why = "; ".join(str(k) for k in [*skipped, *bad][:3])
+            log.info(
+                "task %s: no box to trace (%s%s); answered with no prediction. Boxes are %s results.",
+                task.get("id"),
+                ", ".join(kinds),
+                f": {why}" if why else "",
+                " or ".join(BOX_TYPES),
+            )
+            return []
+        annotator = self.annotator()
+        with self._model_lock:  # one model, several request threads
+            if interactive:  # the editor's session for the box drawn (its start: the same polygon)
+                traced = [self._session_start(annotator, image, b) for _, b in pixel]
+            else:
+                traced = annotator.annotate(image, [b for _, b in pixel])
         results: list[dict[str, Any]] = []
         for (obj, box), t in zip(pixel, traced, strict=True):
             x1, y1, x2, y2 = box
             poly = t.polygon if t.polygon is not None else np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
             label = obj.class_name if obj.class_name in ctl.labels or not ctl.labels else ctl.labels[0]
-            r = polygon_result(poly, label, (w, h), score=t.score, id=f"p{len(results)}")
+            # ids unique across calls: Label Studio merges each smart-tool answer into the annotation, where
+            # a repeated id would replace the polygon that has it
+            r = polygon_result(poly, label, (w, h), score=t.score, id=uuid.uuid4().hex[:10])
             results.append({**r, "from_name": ctl.from_name, "to_name": ctl.to_name})
         score = float(np.mean([r["score"] for r in results])) if results else 0.0
         return {"result": results, "score": round(score, 4), "model_version": self.model_version}
@@ -274,21 +353,24 @@ class LabelStudioBackend:
 
     # --- fit ---------------------------------------------------------------------------------------
     def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Keep a submitted annotation (or forget a deleted one); fine-tune on START_TRAINING or every
+        """Keep submitted annotations (``ANNOTATION_CREATED``/``_UPDATED``, and ``ANNOTATIONS_CREATED`` with
+        lists, as an import sends them), forget deleted ones (``ANNOTATION(S)_DELETED``: one, or a list of
+        ids; a cancelled annotation is forgotten too), and fine-tune on ``START_TRAINING`` or every
         ``fit_every`` new annotations. Returns what was done. An annotation that cannot be trained on is
         refused (``ValueError`` naming the field) before anything is stored."""
         store = self.work_dir / "annotations.json"
-        entry = _training_entry(data) if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") else None
+        keep = [(k, _training_entry(d)) for k, d in webhook_annotations(event, data)]
+        forget = webhook_deleted(event, data)
         with self._lock:
             kept = self._kept(store)
-            ann, task = data.get("annotation"), data.get("task")
-            ann, task = ann if isinstance(ann, dict) else {}, task if isinstance(task, dict) else {}
-            key = str(ann.get("id", task.get("id")))[:100]
-            if event == "ANNOTATION_DELETED":
+            for key in forget:
                 kept.pop(key, None)
-            elif entry is not None and entry["result"]:
-                kept[key] = entry
-                self._new += 1
+            for key, entry in keep:
+                if entry["result"] and not entry.get("cancelled"):
+                    kept[key] = {"data": entry["data"], "result": entry["result"]}
+                    self._new += 1
+                else:  # skipped, or every polygon removed: nothing to learn from any more
+                    kept.pop(key, None)
             atomic_write_json(store, kept)
             due = event == "START_TRAINING" or (self.fit_every > 0 and self._new >= self.fit_every)
             if not due:
@@ -302,6 +384,40 @@ class LabelStudioBackend:
         if not self.fit_async:
             job.join()
         return {"annotations": len(kept), "training": self.is_training(), "last_fit": self.last_fit}
+
+    def fit_notified(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`fit` for a webhook that carries no credentials (Label Studio creates the ML back end's
+        webhook without any): the payload is only a notice. Each annotation it names is fetched from Label
+        Studio's API with the API key, and only what Label Studio answers is kept (a deleted one: 404, is
+        forgotten); ``START_TRAINING`` is never taken from it. ``PermissionError`` when it cannot be checked
+        (no LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY)."""
+        if event == "START_TRAINING":
+            raise PermissionError("START_TRAINING needs the back end's credentials")
+        if not self.url or not self.token:
+            raise PermissionError(
+                "a webhook without credentials is only taken when polyrnn can check it with Label Studio: "
+                "set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"
+            )
+        ids = [k for k, _ in webhook_annotations(event, data)] + webhook_deleted(event, data)
+        fetched: list[dict[str, Any]] = []
+        gone: list[str] = []
+        for key in dict.fromkeys(ids):
+            if not key.isdigit():
+                raise ValueError(f"annotation id {key!r} is not a number")
+            ann = self.api_json(f"/api/annotations/{key}/")
+            task_id = ann.get("task") if isinstance(ann, dict) else None
+            task = self.api_json(f"/api/tasks/{int(task_id)}/") if isinstance(task_id, int) else None
+            if isinstance(ann, dict) and isinstance(task, dict):
+                fetched.append({"annotation": ann, "task": task})
+            else:
+                gone.append(key)
+        out = self.fit("ANNOTATIONS_DELETED", {"annotations": [{"id": k} for k in gone]}) if gone else {}
+        if fetched:
+            out = self.fit(
+                "ANNOTATIONS_CREATED",
+                {"annotation": [f["annotation"] for f in fetched], "task": [f["task"] for f in fetched]},
+            )
+        return {**out, "checked_with_label_studio": len(fetched), "gone": len(gone)}
 
     @staticmethod
     def _kept(store: Path) -> dict[str, Any]:
@@ -385,6 +501,25 @@ class LabelStudioBackend:
         return len(insts)
 
 
+def _is_jwt(token: str) -> bool:
+    """A JSON Web Token (three base64url parts, the first a JSON header): a personal access token."""
+    parts = token.split(".")
+    return len(parts) == 3 and token.startswith("eyJ") and all(parts)
+
+
+def _jwt_expiry(token: str) -> float:
+    """The ``exp`` (Unix seconds) of a JWT's payload, read without checking the signature (Label Studio
+    checks it; this only decides when to renew); 5 minutes from now when it has none."""
+    import base64
+
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return time.time() + 300
+
+
 def _training_entry(data: dict[str, Any]) -> dict[str, Any]:
     """``{"data": task data, "result": [polygonlabels results]}`` of a webhook's annotation, checked: the
     task's ``data`` an object with an image URL, each polygon 3 to 100,000 finite points in 0..100 % with
@@ -417,7 +552,43 @@ def _training_entry(data: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
             raise ValueError(f"{where}.polygonlabels must be a list of labels")
         polys.append(r)
-    return {"data": task["data"], "result": polys}
+    return {"data": task["data"], "result": polys, "cancelled": bool(ann.get("was_cancelled"))}
+
+
+def webhook_annotations(event: str, data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(annotation id, ``{"annotation", "task"}``) of each annotation a keep event carries: one
+    (``ANNOTATION_CREATED``/``_UPDATED``), or the lists of ``ANNOTATIONS_CREATED`` (annotations and their
+    tasks, in the same order; paired by task id where the lists differ). ``ValueError`` for a bad one."""
+    if event not in KEEP_EVENTS:
+        return []
+    anns, tasks = data.get("annotation"), data.get("task")
+    if event != "ANNOTATIONS_CREATED":
+        anns, tasks = [anns], [tasks]
+    if not isinstance(anns, list) or not isinstance(tasks, list):
+        raise ValueError(f"{event}: annotation and task must be lists")
+    if len(anns) > 10_000:
+        raise ValueError(f"{event}: at most 10000 annotations in one webhook")
+    by_id = {t.get("id"): t for t in tasks if isinstance(t, dict) and "id" in t}
+    out = []
+    for k, ann in enumerate(anns):
+        if not isinstance(ann, dict):
+            raise ValueError(f"{event}: annotation[{k}] must be an object")
+        task = tasks[k] if len(tasks) == len(anns) else by_id.get(ann.get("task"))
+        task = task if isinstance(task, dict) else {}
+        key = str(ann.get("id", task.get("id")))[:100]
+        out.append((key, {"annotation": ann, "task": task}))
+    return out
+
+
+def webhook_deleted(event: str, data: dict[str, Any]) -> list[str]:
+    """The ids of the annotations a delete event names: ``ANNOTATIONS_DELETED``'s ``annotations`` list of
+    ``{"id"}``, or an ``ANNOTATION_DELETED``'s annotation."""
+    if event not in FORGET_EVENTS:
+        return []
+    items = data.get("annotations") if event == "ANNOTATIONS_DELETED" else [data.get("annotation")]
+    if not isinstance(items, list) or len(items) > 100_000:
+        raise ValueError(f"{event}: annotations must be a list of at most 100000 {{id}}")
+    return [str(a["id"])[:100] for a in items if isinstance(a, dict) and "id" in a]
 
 
 class _Setup(BaseModel):
@@ -435,13 +606,17 @@ class _Predict(BaseModel):
 class _Webhook(BaseModel):
     model_config = ConfigDict(extra="allow")
     action: str = Field(default="", max_length=100)
-    annotation: dict[str, Any] | None = None
-    task: dict[str, Any] | None = None
+    annotation: dict[str, Any] | list[dict[str, Any]] | None = None  # a list: ANNOTATIONS_CREATED
+    task: dict[str, Any] | list[dict[str, Any]] | None = None
+    annotations: list[dict[str, Any]] | None = None  # ANNOTATIONS_DELETED: [{"id": ...}]
 
 
 def _basic_auth(user: str, password: str) -> Any:
     """A middleware that answers 401 unless the request carries these HTTP Basic credentials (compared as
-    bytes: any header text gets a 401, never an error)."""
+    bytes: any header text gets a 401, never an error). ``/webhook`` is let through with
+    ``request.state.credentialed`` saying whether it had them: Label Studio creates the ML back end's
+    webhook without credentials, so such a webhook is taken only as a notice checked with Label Studio
+    (:meth:`LabelStudioBackend.fit_notified`)."""
     import base64
 
     from polyrnn.server.guard import same_secret
@@ -449,13 +624,32 @@ def _basic_auth(user: str, password: str) -> Any:
     want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
     async def check(request: Request, call_next: Any) -> Any:
-        if not same_secret(request.headers.get("authorization", ""), want):
+        ok = same_secret(request.headers.get("authorization", ""), want)
+        request.state.credentialed = ok
+        if not ok and request.url.path != "/webhook":
             return JSONResponse(
                 {"detail": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Basic"}
             )
         return await call_next(request)
 
     return check
+
+
+def _webhook_answer(
+    backend: LabelStudioBackend, action: str, data: dict[str, Any], credentialed: bool
+) -> Any:
+    """A webhook's answer: with credentials (or none configured) its payload is taken; without, it is a
+    notice checked with Label Studio. 401 / 422 / 424 (Label Studio could not be asked) with the reason."""
+    try:
+        if credentialed:
+            return {"result": backend.fit(action, data), "status": "ok"}
+        return {"result": backend.fit_notified(action, data), "status": "ok"}
+    except PermissionError as e:
+        raise HTTPException(401, f"{action}: {e}") from None
+    except DataError as e:  # Label Studio could not be asked: a dependency failed, not this request
+        raise HTTPException(424, f"{action}: {e}") from None
+    except ValueError as e:
+        raise HTTPException(422, f"{action}: {e}") from None
 
 
 def create_app(
@@ -507,14 +701,11 @@ def create_app(
         return {"results": results}
 
     @app.post("/webhook", status_code=201)
-    def webhook(body: _Webhook) -> Any:
+    def webhook(body: _Webhook, request: Request) -> Any:
         if body.action not in TRAIN_EVENTS:
             return JSONResponse({"status": "Unknown event"}, status_code=200)
         data = body.model_dump(exclude={"action"})
-        try:
-            return {"result": backend.fit(body.action, data), "status": "ok"}
-        except ValueError as e:
-            raise HTTPException(422, f"{body.action}: {e}") from None
+        return _webhook_answer(backend, body.action, data, getattr(request.state, "credentialed", True))
 
     return Guard(app, bind_host=host, max_body=max_body)
 
