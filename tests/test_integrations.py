@@ -58,8 +58,13 @@ def test_cvat_handler_traces_a_real_object(context, datasets):
     )
     assert r.status_code == 200 and r.content_type == "application/json"
     reply = json.loads(r.body)
-    mask = np.asarray(reply["mask"], dtype=bool)
-    assert mask.shape == (inst.height, inst.width)
+    crop = np.asarray(reply["mask"], dtype=bool)
+    bx1, by1, bx2, by2 = reply["bounds"]  # the mask comes cropped to its bounds (inclusive)
+    assert crop.shape == (by2 - by1 + 1, bx2 - bx1 + 1) and crop[0].any() and crop[-1].any()
+    assert crop[:, 0].any() and crop[:, -1].any() and crop.size < 0.8 * inst.height * inst.width
+    assert len(r.body) < 3 * crop.size + 20_000  # the reply carries the crop, not the frame
+    mask = np.zeros((inst.height, inst.width), dtype=bool)
+    mask[by1 : by2 + 1, bx1 : bx2 + 1] = crop
     assert mask_iou(mask, inst.mask(), inst.ignore_mask()) > 0.8
     auto = Annotator.from_weights().annotate(load_image(inst.image_path), [inst.box_xyxy])[0]
     assert (mask == rasterize([auto.polygon], inst.height, inst.width)).all()  # the automatic polygon
@@ -80,6 +85,7 @@ def test_cvat_handler_traces_a_real_object(context, datasets):
         ).body
     )
     assert np.asarray(moved["mask"], dtype=bool).sum() != mask.sum()
+    assert cvat.cropped_mask(np.zeros((4, 5), dtype=bool))[1] == [0, 0, 0, 0]
 
 
 def test_cvat_handler_answers_bad_requests_with_400(context, tmp_path):
@@ -102,6 +108,18 @@ def test_cvat_handler_answers_bad_requests_with_400(context, tmp_path):
 def test_cvat_function_yaml_declares_a_box_interactor():
     spec = yaml.safe_load((Path(cvat.__file__).parent / "function.yaml").read_text())
     assert spec["metadata"]["annotations"]["type"] == "interactor"
+    assert spec["metadata"]["annotations"]["version"] == 2  # else CVAT warns "Interactor API is outdated"
+    # the runtime's Python is one the package installs on
+    from packaging.specifiers import SpecifierSet
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    (requires,) = [
+        ln.split("=", 1)[1].strip().strip('"')
+        for ln in pyproject.splitlines()
+        if ln.startswith("requires-python")
+    ]
+    runtime = spec["spec"]["runtime"].split(":")[1]
+    assert runtime in SpecifierSet(requires) and f"python:{runtime}" in spec["spec"]["build"]["baseImage"]
     assert spec["metadata"]["annotations"]["startswith_box"] is True
     assert spec["spec"]["handler"] == "main:handler"
 

@@ -10,9 +10,11 @@ body:
 * ``pos_points`` / ``neg_points``: clicks, ``[[x, y], ...]``: a positive click outside the polygon pulls the
   outline out to it, a negative one inside pushes it out of the region (the editor's correction engine).
 
-The reply is ``{"mask": [[0/1, ...], ...], "points": [[x, y], ...], "score": s}``: the full-image mask CVAT
-draws, the polygon in image pixels and the confidence of :mod:`polyrnn.batch.annotate`. A bad request gets
-status 400 with ``{"error": "..."}``.
+The reply (interactor API version 2, ``function.yaml``) is ``{"mask": [[0/1, ...], ...], "bounds": [x1, y1,
+x2, y2], "points": [[x, y], ...], "score": s}``: the mask CVAT draws, cropped to the object's pixel bounds
+(inclusive: the mask's first row is image row ``y1``, its first column image column ``x1``; a full-frame mask
+of a 640x427 image was ~0.8 MB), the polygon in image pixels and the confidence of
+:mod:`polyrnn.batch.annotate`. A bad request gets status 400 with ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -136,12 +138,23 @@ def trace(
     polygon = session.polygon
     enc = session.encoding
     score = confidences(enc.mask_probability(), None)["expected_iou"] if enc.mask_model is not None else 0.0
-    mask = rasterize([polygon], image.shape[0], image.shape[1])
+    mask, bounds = cropped_mask(rasterize([polygon], image.shape[0], image.shape[1]))
     return {
         "mask": mask.astype(np.uint8).tolist(),
+        "bounds": bounds,
         "points": np.round(polygon, 2).tolist(),
         "score": round(float(score), 4),
     }
+
+
+def cropped_mask(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """(the (H, W) bool mask cut to its pixels' bounds, [x1, y1, x2, y2] inclusive, image pixels); an empty
+    mask gives a 1x1 empty crop at the origin."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return np.zeros((1, 1), dtype=bool), [0, 0, 0, 0]
+    x1, x2, y1, y2 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+    return mask[y1 : y2 + 1, x1 : x2 + 1], [x1, y1, x2, y2]
 
 
 def handler(context: Any, event: Any) -> Any:
