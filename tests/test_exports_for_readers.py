@@ -96,7 +96,7 @@ def test_coco_output_keeps_the_source_ids_and_cocoeval_takes_the_results(tmp_pat
     src = _source_coco(tmp_path)
     insts, opts = _as_predictions(src, tmp_path / "images")
     write("coco", insts, tmp_path / "out", opts)
-    out = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    out = json.loads((tmp_path / "out" / "annotations" / "instances_default.json").read_text())
     source = json.loads(src.read_text())
     assert {(i["id"], i["file_name"]) for i in out["images"]} == {(42, "b.jpg"), (7, "a.jpg")}
     assert next(i for i in out["images"] if i["id"] == 42)["license"] == 3  # the record is kept as it was
@@ -128,7 +128,7 @@ def test_coco_output_without_a_coco_source_numbers_from_one(tmp_path):
     write(
         "coco", [inst], tmp_path / "out", WriteOptions(root=tmp_path, classes=["cat"], origin_format="yolo")
     )
-    out = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    out = json.loads((tmp_path / "out" / "annotations" / "instances_default.json").read_text())
     assert out["images"][0]["id"] == 1 and out["categories"] == [
         {"id": 1, "name": "cat", "supercategory": ""}
     ]
@@ -145,7 +145,7 @@ def test_predict_from_a_coco_file_points_each_polygon_at_its_source_box(tmp_path
 
     src = _source_coco(tmp_path)
     predict_dataset(src, tmp_path / "run", image_dir=tmp_path / "images", log=None)
-    out = json.loads((tmp_path / "run" / "coco" / "annotations.json").read_text())
+    out = json.loads((tmp_path / "run" / "coco" / "annotations" / "instances_default.json").read_text())
     assert sorted(a["source_id"] for a in out["annotations"]) == [1001, 1002, 1003]
     source = {a["id"]: a for a in json.loads(src.read_text())["annotations"]}
     for a in out["annotations"]:
@@ -224,7 +224,7 @@ def test_names_do_not_follow_links(tmp_path):
     (root / "a.jpg").symlink_to(store / "0f3a.jpg")
     inst = Instance(root / "a.jpg", (64, 48), "cat", (10, 8, 30, 28), [SQUARE])
     write("coco", [inst], tmp_path / "project" / "coco", WriteOptions(root=root, classes=["cat"]))
-    out = json.loads((tmp_path / "project" / "coco" / "annotations.json").read_text())
+    out = json.loads((tmp_path / "project" / "coco" / "annotations" / "instances_default.json").read_text())
     assert out["images"][0]["file_name"] == "a.jpg"
     from polyrnn.formats.labelme import write_labelme
 

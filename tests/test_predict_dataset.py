@@ -224,7 +224,7 @@ def test_coco_output_iou_equals_evaluate_automatic(subset, baseline):
     from polyrnn.geometry import mask_iou, rasterize
 
     gt = read_coco(subset, image_dir=_val(subset)).filtered()
-    pred = COCO(str(baseline / "coco" / "annotations.json"))
+    pred = COCO(str(baseline / "coco" / "annotations" / "instances_default.json"))
     assert len(pred.getAnnIds()) == len(gt.instances)
     by_image: dict[str, list] = {}
     for ann in pred.loadAnns(pred.getAnnIds()):
@@ -323,7 +323,9 @@ def test_outputs_follow_their_formats(subset, baseline):
             assert pg.get("label") in labels and pg.get("occluded") == "0" and pg.get("source") == "auto"
             xy = [tuple(map(float, q.split(","))) for q in pg.get("points").split(";")]
             assert len(xy) >= 3
-    assert polys == len(json.loads((baseline / "coco/annotations.json").read_text())["annotations"])
+    assert polys == len(
+        json.loads((baseline / "coco/annotations/instances_default.json").read_text())["annotations"]
+    )
     lm = read_labelme(baseline / "labelme")
     assert len(lm.instances) == polys and not lm.skipped
     assert all(i.image_path.resolve().parent == _val(subset).resolve() for i in lm.instances)
@@ -367,7 +369,7 @@ def test_unreadable_images_are_logged_and_skipped(tmp_path):
     assert r["errors"] == 1 and r["images"] == 2
     skipped = (out / "skipped.csv").read_text()
     assert "b.jpg" in skipped and "cannot read image" in skipped
-    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    coco = json.loads((out / "coco" / "annotations" / "instances_default.json").read_text())
     assert len(coco["annotations"]) == 3 and {c["name"] for c in coco["categories"]} >= {"cat", "dog", "tree"}
 
 

@@ -293,7 +293,7 @@ def test_export_keeps_symlinks_inside_the_folder(tmp_path):
     (folder / "alias.json").write_text(json.dumps(doc))
     out = tmp_path / "out"
     assert main(["export", str(folder), "--to", "coco", str(out)]) == 0
-    assert len(json.loads((out / "annotations.json").read_text())["annotations"]) == 1
+    assert len(json.loads((out / "annotations" / "instances_default.json").read_text())["annotations"]) == 1
     shutil.rmtree(out)
 
 

@@ -202,7 +202,7 @@ def test_export_from_api_and_cli(client, tmp_path):
     )
     r = c.post("/api/export/coco")
     assert r.status_code == 200 and r.json()["instances"] == 3
-    coco = COCO(str(store.state_dir / "export" / "coco" / "annotations.json"))
+    coco = COCO(str(store.state_dir / "export" / "coco" / "annotations" / "instances_default.json"))
     assert [coco.cats[i]["name"] for i in sorted(coco.cats)] == ["cat", "dog"]
     ann = [a for a in coco.dataset["annotations"] if coco.cats[a["category_id"]]["name"] == "dog"][0]
     assert coco.annToMask(ann).sum() == pytest.approx(60 * 60, rel=0.05)

@@ -274,7 +274,7 @@ def test_exports_are_downloadable_and_ready_for_a_trainer(served):
     assert doc["images"][0]["file_name"] == "img1.png"
     seg = np.array(doc["annotations"][0]["segmentation"][0]).reshape(-1, 2)
     assert seg.min() >= 0 and seg[:, 0].max() <= 160 and seg[:, 1].max() <= 120
-    path = store.state_dir / "export" / "coco" / "annotations.json"
+    path = store.state_dir / "export" / "coco" / "annotations" / "instances_default.json"
     assert len(COCO(str(path)).dataset["annotations"]) == 1
     r = c.post("/api/export/yolo")
     z = c.get(r.json()["download"])

@@ -22,6 +22,7 @@ from polyrnn.formats.base import (
     by_image,
     clip,
     finish_boxes,
+    place_image,
 )
 from polyrnn.geometry import mask_to_polygons
 from polyrnn.io import atomic_write_json
@@ -362,9 +363,14 @@ def read_boxes(path: Path, image_dir: Path | None) -> BoxSet:
     return read_coco_boxes(json_path, image_dir or found_dir)
 
 
+COCO_JSON = Path("annotations") / "instances_default.json"  # where a COCO output's JSON lies in its folder
+
+
 def write(instances: Sequence[Instance], out: Path, opts: WriteOptions) -> Path:
-    """``out/annotations.json``, and for predictions (scored instances) ``out/results.json`` beside it."""
-    path = out / "annotations.json"
+    """The layout CVAT exports and datumaro and CVAT import as they are: ``out/annotations/
+    instances_default.json`` (:data:`COCO_JSON`), with ``keep_images`` the images linked under
+    ``out/images/default/<file_name>``; for predictions (scored instances) also ``out/results.json``."""
+    path = out / COCO_JSON
     origin, origins = opts.origins_for("coco")
     doc = write_coco(
         instances,
@@ -375,6 +381,13 @@ def write(instances: Sequence[Instance], out: Path, opts: WriteOptions) -> Path:
         origin=origin,
         origins=origins,
     )
+    if opts.keep_images:
+        for image, record in zip(sorted(by_image(instances)), doc["images"], strict=True):
+            name = Path(str(record["file_name"]))
+            if not name.is_absolute() and ".." not in name.parts:  # a source's "../x.jpg" gets no link
+                dest = out / "images" / "default" / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                place_image(image, dest, "link")
     if any(i.score is not None for i in instances):
         write_coco_results(doc, out / "results.json")
     return path

@@ -363,7 +363,7 @@ def export(fmt: str, ctx: Ctx) -> ExportResponse:
 
 @router.get("/api/export/{fmt}/download")
 def export_download(fmt: str, ctx: Ctx) -> FileResponse:
-    """The last export as one file: ``annotations.json`` (COCO) or a zip (the others)."""
+    """The last export as one file: the COCO JSON (``instances_default.json``) or a zip (the others)."""
     import shutil
 
     from polyrnn.formats import EXPORTS
@@ -372,7 +372,9 @@ def export_download(fmt: str, ctx: Ctx) -> FileResponse:
     if fmt not in EXPORTS or not folder.is_dir():
         raise HTTPException(404, f"nothing exported as '{fmt}' yet: POST /api/export/{fmt} first")
     if fmt == "coco":
-        return FileResponse(folder / "annotations.json", filename="annotations.json")
+        from polyrnn.formats.coco import COCO_JSON
+
+        return FileResponse(folder / COCO_JSON, filename=COCO_JSON.name)
     tmp = shutil.make_archive(str(folder.parent / f".{fmt}-download"), "zip", folder)
     final = folder.parent / f"{fmt}.zip"
     Path(tmp).replace(final)
