@@ -270,3 +270,43 @@ def test_labelme_polygons_are_boxes_to_trace_again(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no box to trace" in err and "rectangle shapes and polygons' bounds" in err
     assert "'point' is not a region" in err
+
+
+DATUMARO_READ = """
+import json, sys
+import datumaro as dm
+out = {}
+for name, fmt in (("coco", "coco_instances"), ("cvat", "cvat")):
+    ds = dm.Dataset.import_from(sys.argv[1] + "/" + name, fmt)
+    out[name] = [
+        {"id": it.id, "image": bool(it.media and it.media.has_data),
+         "shapes": sorted(type(a).__name__ for a in it.annotations)}
+        for it in ds
+    ]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.datumaro
+def test_datumaro_imports_the_coco_and_cvat_outputs_as_they_are(tmp_path):
+    """datumaro (its own virtual environment: ``POLYRNN_DATUMARO_PYTHON``; CI installs it) imports the COCO
+    and CVAT outputs of a run without moving a file: every image found, every polygon read."""
+    import subprocess
+
+    python = os.environ.get("POLYRNN_DATUMARO_PYTHON")
+    if not python:
+        if os.environ.get("POLYRNN_REQUIRE_DATUMARO") == "1":
+            pytest.fail("POLYRNN_DATUMARO_PYTHON is not set but POLYRNN_REQUIRE_DATUMARO=1")
+        pytest.skip("needs datumaro (POLYRNN_DATUMARO_PYTHON=a python with datumaro installed)")
+    src = _source_coco(tmp_path)
+    predict_dataset(src, tmp_path / "run", image_dir=tmp_path / "images", log=None)
+    done = subprocess.run(
+        [python, "-c", DATUMARO_READ, str(tmp_path / "run")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    for fmt in ("coco", "cvat"):
+        items = sorted(got[fmt], key=lambda i: i["id"])
+        assert [i["id"] for i in items] == ["a", "b"], (fmt, items)
+        assert all(i["image"] for i in items), (fmt, items)
+        assert sum(i["shapes"].count("Polygon") for i in items) == 3, (fmt, items)

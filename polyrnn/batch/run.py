@@ -8,14 +8,14 @@ Layout of an output folder ``DIR``::
     DIR/shards/part-00000-of-00002.json   the shard's status, written when it finishes
     DIR/coco/annotations/instances_default.json  after the merge: COCO instances with a ``score`` per object
                                        (boxes from a COCO file: its image and category ids, ``source_id`` per
-                                       object); ``images/default/`` links to the images (datumaro's layout)
+                                       object); ``images/default/``: the images hard-linked (datumaro)
     DIR/coco/results.json              the same as a COCO results file (RLE), for ``loadRes`` + COCOeval
     DIR/labelme/*.json                 LabelMe JSON per image (``imagePath`` leads to the original image)
     DIR/yolo/                          YOLO-seg labels, ``images/`` linking to the originals, ``data.yaml``
     DIR/labelstudio/tasks.json         Label Studio tasks with ``polygonlabels`` predictions (+ config.xml);
                                        boxes from Label Studio: the same task ids and data, and
                                        ``predictions.json`` to import onto the existing tasks
-    DIR/cvat/annotations.xml           CVAT for images XML 1.1 with ``<polygon>`` elements; ``images/`` links
+    DIR/cvat/annotations.xml           CVAT for images XML 1.1 with ``<polygon>`` elements (+ ``images/``)
     DIR/review.csv                     objects below ``--review-below``, least confident first
     DIR/skipped.csv                    every image and box left out, with the file and the reason
 

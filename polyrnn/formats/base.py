@@ -234,11 +234,19 @@ def flat_names(images: Sequence[Path], root: Path) -> dict[Path, str]:
 
 
 def place_image(image: Path, dest: Path, mode: str) -> None:
-    """Put an image where a format expects it: ``copy``, or ``link`` (a symbolic link to the original, by its
-    absolute name: a link is not followed)."""
+    """Put an image where a format expects it: ``copy``; ``link``, a symbolic link to the original by its
+    absolute name (a link is not followed); or ``hardlink``, the same file under a second name where the file
+    system allows it, else a copy (for readers such as datumaro that refuse a link leading out of their
+    folder)."""
+    if dest.is_symlink() or dest.exists():
+        dest.unlink()
     if mode == "link":
-        if dest.is_symlink() or dest.exists():
-            dest.unlink()
         dest.symlink_to(os.path.abspath(image))
-    else:
-        shutil.copyfile(image, dest)
+        return
+    if mode == "hardlink":
+        try:
+            os.link(os.path.realpath(image), dest)
+            return
+        except OSError:  # another file system, or links not allowed: a copy
+            pass
+    shutil.copyfile(image, dest)

@@ -368,8 +368,9 @@ COCO_JSON = Path("annotations") / "instances_default.json"  # where a COCO outpu
 
 def write(instances: Sequence[Instance], out: Path, opts: WriteOptions) -> Path:
     """The layout CVAT exports and datumaro and CVAT import as they are: ``out/annotations/
-    instances_default.json`` (:data:`COCO_JSON`), with ``keep_images`` the images linked under
-    ``out/images/default/<file_name>``; for predictions (scored instances) also ``out/results.json``."""
+    instances_default.json`` (:data:`COCO_JSON`); with ``keep_images`` the images under
+    ``out/images/default/<file_name>`` (hard links, else copies: datumaro refuses a symbolic link that leads
+    out of the folder); for predictions (scored instances) also ``out/results.json``."""
     path = out / COCO_JSON
     origin, origins = opts.origins_for("coco")
     doc = write_coco(
@@ -387,7 +388,7 @@ def write(instances: Sequence[Instance], out: Path, opts: WriteOptions) -> Path:
             if not name.is_absolute() and ".." not in name.parts:  # a source's "../x.jpg" gets no link
                 dest = out / "images" / "default" / name
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                place_image(image, dest, "link")
+                place_image(image, dest, "hardlink")
     if any(i.score is not None for i in instances):
         write_coco_results(doc, out / "results.json")
     return path

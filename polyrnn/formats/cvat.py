@@ -111,15 +111,15 @@ def write_cvat(
 
 
 def write(instances: Sequence[Instance], out: Path, opts: WriteOptions) -> Path:
-    """``out/annotations.xml``; with ``keep_images`` the images linked under ``out/images/<name>``, the
-    layout datumaro imports as it is (CVAT matches ``name`` to the task's own images)."""
+    """``out/annotations.xml``; with ``keep_images`` the images under ``out/images/<name>`` (hard links, else
+    copies), the layout datumaro imports as it is (CVAT matches ``name`` to the task's own images)."""
     path = out / "annotations.xml"
     write_cvat(instances, path, root=opts.root, classes=opts.classes, decimals=opts.decimals or 2)
     if opts.keep_images:
         for image in sorted(by_image(instances)):
             dest = out / "images" / relative_key(image, opts.root)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            place_image(image, dest, "link")
+            place_image(image, dest, "hardlink")
     return path
 
 
