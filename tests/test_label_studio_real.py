@@ -210,6 +210,27 @@ def test_a_real_label_studio_predicts_collects_and_trains_with_polyrnn(label_stu
     )
     assert ls.ml.get(ml.id).state in ("CO", "CONNECTED"), "Label Studio could not connect to the back end"
 
+    # offline: Label Studio's own JSON export through `predict --dataset`; its predictions.json attaches to
+    # the same tasks through Label Studio's import-predictions call
+    from polyrnn.batch.run import predict_dataset
+
+    export = api.get(f"/api/projects/{project.id}/export", params={"exportType": "JSON"})
+    assert export.status_code == 200, export.text[:500]
+    (tmp_path / "export.json").write_bytes(export.content)
+    predict_dataset(tmp_path / "export.json", tmp_path / "run", image_dir=tmp_path, log=None)
+    imports = (tmp_path / "run" / "labelstudio" / "predictions.json").read_bytes()
+    r = api.post(
+        f"/api/projects/{project.id}/import/predictions",
+        content=imports,
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code in (200, 201), r.text[:500]
+    offline = api.get("/api/predictions/", params={"project": project.id}).json()
+    assert [p["task"] for p in offline] == [tasks[0].id] and offline[0]["result"][0][
+        "type"
+    ] == "polygonlabels"
+    api.delete(f"/api/predictions/{offline[0]['id']}/").raise_for_status()
+
     # retrieve predictions: a polygon for the task with a box, none (not an empty one) for the other
     r = api.post(
         "/api/dm/actions",
