@@ -310,3 +310,29 @@ def test_datumaro_imports_the_coco_and_cvat_outputs_as_they_are(tmp_path):
         assert [i["id"] for i in items] == ["a", "b"], (fmt, items)
         assert all(i["image"] for i in items), (fmt, items)
         assert sum(i["shapes"].count("Polygon") for i in items) == 3, (fmt, items)
+
+
+@pytest.mark.ultralytics
+def test_ultralytics_trains_on_the_yolo_output_as_it_is(tmp_path):
+    """ultralytics (its own virtual environment: ``POLYRNN_ULTRALYTICS_PYTHON``; CI installs it) trains one
+    epoch on a run's ``yolo/data.yaml`` given by a relative path, reading every image and polygon."""
+    import subprocess
+
+    python = os.environ.get("POLYRNN_ULTRALYTICS_PYTHON")
+    if not python:
+        if os.environ.get("POLYRNN_REQUIRE_ULTRALYTICS") == "1":
+            pytest.fail("POLYRNN_ULTRALYTICS_PYTHON is not set but POLYRNN_REQUIRE_ULTRALYTICS=1")
+        pytest.skip("needs ultralytics (POLYRNN_ULTRALYTICS_PYTHON=a python with ultralytics installed)")
+    src = _source_coco(tmp_path)
+    predict_dataset(src, tmp_path / "run", image_dir=tmp_path / "images", log=None)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ultralytics_check.py"
+    done = subprocess.run(
+        [python, str(script), "run/yolo/data.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "ultralytics-settings")},
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "images=2 instances=3" in done.stdout and "TRAINED" in done.stdout, done.stdout[-2000:]
