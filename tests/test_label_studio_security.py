@@ -115,7 +115,7 @@ def test_downloads_only_from_label_studio_and_the_key_goes_nowhere_else(tmp_path
     # a redirect from Label Studio's address to another is not followed (the key would go along)
     _Recorder.redirect_to = other + "/x.png"
     with pytest.raises(DataError):
-        backend._download(ls_url + "/redirect")
+        backend.client.download(ls_url + "/redirect", tmp_path / "cache")
     assert all(port == ls_port for port, _ in _Recorder.seen)
     assert all(auth == "Token KEY" for _, auth in _Recorder.seen)
     assert not [s for s in _Recorder.seen if s[0] == other_port]

@@ -18,17 +18,11 @@ downloaded from Label Studio (``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``,
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import logging
 import math
 import os
 import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -43,22 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from polyrnn.data.instance import DataError, Skip, load_image
 from polyrnn.formats.base import ImageBoxes
 from polyrnn.formats.labelstudio import BOX_TYPES, label_studio_image, ls_box, ls_results, polygon_result
+from polyrnn.integrations.label_studio_client import LabelStudioClient
 from polyrnn.io import atomic_write_json
 
 KEEP_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")  # one, or a list (import)
 FORGET_EVENTS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")  # LS 1.x sends the plural with a list of ids
 TRAIN_EVENTS = (*KEEP_EVENTS, *FORGET_EVENTS, "START_TRAINING")
-MAX_API_BYTES = 10 * 2**20  # one Label Studio API answer (an annotation, a task)
+
 log = logging.getLogger("polyrnn.label_studio")
 MAX_TASKS = 1000  # tasks in one /predict request
-MAX_IMAGE_BYTES = 100 * 2**20  # a downloaded task image
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Follow no redirect: urllib would send the API key along to wherever it leads."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -121,10 +108,11 @@ class LabelStudioBackend:
     _model_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _training: threading.Thread | None = field(default=None, init=False, repr=False)
     _new: int = field(default=0, init=False)
-    _access: tuple[str | None, float] = field(default=(None, 0.0), init=False, repr=False)
+    client: LabelStudioClient = field(init=False, repr=False)
     last_fit: dict[str, Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
+        self.client = LabelStudioClient(url=self.url, token=self.token, timeout=self.download_timeout)
         self.work_dir = Path(self.work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         state = self._state()
@@ -151,131 +139,21 @@ class LabelStudioBackend:
     # --- images ------------------------------------------------------------------------------------
     def image_path(self, url: Any) -> Path:
         """A task image's file: found under ``images`` (nothing outside it is ever read), or downloaded from
-        Label Studio's own address (``url``: its origin only, http(s), :data:`MAX_IMAGE_BYTES` within
-        ``download_timeout`` seconds; kept in the work folder). Anything else is one
-        :class:`~polyrnn.data.instance.DataError`, the same whether or not such a file exists."""
+        Label Studio's own address (:meth:`LabelStudioClient.download`; kept in the work folder). Anything
+        else is one :class:`~polyrnn.data.instance.DataError`, the same whether or not such a file exists."""
         if not isinstance(url, str) or not url or len(url) > 4096:
             raise DataError("a task's image URL must be a string of at most 4096 characters")
         local = label_studio_image(url, self.images) if self.images is not None else None
         if local is not None:
             return local
-        full = self._label_studio_url(url)
+        full = self.client.on_origin(url)
         if full is None:
             where = f"under --images {self.images}" if self.images is not None else "under --images (not set)"
             raise DataError(
                 f"image '{url[:300]}' is not {where} and not on Label Studio's address "
                 f"(LABEL_STUDIO_URL={self.url or 'not set'})"
             )
-        return self._download(full)
-
-    def _label_studio_url(self, url: str) -> str | None:
-        """``url`` as an address on Label Studio's own origin (a relative ``/data/...`` joined to it), or
-        None: another host, port or scheme, ``file:``, no LABEL_STUDIO_URL."""
-        if not self.url:
-            return None
-        base = urllib.parse.urlsplit(self.url)
-        if base.scheme not in ("http", "https") or not base.netloc:
-            return None
-        parsed = urllib.parse.urlsplit(url)
-        if not parsed.scheme and not parsed.netloc:
-            if not url.startswith("/"):
-                return None
-            full = urllib.parse.urlunsplit((base.scheme, base.netloc, parsed.path, parsed.query, ""))
-        elif (parsed.scheme, parsed.netloc.lower()) == (base.scheme, base.netloc.lower()):
-            full = url
-        else:
-            return None
-        return full
-
-    def _download(self, full: str) -> Path:
-        """Fetch ``full`` (Label Studio's origin, checked by the caller) with the API key; no redirects (the
-        key would follow them), at most :data:`MAX_IMAGE_BYTES`, ``download_timeout`` seconds in all."""
-        cache = self.work_dir / "images" / hashlib.sha1(full.encode("utf-8", "surrogateescape")).hexdigest()
-        if cache.is_file():
-            return cache
-        req = urllib.request.Request(full, headers=self.auth_header())
-        opener = urllib.request.build_opener(_NoRedirect)
-        deadline = time.monotonic() + self.download_timeout
-        data = bytearray()
-        try:
-            with opener.open(req, timeout=min(10.0, self.download_timeout)) as r:
-                if int(r.headers.get("Content-Length") or 0) > MAX_IMAGE_BYTES:
-                    raise DataError(f"image '{full}' is larger than {MAX_IMAGE_BYTES // 2**20} MB")
-                while chunk := r.read1(1 << 16):
-                    data += chunk
-                    if len(data) > MAX_IMAGE_BYTES:
-                        raise DataError(f"image '{full}' is larger than {MAX_IMAGE_BYTES // 2**20} MB")
-                    if time.monotonic() > deadline:
-                        raise DataError(f"image '{full}' took longer than {self.download_timeout:g} s")
-        except (OSError, ValueError, http.client.HTTPException) as e:
-            if isinstance(e, DataError):
-                raise
-            raise DataError(f"image '{full}' could not be downloaded ({type(e).__name__})") from None
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        from polyrnn.io import atomic_write_bytes
-
-        atomic_write_bytes(cache, bytes(data))
-        return cache
-
-    # --- Label Studio's API -------------------------------------------------------------------------
-    def auth_header(self) -> dict[str, str]:
-        """How requests to Label Studio authenticate with ``token`` (LABEL_STUDIO_API_KEY): a legacy API
-        token as ``Token <key>``; a personal access token (a JWT refresh token, Label Studio 1.17+'s default)
-        is exchanged at ``/api/token/refresh/`` for a short-lived access token, sent as ``Bearer`` and
-        renewed a minute before it expires."""
-        if not self.token:
-            return {}
-        if not _is_jwt(self.token):
-            return {"Authorization": f"Token {self.token}"}
-        with self._lock:
-            access, expires = self._access
-            if access is None or time.time() > expires - 60:
-                answer = self._post_json("/api/token/refresh/", {"refresh": self.token})
-                access = answer.get("access") if isinstance(answer, dict) else None
-                if not isinstance(access, str) or not _is_jwt(access):
-                    raise DataError("Label Studio did not exchange LABEL_STUDIO_API_KEY for an access token")
-                self._access = (access, _jwt_expiry(access))
-        return {"Authorization": f"Bearer {access}"}
-
-    def api_json(self, path: str) -> Any:
-        """``GET`` a Label Studio API path (``/api/...``) with :meth:`auth_header`: its JSON, or None for a
-        404. No redirects, :data:`MAX_API_BYTES`, ``download_timeout`` seconds; :class:`DataError` else."""
-        return self._request_json(urllib.request.Request(self._api_url(path), headers=self.auth_header()))
-
-    def _post_json(self, path: str, body: dict[str, Any]) -> Any:
-        req = urllib.request.Request(
-            self._api_url(path),
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        return self._request_json(req)
-
-    def _api_url(self, path: str) -> str:
-        base = urllib.parse.urlsplit(self.url or "")
-        if base.scheme not in ("http", "https") or not base.netloc:
-            raise DataError(f"LABEL_STUDIO_URL={self.url!r} is not an http(s) address")
-        return urllib.parse.urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + path, "", ""))
-
-    def _request_json(self, req: urllib.request.Request) -> Any:
-        opener = urllib.request.build_opener(_NoRedirect)
-        try:
-            with opener.open(req, timeout=min(10.0, self.download_timeout)) as r:
-                raw = r.read(MAX_API_BYTES + 1)
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                return None
-            raise DataError(f"Label Studio answered {e.code} to {req.get_method()} {req.full_url}") from None
-        except (OSError, ValueError, http.client.HTTPException) as e:
-            raise DataError(
-                f"Label Studio could not be reached at {req.full_url} ({type(e).__name__})"
-            ) from None
-        if len(raw) > MAX_API_BYTES:
-            raise DataError(f"Label Studio's answer to {req.full_url} is larger than {MAX_API_BYTES} bytes")
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise DataError(f"Label Studio's answer to {req.full_url} is not JSON") from None
+        return self.client.download(full, self.work_dir / "images")
 
     # --- predict -----------------------------------------------------------------------------------
     def predict(
@@ -404,9 +282,9 @@ class LabelStudioBackend:
         for key in dict.fromkeys(ids):
             if not key.isdigit():
                 raise ValueError(f"annotation id {key!r} is not a number")
-            ann = self.api_json(f"/api/annotations/{key}/")
+            ann = self.client.get_json(f"/api/annotations/{key}/")
             task_id = ann.get("task") if isinstance(ann, dict) else None
-            task = self.api_json(f"/api/tasks/{int(task_id)}/") if isinstance(task_id, int) else None
+            task = self.client.get_json(f"/api/tasks/{int(task_id)}/") if isinstance(task_id, int) else None
             if isinstance(ann, dict) and isinstance(task, dict):
                 fetched.append({"annotation": ann, "task": task})
             else:
@@ -499,25 +377,6 @@ class LabelStudioBackend:
             classes = sorted({i.class_name for i in insts})
             write_coco(insts, folder / "instances.json", root=folder, classes=classes, decimals=6)
         return len(insts)
-
-
-def _is_jwt(token: str) -> bool:
-    """A JSON Web Token (three base64url parts, the first a JSON header): a personal access token."""
-    parts = token.split(".")
-    return len(parts) == 3 and token.startswith("eyJ") and all(parts)
-
-
-def _jwt_expiry(token: str) -> float:
-    """The ``exp`` (Unix seconds) of a JWT's payload, read without checking the signature (Label Studio
-    checks it; this only decides when to renew); 5 minutes from now when it has none."""
-    import base64
-
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(claims["exp"])
-    except (ValueError, KeyError, TypeError, IndexError):
-        return time.time() + 300
 
 
 def _training_entry(data: dict[str, Any]) -> dict[str, Any]:
