@@ -618,7 +618,66 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label_studio(sub, common)
     _add_serve(sub, common)
     _add_export(sub, common)
+    _add_learn(sub, common)
     return parser
+
+
+def _add_learn(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        parents=[common],
+        name="learn",
+        help="fine-tune the models on your accepted polygons -> a model folder (--model elsewhere)",
+        description="polyrnn learn FOLDER --out MODEL_DIR [--from MODEL_DIR]: holds out a slice of FOLDER's "
+        "images to choose the epochs and writes MODEL_DIR only when it beats the model it started from",
+    )
+    p.add_argument("folder", help="accepted polygons: a dataset in any supported format")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model folder to write")
+    p.add_argument(
+        "--from", dest="start", default=None, metavar="MODEL_DIR", help="start from this model folder"
+    )
+    p.add_argument("--format", default=None, choices=formats.DATASET_FORMATS, help="detected when omitted")
+    p.add_argument("--epochs", type=_number(int, 1, 200), default=6, help="mask model epochs (best kept)")
+    p.add_argument("--refiner-epochs", type=_number(int, 1, 200), default=6, help="refiner epochs")
+    p.add_argument(
+        "--holdout", type=_number(float, 0.05, 0.5), default=0.2, help="fraction of images held out"
+    )
+    p.add_argument("--seed", type=_number(int, 0, 2**31), default=0)
+    p.set_defaults(func=cmd_learn)
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from polyrnn.learning import LearnError, LearnOptions, ModelFolder, learn_folder
+
+    if not Path(args.folder).exists():
+        raise CLIError(f"{args.folder}: no such file or folder")
+    try:
+        start = ModelFolder.read(args.start) if args.start else None
+        options = LearnOptions(
+            mask_epochs=args.epochs, refiner_epochs=args.refiner_epochs, holdout=args.holdout, seed=args.seed
+        )
+        report = learn_folder(
+            args.folder,
+            out=args.out,
+            start=start,
+            format=args.format,
+            options=options,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
+    except LearnError as e:
+        raise CLIError(str(e)) from None
+    held = report["held_out"]
+    before, after = held["before"], held["after"]
+    k = len(after["curve"]) - 1
+    print(
+        f"held out {held['images']} images ({after['instances']} polygons): automatic IoU "
+        f"{100 * before['automatic']:.1f} -> {100 * after['automatic']:.1f}, mean IoU over 0..{k} "
+        f"corrections {100 * before['score']:.1f} -> {100 * after['score']:.1f} ({report['seconds']:.0f} s)"
+    )
+    if not report["accepted"]:
+        print(f"not better than the model it started from: {args.out} was not written", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: use it with --model {args.out}")
+    return 0
 
 
 def _add_data(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -667,6 +726,7 @@ def _add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
         description="polyrnn predict IMAGE --box x1,y1,x2,y2 | polyrnn predict --dataset BOXES --out DIR "
         "[--shard i/n] | polyrnn predict merge DIR",
     )
+    _add_model_option(p)
     p.add_argument("image", nargs="?", help="image file (or 'merge' to merge the shards of DIR)")
     p.add_argument("dir", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--box", default=None, help="x1,y1,x2,y2 in image pixels")
@@ -770,6 +830,7 @@ def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
         name="evaluate",
         help="IoU, simulated annotator, NoC and baselines on a dataset -> report",
     )
+    _add_model_option(p)
     p.add_argument("--dataset", required=True, help="dataset path (any supported format)")
     p.add_argument(
         "--format",
@@ -851,6 +912,7 @@ def _add_label_studio(sub: Any, common: argparse.ArgumentParser) -> None:
         name="label-studio",
         help="serve polyrnn as a Label Studio ML back end (predict, fit)",
     )
+    _add_model_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=_number(int, 0, 65535), default=9090)
     p.add_argument(
@@ -880,6 +942,7 @@ def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
         default=None,
         help="folder of images to annotate (default: a few demo photographs)",
     )
+    _add_model_option(p)
     p.add_argument("--weights", default=None, help="polygon model checkpoint (default: the shipped model)")
     p.add_argument(
         "--mask-weights", default=None, help="mask model for the automatic polygon (default: shipped)"
@@ -921,6 +984,33 @@ def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _add_model_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="MODEL_DIR",
+        help="a model folder written by `polyrnn learn` (its mask model and refiner)",
+    )
+
+
+def _apply_model(args: argparse.Namespace) -> None:
+    """``--model MODEL_DIR``: the folder's mask model and refiner in place of ``--mask-weights`` and
+    ``--refiner-weights`` (giving both is refused)."""
+    if not getattr(args, "model", None):
+        return
+    from polyrnn.learning import LearnError, ModelFolder
+
+    if getattr(args, "mask_weights", None) or getattr(args, "refiner_weights", None):
+        raise CLIError("--model gives the mask model and refiner: leave out --mask-weights/--refiner-weights")
+    try:
+        folder = ModelFolder.read(args.model)
+    except LearnError as e:
+        raise CLIError(str(e)) from None
+    args.mask_weights = str(folder.mask)
+    if hasattr(args, "refiner_weights"):
+        args.refiner_weights = str(folder.refiner) if folder.refiner is not None else "none"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -932,6 +1022,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         set_threads(getattr(args, "threads", None))
+        _apply_model(args)
         return int(args.func(args))
     except (DataError, CLIError, FileNotFoundError, ValueError) as e:
         print(f"polyrnn: error: {_one_line(e)}", file=sys.stderr)

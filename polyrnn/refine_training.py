@@ -45,7 +45,9 @@ DATASETS = (
 class RefinerConfig:
     mask_weights: str = ""  # the mask model whose features the refiner reads ("" = the shipped lite-mask)
     train: tuple[str, ...] = DATASETS  # training datasets (any supported format)
-    val_split: float = 0.1  # held-out fraction of the training images (choosing the epoch)
+    val_split: float = 0.1  # held-out fraction of the training images (choosing the epoch), when val is ""
+    val: str = ""  # a held-out dataset instead (choosing the epoch)
+    init_weights: str = ""  # start from this refiner (e.g. the shipped one, when learning a new domain)
     min_size: float = 20.0  # keep boxes whose longer side is at least this (pixels)
     limit_train: int = 0  # at most this many training instances (0 = all; smoke runs)
     copies: int = 3  # crops per instance in the cache: the canonical one and copies - 1 augmented ones
@@ -273,6 +275,9 @@ def split_instances(cfg: RefinerConfig) -> tuple[list[Instance], list[Instance]]
 
     insts = load_datasets(list(cfg.train), None, min_size=cfg.min_size).instances
     insts = [i for i in insts if not i.iscrowd]
+    if cfg.val:
+        val = [i for i in load_datasets([cfg.val], None, min_size=cfg.min_size).instances if not i.iscrowd]
+        return (insts[: cfg.limit_train] if cfg.limit_train else insts), val
     train, val = split_by_image(insts, cfg.val_split, seed=cfg.seed) if cfg.val_split > 0 else (insts, [])
     return (train[: cfg.limit_train] if cfg.limit_train else train), val
 
@@ -311,6 +316,16 @@ def train_refiner(cfg: RefinerConfig, *, log: Any = print) -> Path:
     model = Refiner(
         feat_channels=mask_model.encoder.out_channels, reduce=cfg.reduce, hidden=cfg.hidden, size=size
     )
+    if cfg.init_weights:  # its layers, whatever mask model it was trained on (the features are similar)
+        from polyrnn.build import load_refiner
+
+        try:
+            model.load_state_dict(load_refiner(cfg.init_weights).state_dict())
+        except RuntimeError as e:  # the shapes of another architecture
+            raise ValueError(
+                f"{cfg.init_weights}: another refiner architecture than this config's ({e})"
+            ) from None
+        log(f"refiner: initialised from {cfg.init_weights}")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     rows: list[dict[str, Any]] = []
