@@ -501,12 +501,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from e
     if not store.names:
         raise CLIError(f"{folder}: no images (.jpg, .png, ...) in this folder")
+    from polyrnn.learning import LearnError, ModelVersions
+
+    # the folder's own learned model (polyrnn models DIR), unless a model was chosen on the command line
+    versions = ModelVersions(store.state_dir / "models")
+    chosen = bool(args.model or args.weights or args.mask_weights or args.refiner_weights)
+    current = None
+    if not chosen:
+        try:
+            current = versions.current()
+        except LearnError as e:
+            print(f"warning: {e}; serving the shipped models", file=sys.stderr)
     try:
         predictor = PolygonPredictor.from_weights(
             args.weights,
             variant=args.variant,
-            mask_weights=args.mask_weights,
-            refiner_weights=args.refiner_weights,
+            mask_weights=current.mask if current else args.mask_weights,
+            refiner_weights=(current.refiner or "none") if current else args.refiner_weights,
             engine=args.engine,
         )
     except (CheckpointError, ValueError) as e:
@@ -522,8 +533,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"warning: serving on {args.host}, not only this machine: every request needs the token below",
             file=sys.stderr,
         )
-    name = str(args.weights or f"shipped {args.variant}")
+    name = str(args.model or args.weights or (current.path.name if current else f"shipped {args.variant}"))
     app = create_app(store, predictor, model_name=name, host=args.host, token=token)
+    if not args.no_learn and not chosen and args.variant == "lite":
+        _start_learner(app.app.state.ctx, store, args)  # type: ignore[attr-defined]
+    elif not args.no_learn:
+        print(
+            "note: a model was chosen on the command line: the editor does not learn (polyrnn learn does)",
+            file=sys.stderr,
+        )
     for line in store.warnings:
         print(f"warning: {line}", file=sys.stderr)
     if store.cleaned:
@@ -538,6 +556,67 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_learner(ctx: Any, store: Any, args: argparse.Namespace) -> None:
+    """The editor's own learning (polyrnn.server.learner) in a thread of this process; each new version (or
+    a rollback with ``polyrnn models``) is swapped into the running editor."""
+    import threading
+
+    from polyrnn.build import load_models
+    from polyrnn.learning import LearnOptions
+    from polyrnn.server.learner import Learner
+
+    def on_model(folder: Any) -> None:
+        if folder is None:
+            models = load_models()
+        else:
+            models = load_models(mask_weights=folder.mask, refiner_weights=folder.refiner or "none")
+        ctx.swap(ctx.predictor.with_models(models), folder.path.name if folder else f"shipped {args.variant}")
+        print(f"polyrnn serve: now serving {ctx.model_name}", file=sys.stderr, flush=True)
+
+    options = LearnOptions(mask_epochs=args.learn_epochs, refiner_epochs=args.learn_epochs, corrections=3)
+    learner = Learner(store=store, every=args.learn_every, options=options, on_model=on_model)
+    ctx.learner = learner
+    threading.Thread(target=learner.run, name="polyrnn-learner", daemon=True).start()
+    print(
+        f"polyrnn serve: learns from your polygons every {args.learn_every} accepted ones (--no-learn: off); "
+        f"versions in {learner.versions.root}",
+        file=sys.stderr,
+    )
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from polyrnn.learning import LearnError, ModelVersions
+    from polyrnn.server.store import AnnotationStore, StoreError
+
+    try:
+        store = AnnotationStore(args.folder, args.out)
+    except (StoreError, RuntimeError) as e:
+        raise CLIError(str(e)) from e
+    versions = ModelVersions(store.state_dir / "models")
+    if args.use:
+        try:
+            versions.use(args.use)
+        except LearnError as e:
+            raise CLIError(str(e)) from None
+        print(f"{args.use} is now in use (a running polyrnn serve switches within seconds)")
+        return 0
+    rows = versions.table()
+    if args.json:
+        print(json.dumps({"current": versions.current_name(), "versions": rows}, indent=1))
+        return 0
+    print(f"{'':2}{'version':8} {'polygons':>8} {'held-out automatic IoU':>24} {'seconds':>8}")
+    print(f"{'*' if versions.current_name() == 'shipped' else ' '} shipped")
+    for r in rows:
+        if "error" in r:
+            print(f"{'*' if r['current'] else ' '} {r['name']:8} unusable: {r['error']}")
+            continue
+        fig = f"{100 * (r['automatic_before'] or 0):.1f} -> {100 * (r['automatic'] or 0):.1f}"
+        print(
+            f"{'*' if r['current'] else ' '} {r['name']:8} {r['polygons']:>8} {fig:>24} {r['seconds']:>8.0f}"
+        )
+    return 0
+
+
 def cmd_label_studio(args: argparse.Namespace) -> int:
     try:
         from polyrnn.integrations.label_studio import backend_from_env, create_app
@@ -548,13 +627,12 @@ def cmd_label_studio(args: argparse.Namespace) -> int:
         ) from e
     if args.images and not Path(args.images).is_dir():
         raise CLIError(f"--images {args.images}: not a folder")
-    _check_weights(args.mask_weights)
     backend = backend_from_env(
         work_dir=Path(args.work_dir),
         images=Path(args.images) if args.images else None,
         fit_epochs=args.fit_epochs,
         fit_every=args.fit_every,
-        mask_weights=args.mask_weights,
+        model=args.model,
     )
     user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
     app = create_app(backend, basic_auth=(user, password) if user and password else None, host=args.host)
@@ -921,7 +999,6 @@ def _add_label_studio(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--work-dir", default="runs/label-studio", help="collected annotations and fine-tuned models"
     )
-    p.add_argument("--mask-weights", default=None, help="mask model to serve (default: the shipped one)")
     p.add_argument(
         "--fit-epochs", type=_number(int, 1, 1000), default=2, help="epochs of each fine-tuning job"
     )
@@ -969,7 +1046,30 @@ def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
         help="session token required on every request (generated when --host is not loopback)",
     )
     p.add_argument("--port", type=_number(int, 0, 65535), default=8000)
+    p.add_argument("--no-learn", action="store_true", help="do not learn from the accepted polygons")
+    p.add_argument(
+        "--learn-every",
+        type=_number(int, 2, 10**6),
+        default=LEARN_EVERY,
+        help=f"learn after this many newly accepted polygons (default {LEARN_EVERY})",
+    )
+    p.add_argument(
+        "--learn-epochs",
+        type=_number(int, 1, 100),
+        default=3,
+        help="epochs of each learning job (mask, refiner)",
+    )
     p.set_defaults(func=cmd_serve)
+    m = sub.add_parser(
+        parents=[common],
+        name="models",
+        help="the models an annotation folder has learned: list them, or put one in use (roll back)",
+    )
+    m.add_argument("folder", help="the image folder polyrnn serve annotates")
+    m.add_argument("--out", default=None, help="the annotation folder, when serve was given --out")
+    m.add_argument("--use", default=None, metavar="VERSION", help="put this version (or 'shipped') in use")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
 
 
 def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -982,6 +1082,9 @@ def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--to", required=True, choices=formats.EXPORTS)
     p.add_argument("out", help="output folder")
     p.set_defaults(func=cmd_export)
+
+
+LEARN_EVERY = 30  # polyrnn serve: accepted polygons between two learning jobs (benchmarks/adaptation.py)
 
 
 def _add_model_option(p: argparse.ArgumentParser) -> None:

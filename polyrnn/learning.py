@@ -358,3 +358,79 @@ def learn_folder(
 
     ds = load_dataset(folder, format, min_size=options.min_size)
     return learn(ds.instances, out=out, start=start, options=options, source=str(folder), log=log)
+
+
+# --- versions: the models a folder has learned -------------------------------------------------------------
+SHIPPED = "shipped"
+
+
+@dataclass
+class ModelVersions:
+    """The models learned for one annotation folder, kept in ``root`` (``<folder>/.polyrnn/models``):
+    ``v1``, ``v2``, ... (model folders, never changed once written) and ``current.json`` naming the one in
+    use (``shipped``: none). ``polyrnn models DIR`` lists them and rolls back."""
+
+    root: Path
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        found = [
+            p.name for p in self.root.iterdir() if p.is_dir() and p.name[1:].isdigit() and p.name[0] == "v"
+        ]
+        return sorted(found, key=lambda n: int(n[1:]))
+
+    def next_name(self) -> str:
+        names = self.names()
+        return f"v{int(names[-1][1:]) + 1}" if names else "v1"
+
+    def current_name(self) -> str:
+        try:
+            name = json.loads((self.root / "current.json").read_text(encoding="utf-8")).get(
+                "current", SHIPPED
+            )
+        except (OSError, ValueError, AttributeError):
+            return SHIPPED
+        return name if name in self.names() else SHIPPED
+
+    def current(self) -> ModelFolder | None:
+        name = self.current_name()
+        return None if name == SHIPPED else ModelFolder.read(self.root / name)
+
+    def use(self, name: str) -> None:
+        """Make ``name`` (a version, or ``shipped``) the one in use; :class:`LearnError` if unknown."""
+        from polyrnn.io import atomic_write_json
+
+        if name != SHIPPED:
+            if name not in self.names():
+                raise LearnError(
+                    f"no model version {name!r} in {self.root} (have: {', '.join(self.names())})"
+                )
+            ModelFolder.read(self.root / name)  # a damaged version is never put in use
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.root / "current.json", {"current": name, "since": time.time()})
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per version: name, in use, polygons learned from, held-out figures, seconds, created."""
+        rows = []
+        current = self.current_name()
+        for name in self.names():
+            try:
+                info = ModelFolder.read(self.root / name).info
+            except LearnError as e:
+                rows.append({"name": name, "current": name == current, "error": str(e)})
+                continue
+            held = info.get("held_out", {})
+            rows.append(
+                {
+                    "name": name,
+                    "current": name == current,
+                    "polygons": info.get("learned_from", {}).get("instances"),
+                    "automatic_before": held.get("before", {}).get("automatic"),
+                    "automatic": held.get("after", {}).get("automatic"),
+                    "score": held.get("after", {}).get("score"),
+                    "seconds": info.get("seconds"),
+                    "created": info.get("created"),
+                }
+            )
+        return rows

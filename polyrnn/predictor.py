@@ -131,6 +131,25 @@ class PolygonPredictor:
         m = load_models(weights, mask_weights, variant=variant, refiner_weights=refiner_weights)
         return cls(m.polygon, mask_model=m.mask, refiner=m.refiner, **kw)  # type: ignore[arg-type]
 
+    def with_models(self, models: Any) -> PolygonPredictor:
+        """A new predictor with the same engine settings over other networks (a
+        :class:`~polyrnn.build.Models`: the editor's swap to a newly learned model); its engine falls back to
+        ``rnn`` when the new models have no refiner."""
+        e = self.engine
+        name = e.name if e.name != "refine" or models.refiner is not None else "rnn"
+        return PolygonPredictor(
+            models.polygon,
+            mask_model=models.mask,
+            refiner=models.refiner,
+            engine=name,
+            context=e.context,
+            eos_threshold=e.eos_threshold,
+            rejoin=e.rejoin,
+            confine=e.confine,
+            mask_flip=e.mask_flip,
+            cache_size=self.cache_size,
+        )
+
     # --- image and box -----------------------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> None:
         """Set the image: an RGB uint8 array of shape (H, W, 3). Forgets the boxes of the last one."""

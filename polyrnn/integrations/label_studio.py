@@ -9,8 +9,9 @@ project connects to it under Settings > Model like any back end:
   results in percent of the image, each with the confidence of :mod:`polyrnn.batch.annotate`;
 * ``fit``: submitted polygons (webhooks ``ANNOTATION_CREATED`` / ``_UPDATED`` / ``_DELETED``) are kept in the
   work folder; ``START_TRAINING`` (the project's "Start training" button), or every ``fit_every`` new
-  annotations, fine-tunes the mask model on them for ``fit_epochs`` epochs (a short, bounded job in a
-  background thread), writes a new checkpoint and serves it under a new ``model_version``.
+  annotations, learns from them with :func:`polyrnn.learning.learn` (``fit_epochs`` epochs, in a background
+  thread) and serves the resulting model folder under a new ``model_version`` when it beats the served model
+  on a held-out slice of the annotations.
 
 Images: a task's URL is resolved under ``images`` (``/data/local-files/?d=...``, uploads by file name), else
 downloaded from Label Studio (``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``, as its own back ends do).
@@ -89,7 +90,8 @@ class LabelStudioBackend:
         fit_epochs: epochs of each fine-tuning job (bounded: the job is short).
         fit_every: start a job after this many new annotations (0: only on START_TRAINING).
         fit_async: run jobs in a background thread (the webhook answers at once).
-        mask_weights: the mask model to serve (default: the shipped one, or the last fine-tuned).
+        model: a model folder (``polyrnn learn``) to serve (default: the shipped models, or the last one
+            learned here).
         download_timeout: seconds a task image may take to download, in all.
     """
 
@@ -100,7 +102,7 @@ class LabelStudioBackend:
     fit_epochs: int = 2
     fit_every: int = 0
     fit_async: bool = True
-    mask_weights: str | None = None
+    model: str | None = None
     download_timeout: float = 30.0
     _annotator: Any = field(default=None, init=False, repr=False)
     _predictor: Any = field(default=None, init=False, repr=False)
@@ -116,8 +118,8 @@ class LabelStudioBackend:
         self.work_dir = Path(self.work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         state = self._state()
-        if state.get("mask_weights"):
-            self.mask_weights = state["mask_weights"]
+        if state.get("model"):
+            self.model = state["model"]
 
     # --- models ------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -132,8 +134,10 @@ class LabelStudioBackend:
         with self._lock:
             if self._annotator is None:
                 from polyrnn.batch.annotate import Annotator
+                from polyrnn.learning import ModelFolder
 
-                self._annotator = Annotator.from_weights(mask_weights=self.mask_weights)
+                mask = str(ModelFolder.read(self.model).mask) if self.model else None
+                self._annotator = Annotator.from_weights(mask_weights=mask)
             return self._annotator
 
     # --- images ------------------------------------------------------------------------------------
@@ -315,45 +319,40 @@ class LabelStudioBackend:
             self.last_fit = {"error": f"{type(e).__name__}: {e}"}
 
     def _fine_tune(self, kept: dict[str, Any]) -> dict[str, Any]:
-        """Write the kept polygons as a COCO file, fine-tune the served mask model on them, serve it."""
-        from polyrnn.build import default_weights
-        from polyrnn.config import load_train_config
-        from polyrnn.training import run_training
+        """Learn from the kept polygons with :func:`polyrnn.learning.learn` (the one fine-tuning path:
+        ``polyrnn learn`` and the editor's own learning use it too), starting from the served model; serve
+        the result under a new model version when it beats the served one on its held-out slice."""
+        from polyrnn.learning import LearnError, LearnOptions, ModelFolder, learn
 
         n = int(self._state().get("fits", 0)) + 1
-        folder = self.work_dir / "fit" / f"data-{n}"
         skipped: list[str] = []
-        count = self._write_coco(kept, folder, skipped)
-        if count == 0:
+        insts = self._instances(kept, skipped)
+        if not insts:
             return {"error": "no polygon annotation with a readable image to train on", "skipped": skipped}
-        init = self.mask_weights or str(default_weights("lite-mask"))
-        overrides = [
-            f"data.train=[{folder / 'instances.json'}]",
-            "data.val_split=0",
-            f"init_weights={init}",
-            f"epochs={self.fit_epochs}",
-            "lr_step=0",
-            f"out={self.work_dir / 'runs'}",
-            f"name=fit-{n}",
-            "workers=0",
-        ]
-        run = run_training(load_train_config("lite-mask-ft", overrides), log=lambda *_: None)
-        weights = str(run / "weights" / "last.pt")
+        start = ModelFolder.read(self.model) if self.model else None
+        out = self.work_dir / "models" / f"fit-{n}"
+        options = LearnOptions(mask_epochs=self.fit_epochs, refiner_epochs=self.fit_epochs, corrections=3)
+        try:
+            report = learn(insts, out=out, start=start, options=options, source="label-studio", log=log.info)
+        except LearnError as e:
+            return {"error": str(e), "instances": len(insts), "skipped": skipped}
+        figures = {"held_out": report["held_out"], "instances": len(insts), "skipped": skipped}
+        if not report["accepted"]:
+            return {"refused": "not better than the served model on the held-out annotations", **figures}
         version = f"polyrnn-fit-{n}"
         with self._lock:
-            self.mask_weights, self._annotator = weights, None
+            self.model, self._annotator = str(out), None
             atomic_write_json(
-                self.work_dir / "state.json", {"mask_weights": weights, "model_version": version, "fits": n}
+                self.work_dir / "state.json", {"model": str(out), "model_version": version, "fits": n}
             )
-        return {"model_version": version, "weights": weights, "instances": count, "skipped": skipped}
+        return {"model_version": version, "model": str(out), **figures}
 
-    def _write_coco(self, kept: dict[str, Any], folder: Path, skipped: list[str]) -> int:
-        """The kept annotations as ``folder/instances.json`` (:func:`polyrnn.formats.coco.write_coco`; the
-        images stay where they are); returns the objects written. An entry that cannot be used (its image is
-        gone, or it was stored before entries were checked) is left out with its reason in ``skipped``."""
+    def _instances(self, kept: dict[str, Any], skipped: list[str]) -> list[Any]:
+        """The kept annotations' polygons as instances on their images (found or downloaded as for a
+        prediction). An entry that cannot be used (its image is gone, or it was stored before entries were
+        checked) is left out with its reason in ``skipped``."""
         from polyrnn.data.common import image_size
         from polyrnn.data.instance import Instance
-        from polyrnn.formats.coco import write_coco
 
         insts: list[Instance] = []
         for key, item in kept.items():
@@ -373,10 +372,7 @@ class LabelStudioBackend:
                 bw, bh = pts.max(axis=0) - (x, y)
                 label = r["value"]["polygonlabels"][0]
                 insts.append(Instance(path, (w, h), label, (float(x), float(y), float(bw), float(bh)), [pts]))
-        if insts:
-            classes = sorted({i.class_name for i in insts})
-            write_coco(insts, folder / "instances.json", root=folder, classes=classes, decimals=6)
-        return len(insts)
+        return insts
 
 
 def _training_entry(data: dict[str, Any]) -> dict[str, Any]:

@@ -133,6 +133,7 @@ class ServerContext:
     store: AnnotationStore
     predictor: PolygonPredictor
     model_name: str = ""
+    learner: Any = None  # polyrnn.server.learner.Learner, when the editor learns by itself
     images: _Images = field(init=False)
     sessions: Sessions = field(default_factory=Sessions)
     lock: threading.Lock = field(default_factory=threading.Lock)  # set_image + predict/correct together
@@ -140,6 +141,12 @@ class ServerContext:
 
     def __post_init__(self) -> None:
         self.images = _Images(self.store)
+
+    def swap(self, predictor: PolygonPredictor, name: str) -> None:
+        """Serve another model from the next request on (the learner's new version, or a rollback). Open
+        sessions keep the model they started with until they are accepted."""
+        with self.lock:
+            self.predictor, self.model_name, self.image = predictor, name, None
 
     def use_image(self, name: str) -> np.ndarray:
         """Make ``name`` the predictor's image (call with ``lock`` held); returns it."""
@@ -166,6 +173,14 @@ def health(ctx: Ctx) -> dict[str, Any]:
         "images": len(ctx.store.names),
         "folder": str(ctx.store.image_dir),
     }
+
+
+@router.get("/api/learning")
+def learning(ctx: Ctx) -> dict[str, Any]:
+    """Which model is serving and what the editor's own learning is doing (``enabled`` false: off)."""
+    if ctx.learner is None:
+        return {"enabled": False, "model": ctx.model_name}
+    return {"enabled": True, **ctx.learner.status(), "serving": ctx.model_name}
 
 
 # --- images, annotations, labels ---------------------------------------------------------------------
@@ -401,6 +416,7 @@ def create_app(
     host: str = "127.0.0.1",
     token: str | None = None,
     max_body: int = 32 * 1024 * 1024,
+    learner: Any = None,
 ) -> Guard:
     """The app: ``store`` holds images and annotations, ``predictor`` the model (behind one lock), behind a
     :class:`~polyrnn.server.guard.Guard` for ``host`` (the bound address) with ``token`` and ``max_body``.
@@ -412,7 +428,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.ctx = ServerContext(store=store, predictor=predictor, model_name=model_name)
+    app.state.ctx = ServerContext(store=store, predictor=predictor, model_name=model_name, learner=learner)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(StorageError, _store_error)
     app.add_exception_handler(RequestValidationError, invalid_request)

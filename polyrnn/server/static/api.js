@@ -33,5 +33,6 @@ export const api = {
   open: (image, box, polygon = null) => call("POST", "/api/sessions", polygon ? { image, box, polygon } : { image, box }),
   op: (session, body) => call("POST", `/api/sessions/${encodeURIComponent(session)}`, body),
   exports: () => call("GET", "/api/exports"),
+  learning: () => call("GET", "/api/learning"),
   exportAs: (fmt) => call("POST", `/api/export/${fmt}`),
 };

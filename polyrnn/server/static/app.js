@@ -519,6 +519,22 @@ window.addEventListener("beforeunload", (ev) => {
   else if (S.unsaved) { ev.preventDefault(); ev.returnValue = ""; }
 });
 
+// which model is serving, and the editor's own learning (polled: a new version is swapped in server-side)
+async function showModel() {
+  try {
+    const l = await api.learning();
+    window.polyrnn.learning = l;
+    let text = `model: ${l.serving ?? l.model}`;
+    if (l.enabled) {
+      if (l.learned_from) text += ` (learned from ${l.learned_from} polygons)`;
+      text += l.learning ? " · learning…" : ` · next at ${l.next_at} accepted (${l.accepted} now)`;
+      if (l.last && l.last.accepted === false && l.last.finished) text += " · last try kept the old model";
+    }
+    $("model").textContent = text;
+  } catch (e) { /* the footer keeps its last text; the next poll tries again */ }
+}
+setInterval(showModel, 5000);
+
 // --- start --------------------------------------------------------------------------------------
 (async () => {
   try {
@@ -527,6 +543,7 @@ window.addEventListener("beforeunload", (ev) => {
     exportButtons(await api.exports());
   } catch (e) { status(`server unreachable: ${e.message}`, true); return; }
   fillLabels();
+  showModel();
   const want = decodeURIComponent(location.hash.slice(1));
   const i = Math.max(0, S.images.findIndex((x) => x.name === want));
   await openImage(i);
