@@ -175,7 +175,9 @@ def _until(check, seconds: float, what: str):  # type: ignore[no-untyped-def]
     raise AssertionError(f"{what} within {seconds} s")
 
 
-def test_a_real_label_studio_predicts_collects_and_trains_with_polyrnn(label_studio, backend, tmp_path):
+def test_a_real_label_studio_predicts_collects_and_trains_with_polyrnn(
+    label_studio, backend, datasets, tmp_path
+):
     import httpx
     from label_studio_sdk import LabelStudio
 
@@ -284,8 +286,43 @@ def test_a_real_label_studio_predicts_collects_and_trains_with_polyrnn(label_stu
         lambda: f'"{gone["id"]}"' not in store.read_text(), 60, "a deleted annotation leaves the training set"
     )
     assert f'"{keep["id"]}"' in store.read_text()
+    api.delete(f"/api/annotations/{keep['id']}/").raise_for_status()
 
-    # "Start training": the back end fine-tunes and serves a new model version
+    # the team's own polygons: three field images uploaded and outlined (crop -> plant)
+    from polyrnn.formats import load_dataset
+
+    field = datasets / "cwfid-train"
+    stems = ("002_image", "005_image", "006_image")
+    upload = {
+        f"f{k}": (f"{s}.jpg", (field / f"{s}.jpg").read_bytes(), "image/jpeg") for k, s in enumerate(stems)
+    }
+    assert api.post(f"/api/projects/{project.id}/import", files=upload).status_code == 201
+    outlines = [i for i in load_dataset(field).instances if i.image_path.stem in stems]
+    ids = []
+    for t in ls.tasks.list(project=project.id):
+        stem = next((s for s in stems if t.data["image"].endswith(f"-{s}.jpg")), None)
+        if stem is None:
+            continue
+        result = [
+            {
+                "type": "polygonlabels",
+                "from_name": "label",
+                "to_name": "image",
+                "original_width": i.width,
+                "original_height": i.height,
+                "value": {
+                    "points": (i.largest_polygon() / (i.width, i.height) * 100).tolist(),
+                    "polygonlabels": ["plant" if i.class_name == "crop" else "weed"],
+                },
+            }
+            for i in outlines
+            if i.image_path.stem == stem
+        ]
+        ids.append(api.post(f"/api/tasks/{t.id}/annotations/", json={"result": result}).json()["id"])
+    assert len(ids) == 3
+    _until(lambda: all(f'"{a}"' in store.read_text() for a in ids), 60, "the back end collects the outlines")
+
+    # "Start training": the back end learns (one image held out) and serves a new model version
     r = api.post(f"/api/ml/{ml.id}/train")
     assert r.status_code == 200, r.text[:500]
     httpx.get(f"{url}/health", auth=BASIC)
