@@ -297,3 +297,91 @@ def test_two_tabs_the_second_save_offers_merge_or_reload(tmp_path, browser, merg
         assert len(state(second, "state.shapes")) == len(saved)
         for page in pages:
             page.close()
+
+
+@pytest.mark.shared
+def test_the_editor_swaps_in_a_learned_model_while_you_edit(datasets, tmp_path, browser):
+    """``polyrnn serve`` on a folder of a team's field images: it starts learning from their accepted
+    polygons at once (a background process); editing goes on meanwhile (a box, a correction, an accepted
+    polygon saved); the new version is swapped in without a reload and the page says which model serves."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    folder = tmp_path / "field"
+    folder.mkdir()
+    for stem in ("002_image", "005_image", "006_image"):
+        shutil.copy(datasets / "cwfid-train" / f"{stem}.jpg", folder)
+        shutil.copy(datasets / "cwfid-train" / f"{stem}.json", folder)
+    before = len(json.loads((folder / "002_image.json").read_text())["shapes"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "polyrnn.cli", "serve", str(folder), "--port", str(port)]
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(
+        [*cmd, "--learn-every", "10", "--learn-epochs", "1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "serve.log").read_text()
+            time.sleep(0.5)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(url + "/#002_image.jpg")
+        page.wait_for_selector("body[data-ready='002_image.jpg']")
+        page.wait_for_function(
+            "window.polyrnn.learning && window.polyrnn.learning.learning === true", timeout=30000
+        )
+        assert page.locator("#model").inner_text().startswith("model: shipped")
+
+        # edit while the model learns: a box, a correction, accepted and saved
+        drag(page, screen(page, 300, 300), screen(page, 520, 500))
+        page.wait_for_selector("#current-polygon")
+        c = page.locator("circle[data-vertex='2']").bounding_box()
+        drag(page, (c["x"] + c["width"] / 2, c["y"] + c["height"] / 2), screen(page, 510, 330))
+        page.wait_for_function("window.polyrnn.stats.corrections.length === 1")
+        during = state(page, "stats.corrections")[0]["ms"]
+        assert state(page, "learning.learning") is True  # the correction was made during the update
+        page.keyboard.press("Enter")
+        page.wait_for_function("!window.polyrnn.state.unsaved")
+
+        # the new version comes in without a reload
+        page.wait_for_function(
+            "document.getElementById('model').textContent.startsWith('model: v1')", timeout=300000
+        )
+        learning = httpx.get(f"{url}/api/learning").json()
+        assert learning["serving"] == "v1" and learning["last"]["accepted"] is True
+        assert learning["last"]["after"] > learning["last"]["before"]
+        assert (folder / ".polyrnn" / "models" / "v1" / "model.json").is_file()
+        shapes = json.loads((folder / "002_image.json").read_text())["shapes"]
+        assert len(shapes) == before + 1  # what was accepted during the update is kept
+        # the next box is traced by the learned model
+        page.keyboard.press("Escape")
+        drag(page, screen(page, 700, 300), screen(page, 900, 480))
+        page.wait_for_selector("#current-polygon")
+        print(
+            f"a correction during the update took {during:.0f} ms (the learning process runs at low priority)"
+        )
+        page.close()
+    finally:
+        if proc.poll() is None:
+            import os
+
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+        log.close()
