@@ -219,6 +219,7 @@ def cmd_predict_dataset(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         review_below=args.review_below,
         allow_outside=args.allow_outside_images,
+        start=getattr(args, "start", "auto"),
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     rate = result["objects"] / result["seconds"] if result["seconds"] else 0.0
@@ -259,7 +260,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     try:
         pred = PolygonPredictor.from_weights(
-            args.weights, variant=args.variant, mask_weights=args.mask_weights
+            args.weights,
+            variant=args.variant,
+            mask_weights=args.mask_weights,
+            start=getattr(args, "start", "auto"),
         )
     except CheckpointError as e:
         raise CLIError(str(e)) from e
@@ -280,7 +284,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             out["probs"] = [round(float(v), 4) for v in p.probs]
         print(json.dumps(out))
         return 0
-    origin = "the mask model's outline" if p.source == "mask" else "recurrent decoder; probability per vertex"
+    origin = {
+        "mask": "the mask model's outline",
+        "box": "the box: this model loses to it on its domain",
+    }.get(p.source, "recurrent decoder; probability per vertex")
     print(f"{len(p.vertices)} vertices (x, y image pixels; {origin}):")
     for k, (x, y) in enumerate(p.vertices):
         print(f"  {x:8.2f} {y:8.2f}" + (f"  {p.probs[k]:.3f}" if p.probs is not None else ""))
@@ -519,6 +526,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             mask_weights=current.mask if current else args.mask_weights,
             refiner_weights=(current.refiner or "none") if current else args.refiner_weights,
             engine=args.engine,
+            start=current.start if current else getattr(args, "start", "auto"),
         )
     except (CheckpointError, ValueError) as e:
         raise CLIError(str(e)) from e
@@ -565,12 +573,16 @@ def _start_learner(ctx: Any, store: Any, args: argparse.Namespace) -> None:
     from polyrnn.learning import LearnOptions
     from polyrnn.server.learner import Learner
 
-    def on_model(folder: Any) -> None:
+    def on_model(folder: Any, start: str) -> None:
         if folder is None:
             models = load_models()
         else:
             models = load_models(mask_weights=folder.mask, refiner_weights=folder.refiner or "none")
-        ctx.swap(ctx.predictor.with_models(models), folder.path.name if folder else f"shipped {args.variant}")
+        name = folder.path.name if folder else f"shipped {args.variant}"
+        ctx.swap(
+            ctx.predictor.with_models(models, start=start),
+            name + (" (from the box)" if start == "box" else ""),
+        )
         print(f"polyrnn serve: now serving {ctx.model_name}", file=sys.stderr, flush=True)
 
     options = LearnOptions(mask_epochs=args.learn_epochs, refiner_epochs=args.learn_epochs, corrections=3)
@@ -1110,6 +1122,7 @@ def _apply_model(args: argparse.Namespace) -> None:
     except LearnError as e:
         raise CLIError(str(e)) from None
     args.mask_weights = str(folder.mask)
+    args.start = folder.start  # where its polygons start on its domain (box where the model loses to it)
     if hasattr(args, "refiner_weights"):
         args.refiner_weights = str(folder.refiner) if folder.refiner is not None else "none"
 

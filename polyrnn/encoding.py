@@ -61,7 +61,7 @@ class BoxEncoding:
         self.polygon_model, self.mask_model, self.refiner = polygon_model, mask_model, refiner
         self.mask_flip = mask_flip
         self.eos_threshold = eos_threshold
-        self.start = start  # the automatic polygon: auto (the mask's when there is one), mask or rnn
+        self.start = start  # the automatic polygon: auto (the mask's when there is one), mask, rnn or box
         self.crop = CropBox.around(
             (x1, y1, x2 - x1, y2 - y1),
             context=context,
@@ -115,8 +115,16 @@ class BoxEncoding:
         xy = self.crop.cells_to_image(self.crop.tokens_to_cells(np.array(dec.tokens, dtype=np.int64)))
         return xy.reshape(-1, 2), np.array([float(pr[0, 0]), *dec.probs])
 
+    def box_polygon(self) -> np.ndarray:
+        """The box as a polygon (4, 2), image pixels, clockwise from the top-left corner."""
+        x1, y1, x2, y2 = self.box
+        return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=np.float64)
+
     def automatic(self) -> tuple[np.ndarray, str]:
-        """The automatic polygon and where it came from ("mask" or "rnn")."""
+        """The automatic polygon and where it came from: "mask", "rnn", or "box" (``start="box"``: where the
+        model is expected to lose to the box, see :func:`polyrnn.learning.choose_start`)."""
+        if self.start == "box":
+            return self.box_polygon(), "box"
         if self.start != "rnn" and self.mask_outline is not None:
             return self.mask_outline.copy(), "mask"
         return self.decoder_polygon()[0], "rnn"

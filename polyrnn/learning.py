@@ -118,6 +118,11 @@ class ModelFolder:
         assert found["mask"] is not None
         return cls(folder, found["mask"], found["refiner"], info)
 
+    @property
+    def start(self) -> str:
+        """Where its polygons start (:func:`choose_start`, decided on the held-out slice): auto or box."""
+        return "box" if self.info.get("start") == "box" else "auto"
+
     def describe(self) -> str:
         """One line: where it is, how many polygons it learned from, its held-out score."""
         learned = self.info.get("learned_from", {})
@@ -146,7 +151,7 @@ def start_files(start: ModelFolder | None) -> tuple[Path, Path | None]:
 def held_out_figures(
     mask_path: Path, refiner_path: Path | None, instances: Sequence[Instance], *, corrections: int
 ) -> dict[str, Any]:
-    """The figures of a mask model and refiner on ``instances``: mean automatic IoU, mean IoU after
+    """The figures of a mask model and refiner on ``instances``: mean automatic IoU, the box's, mean IoU after
     k = 0..corrections corrections (the refine engine, the clicks-to-quality annotator), the share reaching
     85 % within them, and ``score``: the mean of that curve (what :func:`learn` compares)."""
     from polyrnn.build import load_models
@@ -157,7 +162,7 @@ def held_out_figures(
     )
     engine = "refine" if models.refiner is not None else "manual"
     options = EvalOptions(
-        start="mask", thresholds=(), baselines=(), engines=(engine,), max_corrections=corrections
+        start="mask", thresholds=(), baselines=("box",), engines=(engine,), max_corrections=corrections
     )
     results = evaluate_dataset(
         models.polygon, list(instances), options, mask_model=models.mask, refiner=models.refiner
@@ -167,6 +172,7 @@ def held_out_figures(
     return {
         "instances": len(results),
         "automatic": round(float(np.mean([r.automatic for r in results])), 4),
+        "box": round(float(np.mean([r.baselines["box"] for r in results])), 4),
         "curve": [round(float(v), 4) for v in curve],
         "reach_85": round(float(np.mean((curves >= 0.85).any(axis=1))), 4),
         "score": round(float(curve.mean()), 4),
@@ -180,6 +186,13 @@ def figures_line(f: dict[str, Any]) -> str:
         f"automatic {100 * f['automatic']:.1f}, after 0..{len(f['curve']) - 1} corrections {curve}, "
         f"{100 * f['reach_85']:.0f} % reach 85, score {100 * f['score']:.1f}"
     )
+
+
+def choose_start(figures: dict[str, Any], *, margin: float = 0.0) -> str:
+    """Where a model's polygons should start on this domain: ``box`` when its automatic polygon is expected
+    to lose to the box (mean IoU on the team's own polygons lower than the box's by more than ``margin``),
+    else ``auto``. The first polygon is then never worse than the box the annotator drew."""
+    return "box" if figures.get("box", 0.0) > figures.get("automatic", 0.0) + margin else "auto"
 
 
 # --- learning ------------------------------------------------------------------------------------------
@@ -302,6 +315,7 @@ def _learn_in(
     shutil.copyfile(refiner, work / "refiner.pt")
     return {
         "accepted": after["score"] > before["score"],
+        "start": choose_start(after),
         "held_out": {"images": len({str(i.image_path) for i in held}), "before": before, "after": after},
         "epochs": {"mask": _best_epoch(run), "refiner": _best_epoch(rrun)},
     }

@@ -74,6 +74,8 @@ class PolygonPredictor:
         confine: guard rail, see :data:`polyrnn.session.CONFINE`.
         mask_flip: the mask model averages the crop's mask with its mirror image's.
         cache_size: boxes whose sessions (and encodings) are kept.
+        start: ``auto`` (the model's polygon) or ``box`` (the box: where the model is expected to lose to
+            it, :func:`polyrnn.learning.choose_start`).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class PolygonPredictor:
         mask_flip: bool = MASK_FLIP,
         cache_size: int = 16,
         device: str | torch.device = "cpu",
+        start: str = "auto",
     ) -> None:
         self.model = model.eval().to(device)
         self.mask_model = mask_model.eval().to(device) if mask_model is not None else None
@@ -106,6 +109,7 @@ class PolygonPredictor:
             eos_threshold=eos_threshold,
             mask_flip=mask_flip,
             context=context,
+            start=start,
         )
         self.cache_size = cache_size
         self._lock = threading.RLock()
@@ -131,7 +135,7 @@ class PolygonPredictor:
         m = load_models(weights, mask_weights, variant=variant, refiner_weights=refiner_weights)
         return cls(m.polygon, mask_model=m.mask, refiner=m.refiner, **kw)  # type: ignore[arg-type]
 
-    def with_models(self, models: Any) -> PolygonPredictor:
+    def with_models(self, models: Any, *, start: str | None = None) -> PolygonPredictor:
         """A new predictor with the same engine settings over other networks (a
         :class:`~polyrnn.build.Models`: the editor's swap to a newly learned model); its engine falls back to
         ``rnn`` when the new models have no refiner."""
@@ -148,6 +152,7 @@ class PolygonPredictor:
             confine=e.confine,
             mask_flip=e.mask_flip,
             cache_size=self.cache_size,
+            start=start or e.start,
         )
 
     # --- image and box -----------------------------------------------------------------------------
@@ -212,6 +217,7 @@ class PolygonPredictor:
                     context=self.engine.context,
                     mask_flip=self.engine.mask_flip,
                     eos_threshold=self.engine.eos_threshold,
+                    start=self.engine.start,
                 )
                 self._sessions[key] = BoxSession(enc, self.engine)
                 while len(self._sessions) > self.cache_size:

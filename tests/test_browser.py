@@ -367,6 +367,8 @@ def test_the_editor_swaps_in_a_learned_model_while_you_edit(datasets, tmp_path, 
         learning = httpx.get(f"{url}/api/learning").json()
         assert learning["serving"] == "v1" and learning["last"]["accepted"] is True
         assert learning["last"]["after"] > learning["last"]["before"]
+        # before it learned, the shipped model was checked on the folder's polygons: it lost to the box there
+        assert learning["domain"]["box"] > learning["domain"]["automatic"]
         assert (folder / ".polyrnn" / "models" / "v1" / "model.json").is_file()
         shapes = json.loads((folder / "002_image.json").read_text())["shapes"]
         assert len(shapes) == before + 1  # what was accepted during the update is kept

@@ -133,3 +133,29 @@ def test_learning_needs_two_images(tmp_path):
     with pytest.raises(LearnError, match="at least 2 images"):
         learn(insts, out=tmp_path / "m", options=FAST, log=lambda m: None)
     assert not (tmp_path / "m").exists()
+
+
+def test_where_the_model_loses_to_the_box_polygons_start_from_the_box(tmp_path):
+    """choose_start: the box where its mean IoU beats the model's on the team's polygons; a predictor (and
+    the batch annotator) started from the box gives the box itself, and a correction still works from it."""
+    from helpers import write_image
+
+    from polyrnn.batch.annotate import Annotator
+    from polyrnn.build import load_models
+    from polyrnn.data.instance import load_image
+    from polyrnn.learning import choose_start
+    from polyrnn.predictor import PolygonPredictor
+
+    assert choose_start({"automatic": 0.57, "box": 0.66}) == "box"
+    assert choose_start({"automatic": 0.75, "box": 0.66}) == "auto"
+    image = load_image(write_image(tmp_path / "a.png", 96, 80))
+    models = load_models()
+    pred = PolygonPredictor(models.polygon, mask_model=models.mask, refiner=models.refiner, start="box")
+    pred.set_image(image)
+    box = (10.0, 12.0, 70.0, 60.0)
+    p = pred.predict(box)
+    assert p.source == "box" and np.allclose(p.vertices, [[10, 12], [70, 12], [70, 60], [10, 60]])
+    moved = pred.correct(1, (60.0, 30.0))
+    assert np.allclose(moved.vertices[moved.fixed][0], (60.0, 30.0))
+    (traced,) = Annotator(models, start="box").annotate(image, [box])
+    assert traced.source == "box" and np.allclose(traced.polygon, p.vertices)

@@ -81,6 +81,8 @@ class Annotator:
         tolerance: the outline's simplification in mask pixels (as
             :func:`polyrnn.modeling.mask_net.mask_polygon`).
         batch: boxes per forward pass (each with its mirror image).
+        start: ``auto``, or ``box``: the box itself is the polygon, where the model is expected to lose to
+            it (a learned model folder says so, :func:`polyrnn.learning.choose_start`).
     """
 
     def __init__(
@@ -91,11 +93,13 @@ class Annotator:
         mask_flip: bool = True,
         tolerance: float = 0.75,
         batch: int = 16,
+        start: str = "auto",
     ) -> None:
         self.models = models
         self.polygon_model = models.polygon.eval()
         self.mask_model = models.mask.eval() if models.mask is not None else None
         self.context, self.mask_flip, self.tolerance, self.batch = context, mask_flip, tolerance, batch
+        self.start = start
 
     @classmethod
     def from_weights(
@@ -105,13 +109,14 @@ class Annotator:
         *,
         variant: str = "lite",
         context: float = INFERENCE.context,
+        start: str = "auto",
     ) -> Annotator:
         """An annotator with the models :func:`polyrnn.build.load_models` pairs (by default the shipped
         ones)."""
         from polyrnn.build import load_models
 
         models = load_models(weights, mask_weights, variant=variant, refiner_weights="none")
-        return cls(models, context=context)
+        return cls(models, context=context, start=start)
 
     def _crop(self, box: Box) -> CropBox:
         x1, y1, x2, y2 = box
@@ -139,6 +144,11 @@ class Annotator:
                 prob = a if b is None else (direct[k] + mirrored[k]).div(2).numpy()  # type: ignore[index]
                 poly = mask_polygon(prob, crop, tolerance=self.tolerance)
                 scores = confidences(a, b)
+                if self.start == "box":  # the model is expected to lose to the box on this domain
+                    x1, y1, x2, y2 = chunk[k]
+                    rect = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=np.float64)
+                    out.append(Traced(rect, scores[SCORE], "box", scores))
+                    continue
                 ok = poly is not None and len(poly) >= 3
                 out.append(Traced(poly if ok else None, scores[SCORE] if ok else 0.0, "mask", scores))
         return out

@@ -49,7 +49,17 @@ MANIFEST = "manifest.json"
 DECIMALS = 6  # predicted polygons are written to 1e-6 px, so the outputs score as the model's outline
 OUTPUTS = ("coco", "labelme", "yolo", "labelstudio", "cvat")
 # what must be the same for every shard and every restart of one output folder
-JOB_KEYS = ("boxes", "format", "image_dir", "weights", "mask_weights", "variant", "context", "shards")
+JOB_KEYS = (
+    "boxes",
+    "format",
+    "image_dir",
+    "weights",
+    "mask_weights",
+    "variant",
+    "context",
+    "shards",
+    "start",
+)
 
 
 FORMAT_BOXES = {  # what each box reader takes as a box, for the message when it found none
@@ -359,6 +369,7 @@ def predict_dataset(
     ray_address: str | None = None,
     review_below: float | None = None,
     allow_outside: bool = False,
+    start: str = "auto",
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Trace every box of a box file into ``out`` (see the module's docstring); the outputs are written when
@@ -382,6 +393,7 @@ def predict_dataset(
         "variant": variant,
         "context": context,
         "shards": shard.count,
+        **({"start": start} if start != "auto" else {}),
     }
     prepare(out, job, boxes)
     shard_file = out / "shards" / f"{shard.name}.jsonl"
@@ -404,7 +416,13 @@ def predict_dataset(
             )
         for s in boxes.skipped[:10]:
             log(f"skipped {s}")
-    models = {"weights": weights, "mask_weights": mask_weights, "variant": variant, "context": context}
+    models = {
+        "weights": weights,
+        "mask_weights": mask_weights,
+        "variant": variant,
+        "context": context,
+        "start": start,
+    }
     if runner == "ray":
         from polyrnn.batch.ray_engine import ray_records
 

@@ -24,7 +24,8 @@ CONFINE = INFERENCE.confine  # a correction changes the polygon within this many
 class EngineConfig:
     """How edits become polygons. ``confine``: see :data:`CONFINE`; ``rejoin``: the rnn engine's rejoin
     distance in grid cells (None: re-predict everything after the edit); ``eos_threshold``: its end rule;
-    ``mask_flip`` and ``context``: how the box is encoded (:class:`~polyrnn.encoding.BoxEncoding`)."""
+    ``mask_flip``, ``context`` and ``start``: how the box is encoded and where its polygon starts
+    (:class:`~polyrnn.encoding.BoxEncoding`)."""
 
     name: str = INFERENCE.engine
     confine: float = INFERENCE.confine
@@ -32,6 +33,7 @@ class EngineConfig:
     eos_threshold: float = INFERENCE.eos_threshold
     mask_flip: bool = INFERENCE.mask_flip
     context: float = INFERENCE.context
+    start: str = "auto"  # the automatic polygon: auto (the mask's, else the decoder's), or box
 
 
 @dataclass

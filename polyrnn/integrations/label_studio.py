@@ -136,8 +136,11 @@ class LabelStudioBackend:
                 from polyrnn.batch.annotate import Annotator
                 from polyrnn.learning import ModelFolder
 
-                mask = str(ModelFolder.read(self.model).mask) if self.model else None
-                self._annotator = Annotator.from_weights(mask_weights=mask)
+                folder = ModelFolder.read(self.model) if self.model else None
+                self._annotator = Annotator.from_weights(
+                    mask_weights=str(folder.mask) if folder else None,
+                    start=folder.start if folder else "auto",
+                )
             return self._annotator
 
     # --- images ------------------------------------------------------------------------------------
@@ -226,7 +229,9 @@ class LabelStudioBackend:
         from polyrnn.predictor import PolygonPredictor
 
         if self._predictor is None or self._predictor.model is not annotator.polygon_model:
-            self._predictor = PolygonPredictor(annotator.polygon_model, mask_model=annotator.mask_model)
+            self._predictor = PolygonPredictor(
+                annotator.polygon_model, mask_model=annotator.mask_model, start=annotator.start
+            )
         self._predictor.set_image(image)
         session = self._predictor.new_session(tuple(box))  # type: ignore[arg-type]
         enc = session.encoding

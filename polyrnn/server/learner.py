@@ -61,7 +61,11 @@ class Learner:
         store: the editor's :class:`~polyrnn.server.store.AnnotationStore`.
         every: learn after this many newly accepted polygons (counted since the last job started).
         options: what each job trains (:class:`~polyrnn.learning.LearnOptions`).
-        on_model: called with the new model folder (or None: the shipped models) when the one in use changes.
+        on_model: called with the new model folder (or None: the shipped models) and where its polygons
+            start (``auto`` or ``box``) when the one in use changes.
+        check_at: with the shipped models, after this many accepted polygons compare their automatic polygon
+            with the box on them (:func:`~polyrnn.learning.choose_start`): where the box wins, polygons start
+            from the box until a learned model beats it.
         poll: seconds between two looks at the folder and the job.
     """
 
@@ -71,8 +75,9 @@ class Learner:
         store: Any,
         every: int,
         options: LearnOptions,
-        on_model: Callable[[ModelFolder | None], None],
+        on_model: Callable[[ModelFolder | None, str], None],
         poll: float = 2.0,
+        check_at: int = 8,
     ) -> None:
         self.store = store
         self.every = every
@@ -87,6 +92,10 @@ class Learner:
         self._current = self.versions.current_name()
         self.last: dict[str, Any] = {}
         self.learned_at = self._learned_at()
+        self.check_at = check_at
+        current = self.versions.current()
+        self.start = current.start if current is not None else "auto"
+        self.domain: dict[str, Any] = {}  # the shipped models' check on this folder's polygons
 
     # --- what the page shows -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -98,6 +107,8 @@ class Learner:
             "accepted": self.accepted(),
             "next_at": self.learned_at + self.every,
             "every": self.every,
+            "start": self.start,
+            "domain": self.domain,
             "last": self.last,
         }
 
@@ -133,7 +144,11 @@ class Learner:
             name = self.versions.current_name()
             if name != self._current:  # rolled back (or forward) from the command line
                 self._current = name
-                self.on_model(self.versions.current())
+                folder = self.versions.current()
+                self.start = folder.start if folder is not None else "auto"
+                self.on_model(folder, self.start)
+            if name == "shipped" and not self.domain and self.accepted() >= self.check_at:
+                self._check_domain()
             if self._pending is not None and not self.is_learning():
                 self._finish()
             if self._pending is None and self.accepted() >= self.learned_at + self.every:
@@ -182,4 +197,27 @@ class Learner:
         if result.get("accepted") and (self.versions.root / name).is_dir():
             self.versions.use(name)
             self._current = name
-            self.on_model(self.versions.current())
+            folder = self.versions.current()
+            self.start = folder.start if folder is not None else "auto"
+            self.on_model(folder, self.start)
+
+    def _check_domain(self, limit: int = 60) -> None:
+        """The shipped models on (at most ``limit`` of) this folder's accepted polygons: their automatic
+        polygon against the box. Where the box wins, polygons start from the box (``start``)."""
+        from polyrnn.formats.labelme import read_labelme
+        from polyrnn.learning import choose_start, held_out_figures, shipped_files
+
+        ds = read_labelme(
+            Path(self.store.root), exclude=[Path(self.store.state_dir)], image_root=self.store.image_dir
+        )
+        insts = [i for i in ds.instances if not i.iscrowd][:limit]
+        if not insts:
+            self.domain = {"instances": 0}
+            return
+        mask, refiner = shipped_files()
+        figures = held_out_figures(mask, refiner, insts, corrections=0)
+        self.domain = {k: figures[k] for k in ("instances", "automatic", "box")}
+        start = choose_start(figures)
+        if start != self.start:
+            self.start = start
+            self.on_model(None, start)
