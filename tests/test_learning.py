@@ -159,3 +159,15 @@ def test_where_the_model_loses_to_the_box_polygons_start_from_the_box(tmp_path):
     assert np.allclose(moved.vertices[moved.fixed][0], (60.0, 30.0))
     (traced,) = Annotator(models, start="box").annotate(image, [box])
     assert traced.source == "box" and np.allclose(traced.polygon, p.vertices)
+
+
+@pytest.mark.shared
+def test_the_cvat_handler_serves_a_model_folder(learned):
+    from polyrnn.integrations.cvat.main import predictor_for
+
+    out, _ = learned
+    pred = predictor_for(str(out))
+    folder = ModelFolder.read(out)
+    assert pred.engine.start == folder.start and pred.refiner is not None
+    with pytest.raises(LearnError):
+        predictor_for(str(out.parent / "nothing"))

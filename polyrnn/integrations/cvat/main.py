@@ -39,14 +39,30 @@ class BadRequest(ValueError):
 
 
 def init_context(context: Any) -> None:
-    """Load the shipped models once per worker (``POLYRNN_THREADS`` threads each, default 1)."""
-    from polyrnn.predictor import PolygonPredictor
+    """Load the models once per worker (``POLYRNN_THREADS`` threads each, default 1): the shipped ones, or
+    the model folder ``POLYRNN_MODEL`` names (``polyrnn learn``'s; copy it into the image and set it in
+    ``function.yaml``'s ``env``)."""
+    import os
+
     from polyrnn.runtime import set_threads
 
     set_threads()
     context.logger.info("polyrnn: loading the models")
-    context.user_data.predictor = PolygonPredictor.from_weights()
+    context.user_data.predictor = predictor_for(os.environ.get("POLYRNN_MODEL") or None)
     context.logger.info("polyrnn: ready")
+
+
+def predictor_for(model: str | None) -> Any:
+    """The predictor for a model folder (its mask model, refiner and start), or the shipped models."""
+    from polyrnn.learning import ModelFolder
+    from polyrnn.predictor import PolygonPredictor
+
+    if not model:
+        return PolygonPredictor.from_weights()
+    folder = ModelFolder.read(model)
+    return PolygonPredictor.from_weights(
+        mask_weights=folder.mask, refiner_weights=folder.refiner or "none", start=folder.start
+    )
 
 
 def _points(value: Any, field: str) -> np.ndarray:
