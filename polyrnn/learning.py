@@ -345,9 +345,19 @@ def _write_folder(out: Path, work: Path, report: dict[str, Any]) -> None:
     from polyrnn import __version__
 
     report["files"] = files
+    from polyrnn.provenance import git_sha, versions
+
     atomic_write_json(
         staged / MODEL_FILE,
-        {"format": MODEL_FORMAT, "version": 1, "polyrnn": __version__, "created": time.time(), **report},
+        {
+            "format": MODEL_FORMAT,
+            "version": 1,
+            "polyrnn": __version__,
+            "created": time.time(),
+            "git_sha": git_sha(),
+            "versions": versions(),
+            **report,
+        },
     )
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
