@@ -723,7 +723,7 @@ def _add_learn(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="accepted polygons: a dataset in any supported format")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model folder to write")
     p.add_argument(
-        "--from", dest="start", default=None, metavar="MODEL_DIR", help="start from this model folder"
+        "--from", dest="from_model", default=None, metavar="MODEL_DIR", help="start from this model folder"
     )
     p.add_argument("--format", default=None, choices=formats.DATASET_FORMATS, help="detected when omitted")
     p.add_argument("--epochs", type=_number(int, 1, 200), default=6, help="mask model epochs (best kept)")
@@ -741,7 +741,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if not Path(args.folder).exists():
         raise CLIError(f"{args.folder}: no such file or folder")
     try:
-        start = ModelFolder.read(args.start) if args.start else None
+        start = ModelFolder.read(args.from_model) if args.from_model else None
         options = LearnOptions(
             mask_epochs=args.epochs, refiner_epochs=args.refiner_epochs, holdout=args.holdout, seed=args.seed
         )
@@ -947,9 +947,10 @@ def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--start",
-        choices=["auto", "rnn", "mask"],
+        choices=["auto", "rnn", "mask", "box"],
         default="auto",
-        help="automatic polygon: the mask model's (auto when one is loaded) or the decoder's",
+        help="automatic polygon: the mask model's (auto when one is loaded), the decoder's, or the box "
+        "(a model folder that loses to the box on its domain says so)",
     )
     p.add_argument("--out", default=None, help="report folder (default runs/evaluate/expN)")
     p.add_argument("--baselines", default="box,grabcut,mask", help="comma-separated: box, grabcut, mask")
@@ -1122,7 +1123,10 @@ def _apply_model(args: argparse.Namespace) -> None:
     except LearnError as e:
         raise CLIError(str(e)) from None
     args.mask_weights = str(folder.mask)
-    args.start = folder.start  # where its polygons start on its domain (box where the model loses to it)
+    if (
+        getattr(args, "start", "auto") == "auto"
+    ):  # where its polygons start on its domain (box: it loses there)
+        args.start = folder.start
     if hasattr(args, "refiner_weights"):
         args.refiner_weights = str(folder.refiner) if folder.refiner is not None else "none"
 
