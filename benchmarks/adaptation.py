@@ -83,6 +83,7 @@ class Arm:
             baselines=("box",),
             engines=("refine",),
             max_corrections=self.max_corrections,
+            mask_tolerance=self.folder.tolerance if self.folder is not None else 0.75,
         )
         out = []
         for r in evaluate_dataset(m.polygon, insts, options, mask_model=m.mask, refiner=m.refiner):

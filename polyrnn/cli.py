@@ -220,6 +220,7 @@ def cmd_predict_dataset(args: argparse.Namespace) -> int:
         review_below=args.review_below,
         allow_outside=args.allow_outside_images,
         start=getattr(args, "start", "auto"),
+        tolerance=getattr(args, "tolerance", 0.75),
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     rate = result["objects"] / result["seconds"] if result["seconds"] else 0.0
@@ -264,6 +265,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             variant=args.variant,
             mask_weights=args.mask_weights,
             start=getattr(args, "start", "auto"),
+            tolerance=getattr(args, "tolerance", 0.75),
         )
     except CheckpointError as e:
         raise CLIError(str(e)) from e
@@ -413,6 +415,7 @@ def _eval_options(args: argparse.Namespace, start: str) -> EvalOptions:
         eos_threshold=args.eos_threshold,
         rejoin=args.rejoin if args.rejoin >= 0 else None,
         mask_flip=args.mask_flip,
+        mask_tolerance=getattr(args, "tolerance", 0.75),
     )
 
 
@@ -527,6 +530,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             refiner_weights=(current.refiner or "none") if current else args.refiner_weights,
             engine=args.engine,
             start=current.start if current else getattr(args, "start", "auto"),
+            tolerance=current.tolerance if current else getattr(args, "tolerance", 0.75),
         )
     except (CheckpointError, ValueError) as e:
         raise CLIError(str(e)) from e
@@ -579,10 +583,9 @@ def _start_learner(ctx: Any, store: Any, args: argparse.Namespace) -> None:
         else:
             models = load_models(mask_weights=folder.mask, refiner_weights=folder.refiner or "none")
         name = folder.path.name if folder else f"shipped {args.variant}"
-        ctx.swap(
-            ctx.predictor.with_models(models, start=start),
-            name + (" (from the box)" if start == "box" else ""),
-        )
+        tolerance = folder.tolerance if folder else 0.75
+        predictor = ctx.predictor.with_models(models, start=start, tolerance=tolerance)
+        ctx.swap(predictor, name + (" (from the box)" if start == "box" else ""))
         print(f"polyrnn serve: now serving {ctx.model_name}", file=sys.stderr, flush=True)
 
     options = LearnOptions(mask_epochs=args.learn_epochs, refiner_epochs=args.learn_epochs, corrections=3)
@@ -1123,10 +1126,9 @@ def _apply_model(args: argparse.Namespace) -> None:
     except LearnError as e:
         raise CLIError(str(e)) from None
     args.mask_weights = str(folder.mask)
-    if (
-        getattr(args, "start", "auto") == "auto"
-    ):  # where its polygons start on its domain (box: it loses there)
+    if getattr(args, "start", "auto") == "auto":  # box where its model loses to the box on its domain
         args.start = folder.start
+    args.tolerance = folder.tolerance  # its domain's vertex density
     if hasattr(args, "refiner_weights"):
         args.refiner_weights = str(folder.refiner) if folder.refiner is not None else "none"
 

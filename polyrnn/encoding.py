@@ -54,8 +54,10 @@ class BoxEncoding:
         mask_flip: bool = True,
         eos_threshold: float = INFERENCE.eos_threshold,
         start: str = "auto",
+        tolerance: float = 0.75,
     ) -> None:
         x1, y1, x2, y2 = box
+        self.tolerance = tolerance  # the mask outline's simplification, mask pixels (a domain's own density)
         self.box = box
         self.image_size = (image.shape[1], image.shape[0])
         self.polygon_model, self.mask_model, self.refiner = polygon_model, mask_model, refiner
@@ -95,7 +97,7 @@ class BoxEncoding:
         """The mask model's polygon (N, 2) in image pixels, or None (no mask model, or an empty mask)."""
         if self.mask_model is None:
             return None
-        poly = mask_polygon(self.mask_probability(), self.crop)
+        poly = mask_polygon(self.mask_probability(), self.crop, tolerance=self.tolerance)
         return poly if poly is not None and len(poly) >= 3 else None
 
     @cached_property

@@ -119,6 +119,16 @@ class ModelFolder:
         return cls(folder, found["mask"], found["refiner"], info)
 
     @property
+    def tolerance(self) -> float:
+        """Outlines' simplification in mask pixels, chosen on the held-out slice (the team's density)."""
+        value = self.info.get("outline", {}).get("tolerance", 0.75)
+        return float(value) if isinstance(value, int | float) and 0 < value <= 20 else 0.75
+
+    def inference(self) -> dict[str, Any]:
+        """How the tools use it beyond its files: ``start`` and ``tolerance`` (PolygonPredictor keywords)."""
+        return {"start": self.start, "tolerance": self.tolerance}
+
+    @property
     def start(self) -> str:
         """Where its polygons start (:func:`choose_start`, decided on the held-out slice): auto or box."""
         return "box" if self.info.get("start") == "box" else "auto"
@@ -149,7 +159,12 @@ def start_files(start: ModelFolder | None) -> tuple[Path, Path | None]:
 
 # --- the held-out score --------------------------------------------------------------------------------
 def held_out_figures(
-    mask_path: Path, refiner_path: Path | None, instances: Sequence[Instance], *, corrections: int
+    mask_path: Path,
+    refiner_path: Path | None,
+    instances: Sequence[Instance],
+    *,
+    corrections: int,
+    tolerance: float = 0.75,
 ) -> dict[str, Any]:
     """The figures of a mask model and refiner on ``instances``: mean automatic IoU, the box's, mean IoU after
     k = 0..corrections corrections (the refine engine, the clicks-to-quality annotator), the share reaching
@@ -162,7 +177,12 @@ def held_out_figures(
     )
     engine = "refine" if models.refiner is not None else "manual"
     options = EvalOptions(
-        start="mask", thresholds=(), baselines=("box",), engines=(engine,), max_corrections=corrections
+        start="mask",
+        thresholds=(),
+        baselines=("box",),
+        engines=(engine,),
+        max_corrections=corrections,
+        mask_tolerance=tolerance,
     )
     results = evaluate_dataset(
         models.polygon, list(instances), options, mask_model=models.mask, refiner=models.refiner
@@ -186,6 +206,55 @@ def figures_line(f: dict[str, Any]) -> str:
         f"automatic {100 * f['automatic']:.1f}, after 0..{len(f['curve']) - 1} corrections {curve}, "
         f"{100 * f['reach_85']:.0f} % reach 85, score {100 * f['score']:.1f}"
     )
+
+
+TOLERANCES = (0.75, 1.5, 2.5, 4.0, 6.0)  # outline simplification candidates, mask pixels
+
+
+def choose_tolerance(
+    mask_path: Path, instances: Sequence[Instance], *, slack: float = 0.005
+) -> dict[str, Any]:
+    """The vertex density of the team's polygons: the mask model's outline simplified with each of
+    :data:`TOLERANCES` (mask pixels) on ``instances``; the coarsest whose mean IoU is within ``slack`` of the
+    best. Returns ``{"tolerance", "iou": {t: mean}, "vertices": {t: median}, "human_vertices": median}``."""
+    import torch
+
+    from polyrnn.batch.annotate import Annotator
+    from polyrnn.build import load_models
+    from polyrnn.data.instance import load_image
+    from polyrnn.geometry import mask_iou, rasterize
+    from polyrnn.modeling.mask_net import mask_polygon
+
+    ann = Annotator(load_models(mask_weights=mask_path, refiner_weights="none"))
+    assert ann.mask_model is not None
+    ious: dict[float, list[float]] = {t: [] for t in TOLERANCES}
+    counts: dict[float, list[int]] = {t: [] for t in TOLERANCES}
+    by_image: dict[str, list[Instance]] = {}
+    for inst in instances:
+        by_image.setdefault(str(inst.image_path), []).append(inst)
+    with torch.inference_mode():
+        for path, group in by_image.items():
+            image = load_image(path)
+            crops = [ann._crop(g.box_xyxy) for g in group]
+            x = torch.from_numpy(np.stack([c.crop_image(image) for c in crops])).permute(0, 3, 1, 2).float()
+            _, direct, mirrored = ann.mask_model.mask_views(x, flip=True)
+            for k, (inst, crop) in enumerate(zip(group, crops, strict=True)):
+                prob = direct[k].numpy() if mirrored is None else ((direct[k] + mirrored[k]) / 2).numpy()
+                gt, ignore = inst.mask(), inst.ignore_mask()
+                for t in TOLERANCES:
+                    poly = mask_polygon(prob, crop, tolerance=t)
+                    drawn = [poly] if poly is not None else []
+                    ious[t].append(mask_iou(rasterize(drawn, inst.height, inst.width), gt, ignore))
+                    counts[t].append(len(poly) if poly is not None else 0)
+    mean = {t: float(np.mean(v)) for t, v in ious.items()}
+    best = max(mean.values())
+    chosen = max(t for t in TOLERANCES if mean[t] >= best - slack)
+    return {
+        "tolerance": chosen,
+        "iou": {str(t): round(v, 4) for t, v in mean.items()},
+        "vertices": {str(t): float(np.median(v)) for t, v in counts.items()},
+        "human_vertices": float(np.median([len(i.largest_polygon()) for i in instances])),
+    }
 
 
 def choose_start(figures: dict[str, Any], *, margin: float = 0.0) -> str:
@@ -309,13 +378,22 @@ def _learn_in(
     )
     rrun = train_refiner(rcfg, log=lambda m: log(f"learn: refiner {m}"))
     refiner = rrun / "weights" / "best.pt"
-    after = held_out_figures(mask, refiner, held, corrections=options.corrections)
+    outline = choose_tolerance(mask, held)
+    after = held_out_figures(
+        mask, refiner, held, corrections=options.corrections, tolerance=outline["tolerance"]
+    )
     log(f"learn: held-out after: {figures_line(after)}")
+    kept = outline["vertices"][str(outline["tolerance"])]
+    log(
+        f"learn: outlines simplified with {outline['tolerance']} mask pixels: median {kept:.0f} vertices "
+        f"(the team's: {outline['human_vertices']:.0f})"
+    )
     shutil.copyfile(mask, work / "mask.pt")
     shutil.copyfile(refiner, work / "refiner.pt")
     return {
         "accepted": after["score"] > before["score"],
         "start": choose_start(after),
+        "outline": outline,
         "held_out": {"images": len({str(i.image_path) for i in held}), "before": before, "after": after},
         "epochs": {"mask": _best_epoch(run), "refiner": _best_epoch(rrun)},
     }

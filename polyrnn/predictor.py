@@ -76,6 +76,8 @@ class PolygonPredictor:
         cache_size: boxes whose sessions (and encodings) are kept.
         start: ``auto`` (the model's polygon) or ``box`` (the box: where the model is expected to lose to
             it, :func:`polyrnn.learning.choose_start`).
+        tolerance: outlines' simplification in mask pixels (a learned domain's own vertex density,
+            :func:`polyrnn.learning.choose_tolerance`).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class PolygonPredictor:
         cache_size: int = 16,
         device: str | torch.device = "cpu",
         start: str = "auto",
+        tolerance: float = 0.75,
     ) -> None:
         self.model = model.eval().to(device)
         self.mask_model = mask_model.eval().to(device) if mask_model is not None else None
@@ -110,6 +113,7 @@ class PolygonPredictor:
             mask_flip=mask_flip,
             context=context,
             start=start,
+            tolerance=tolerance,
         )
         self.cache_size = cache_size
         self._lock = threading.RLock()
@@ -135,7 +139,9 @@ class PolygonPredictor:
         m = load_models(weights, mask_weights, variant=variant, refiner_weights=refiner_weights)
         return cls(m.polygon, mask_model=m.mask, refiner=m.refiner, **kw)  # type: ignore[arg-type]
 
-    def with_models(self, models: Any, *, start: str | None = None) -> PolygonPredictor:
+    def with_models(
+        self, models: Any, *, start: str | None = None, tolerance: float | None = None
+    ) -> PolygonPredictor:
         """A new predictor with the same engine settings over other networks (a
         :class:`~polyrnn.build.Models`: the editor's swap to a newly learned model); its engine falls back to
         ``rnn`` when the new models have no refiner."""
@@ -153,6 +159,7 @@ class PolygonPredictor:
             mask_flip=e.mask_flip,
             cache_size=self.cache_size,
             start=start or e.start,
+            tolerance=tolerance if tolerance is not None else e.tolerance,
         )
 
     # --- image and box -----------------------------------------------------------------------------
@@ -218,6 +225,7 @@ class PolygonPredictor:
                     mask_flip=self.engine.mask_flip,
                     eos_threshold=self.engine.eos_threshold,
                     start=self.engine.start,
+                    tolerance=self.engine.tolerance,
                 )
                 self._sessions[key] = BoxSession(enc, self.engine)
                 while len(self._sessions) > self.cache_size:

@@ -49,6 +49,16 @@ def test_learning_beats_the_shipped_model_on_held_out_images_and_says_so(learned
     assert folder.mask.is_file() and folder.refiner is not None
     info = json.loads((out / "model.json").read_text())
     assert info["format"] == "polyrnn-model" and info["started_from"] == "shipped"
+    # the team's vertex density: the coarsest outline simplification within 0.5 IoU of the best
+    from polyrnn.learning import TOLERANCES
+
+    outline = info["outline"]
+    assert outline["tolerance"] in TOLERANCES and folder.tolerance == outline["tolerance"]
+    best = max(outline["iou"].values())
+    assert outline["iou"][str(outline["tolerance"])] >= best - 0.005
+    coarser = [t for t in TOLERANCES if t > outline["tolerance"]]
+    assert all(outline["iou"][str(t)] < best - 0.005 for t in coarser)
+    assert outline["vertices"][str(TOLERANCES[-1])] <= outline["vertices"][str(TOLERANCES[0])]
     assert info["learned_from"]["source"] == str(field) and info["learned_from"]["classes"] == [
         "crop",
         "weed",
@@ -169,5 +179,6 @@ def test_the_cvat_handler_serves_a_model_folder(learned):
     pred = predictor_for(str(out))
     folder = ModelFolder.read(out)
     assert pred.engine.start == folder.start and pred.refiner is not None
+    assert pred.engine.tolerance == folder.tolerance
     with pytest.raises(LearnError):
         predictor_for(str(out.parent / "nothing"))

@@ -110,13 +110,14 @@ class Annotator:
         variant: str = "lite",
         context: float = INFERENCE.context,
         start: str = "auto",
+        tolerance: float = 0.75,
     ) -> Annotator:
         """An annotator with the models :func:`polyrnn.build.load_models` pairs (by default the shipped
         ones)."""
         from polyrnn.build import load_models
 
         models = load_models(weights, mask_weights, variant=variant, refiner_weights="none")
-        return cls(models, context=context, start=start)
+        return cls(models, context=context, start=start, tolerance=tolerance)
 
     def _crop(self, box: Box) -> CropBox:
         x1, y1, x2, y2 = box

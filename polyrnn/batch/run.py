@@ -370,6 +370,7 @@ def predict_dataset(
     review_below: float | None = None,
     allow_outside: bool = False,
     start: str = "auto",
+    tolerance: float = 0.75,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Trace every box of a box file into ``out`` (see the module's docstring); the outputs are written when
@@ -394,6 +395,7 @@ def predict_dataset(
         "context": context,
         "shards": shard.count,
         **({"start": start} if start != "auto" else {}),
+        **({"tolerance": tolerance} if tolerance != 0.75 else {}),
     }
     prepare(out, job, boxes)
     shard_file = out / "shards" / f"{shard.name}.jsonl"
@@ -422,6 +424,7 @@ def predict_dataset(
         "variant": variant,
         "context": context,
         "start": start,
+        "tolerance": tolerance,
     }
     if runner == "ray":
         from polyrnn.batch.ray_engine import ray_records

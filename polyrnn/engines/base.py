@@ -34,6 +34,9 @@ class EngineConfig:
     mask_flip: bool = INFERENCE.mask_flip
     context: float = INFERENCE.context
     start: str = "auto"  # the automatic polygon: auto (the mask's, else the decoder's), or box
+    tolerance: float = (
+        0.75  # outlines' simplification in mask pixels: the vertex density of a domain's polygons
+    )
 
 
 @dataclass

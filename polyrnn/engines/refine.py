@@ -33,7 +33,7 @@ class Refine(Engine):
             contour,
             index,
             reach=config.confine * enc.long_side,
-            tolerance=0.75 * enc.crop.side / enc.crop.crop_size,
+            tolerance=config.tolerance * enc.crop.side / enc.crop.crop_size,
         )
 
     def propose_click(

@@ -119,6 +119,7 @@ def _engine_curves(
             eos_threshold=options.eos_threshold,
             mask_flip=options.mask_flip,
             context=options.context,
+            tolerance=options.mask_tolerance,
         )
         session = BoxSession(enc, engine)
         curves[name] = clicks_to_quality(
@@ -171,6 +172,7 @@ def evaluate_instance(
         mask_flip=options.mask_flip,
         eos_threshold=options.eos_threshold,
         start=options.start,
+        tolerance=options.mask_tolerance,
     )
     if mask_model is not None:
         t0 = time.perf_counter()

@@ -139,7 +139,7 @@ class LabelStudioBackend:
                 folder = ModelFolder.read(self.model) if self.model else None
                 self._annotator = Annotator.from_weights(
                     mask_weights=str(folder.mask) if folder else None,
-                    start=folder.start if folder else "auto",
+                    **(folder.inference() if folder else {}),
                 )
             return self._annotator
 
@@ -230,7 +230,10 @@ class LabelStudioBackend:
 
         if self._predictor is None or self._predictor.model is not annotator.polygon_model:
             self._predictor = PolygonPredictor(
-                annotator.polygon_model, mask_model=annotator.mask_model, start=annotator.start
+                annotator.polygon_model,
+                mask_model=annotator.mask_model,
+                start=annotator.start,
+                tolerance=annotator.tolerance,
             )
         self._predictor.set_image(image)
         session = self._predictor.new_session(tuple(box))  # type: ignore[arg-type]

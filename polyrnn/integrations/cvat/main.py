@@ -61,7 +61,7 @@ def predictor_for(model: str | None) -> Any:
         return PolygonPredictor.from_weights()
     folder = ModelFolder.read(model)
     return PolygonPredictor.from_weights(
-        mask_weights=folder.mask, refiner_weights=folder.refiner or "none", start=folder.start
+        mask_weights=folder.mask, refiner_weights=folder.refiner or "none", **folder.inference()
     )
 
 
