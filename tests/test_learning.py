@@ -182,3 +182,26 @@ def test_the_cvat_handler_serves_a_model_folder(learned):
     assert pred.engine.tolerance == folder.tolerance
     with pytest.raises(LearnError):
         predictor_for(str(out.parent / "nothing"))
+
+
+def test_the_editor_counts_accepted_polygons_without_rereading_unchanged_files(tmp_path, monkeypatch):
+    from helpers import write_image
+
+    from polyrnn.server.learner import Learner
+    from polyrnn.server.store import AnnotationStore
+
+    for k in range(3):
+        write_image(tmp_path / f"im{k}.png", seed=k)
+    store = AnnotationStore(tmp_path)
+    shape = {"label": "a", "points": [[1, 1], [20, 1], [20, 20]], "shape_type": "polygon"}
+    store.save("im0.png", [shape, shape], (64, 48))
+    learner = Learner(store=store, every=5, options=FAST, on_model=lambda folder, start: None)
+    assert learner.accepted() == 2
+    reads = []
+    real = store.count
+    monkeypatch.setattr(store, "count", lambda name: reads.append(name) or real(name))
+    assert learner.accepted() == 2 and reads == []  # nothing changed: nothing read
+    store.save("im1.png", [shape], (64, 48))
+    assert learner.accepted() == 3 and reads == ["im1.png"]
+    status = learner.status()
+    assert status["model"] == "shipped" and status["next_at"] == 5 and not status["learning"]

@@ -89,6 +89,7 @@ class Learner:
         self._pending: tuple[str, Path] | None = None  # (version name, report file) of the running job
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._counts: dict[str, tuple[tuple[int, int], int]] = {}  # name -> ((mtime, size), shapes)
         self._current = self.versions.current_name()
         self.last: dict[str, Any] = {}
         self.learned_at = self._learned_at()
@@ -116,8 +117,22 @@ class Learner:
         return self._proc is not None and self._proc.is_alive()
 
     def accepted(self) -> int:
-        """Polygons saved in the folder (what the tool has accepted)."""
-        return sum(self.store.count(n) for n in self.store.names)
+        """Shapes saved in the folder (what the tool has accepted). A file is read again only when its size or
+        modification time changed: a poll of a large folder is a ``stat`` per image."""
+        total = 0
+        for name in self.store.names:
+            try:
+                st = self.store.annotation_file(name).stat()
+            except OSError:  # not annotated yet (or gone)
+                self._counts.pop(name, None)
+                continue
+            key = (st.st_mtime_ns, st.st_size)
+            hit = self._counts.get(name)
+            if hit is None or hit[0] != key:
+                hit = (key, self.store.count(name))
+                self._counts[name] = hit
+            total += hit[1]
+        return total
 
     def _learned_at(self) -> int:
         current = self.versions.current()

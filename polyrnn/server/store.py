@@ -158,6 +158,10 @@ class AnnotationStore:
             pass
         return path
 
+    def annotation_file(self, name: str) -> Path:
+        """The file the image's annotations are read from (it may not exist yet)."""
+        return self._read_path(name)
+
     # --- annotations -------------------------------------------------------------------------------
     def read_document(self, name: str) -> dict[str, Any] | None:
         """The image's LabelMe document as it is on disk; None when there is none; :class:`UnreadableFile`
