@@ -174,7 +174,15 @@ def main() -> int:
     images = sorted(by_image)[: args.limit or None]
     frozen, learning = Arm("frozen", args.max_corrections), Arm("learning", args.max_corrections)
     versions = ModelVersions(work / ".polyrnn" / "models")
-    options = LearnOptions(mask_epochs=args.epochs, refiner_epochs=args.epochs, corrections=3)
+    from polyrnn.cli import LEARN_MAX_HELD, LEARN_MAX_TRAIN
+
+    options = LearnOptions(
+        mask_epochs=args.epochs,
+        refiner_epochs=args.epochs,
+        corrections=3,
+        max_train=LEARN_MAX_TRAIN,
+        max_held=LEARN_MAX_HELD,
+    )
     accepted: list[Instance] = []
     learned_at, checked = 0, False
     rows, updates = [], []

@@ -588,7 +588,13 @@ def _start_learner(ctx: Any, store: Any, args: argparse.Namespace) -> None:
         ctx.swap(predictor, name + (" (from the box)" if start == "box" else ""))
         print(f"polyrnn serve: now serving {ctx.model_name}", file=sys.stderr, flush=True)
 
-    options = LearnOptions(mask_epochs=args.learn_epochs, refiner_epochs=args.learn_epochs, corrections=3)
+    options = LearnOptions(
+        mask_epochs=args.learn_epochs,
+        refiner_epochs=args.learn_epochs,
+        corrections=3,
+        max_train=LEARN_MAX_TRAIN,
+        max_held=LEARN_MAX_HELD,
+    )
     learner = Learner(store=store, every=args.learn_every, options=options, on_model=on_model)
     ctx.learner = learner
     threading.Thread(target=learner.run, name="polyrnn-learner", daemon=True).start()
@@ -1101,6 +1107,7 @@ def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 LEARN_EVERY = 30  # polyrnn serve: accepted polygons between two learning jobs (benchmarks/adaptation.py)
+LEARN_MAX_TRAIN, LEARN_MAX_HELD = 200, 60  # polygons a job learns from / checks on: its time stays bounded
 
 
 def _add_model_option(p: argparse.ArgumentParser) -> None:

@@ -55,6 +55,8 @@ class LearnOptions:
         batch_size, lr, backbone_lr: the mask model's fine-tune.
         copies: crops per object in the refiner's feature cache (1 canonical + augmented ones).
         refiner_lr: the refiner's learning rate (it starts from the model's own refiner).
+        max_train, max_held: at most this many polygons to learn from and to check on (0: all), a seeded
+            sample: bounds a job's time as a folder grows (the editor's jobs use 200 and 60).
         seed: the held-out split and the training's randomness.
     """
 
@@ -68,6 +70,8 @@ class LearnOptions:
     backbone_lr: float = 1e-4
     copies: int = 2
     refiner_lr: float = 5e-4
+    max_train: int = 0
+    max_held: int = 0
     seed: int = 0
 
 
@@ -291,6 +295,10 @@ def learn(
         )
     fraction = max(options.holdout, 1.0 / len(images))
     train, held = split_by_image(usable, fraction, seed=options.seed)
+    train, held = (
+        _capped(train, options.max_train, options.seed),
+        _capped(held, options.max_held, options.seed),
+    )
     if not train or not held:
         raise LearnError(
             f"cannot hold out {fraction:.0%} of {len(images)} images and keep some to learn from"
@@ -317,6 +325,15 @@ def learn(
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _capped(instances: list[Instance], limit: int, seed: int) -> list[Instance]:
+    """At most ``limit`` of ``instances`` (0: all), a seeded sample in their order: a job's time stays bounded
+    as the folder grows, and each job starts from the last model, which has seen the others."""
+    if not limit or len(instances) <= limit:
+        return instances
+    keep = np.sort(np.random.default_rng([seed, len(instances)]).choice(len(instances), limit, replace=False))
+    return [instances[int(k)] for k in keep]
 
 
 def _learn_in(

@@ -205,3 +205,13 @@ def test_the_editor_counts_accepted_polygons_without_rereading_unchanged_files(t
     assert learner.accepted() == 3 and reads == ["im1.png"]
     status = learner.status()
     assert status["model"] == "shipped" and status["next_at"] == 5 and not status["learning"]
+
+
+def test_a_job_learns_from_a_bounded_sample():
+    from polyrnn.learning import _capped
+
+    items = list(range(500))
+    kept = _capped(items, 200, seed=0)  # type: ignore[arg-type]
+    assert len(kept) == 200 and kept == sorted(kept) and len(set(kept)) == 200
+    assert _capped(items, 200, seed=0) == kept and _capped(items, 0, seed=0) == items  # type: ignore[arg-type]
+    assert _capped(items[:50], 200, seed=0) == items[:50]  # type: ignore[arg-type]
