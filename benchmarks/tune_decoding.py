@@ -129,7 +129,9 @@ def main() -> None:
         [float(v) for v in args.eos.split(",")],
         args.start.split(","),
     )
-    base = EvalOptions(thresholds=thresholds, baselines=("box",), max_corrections=args.curve)
+    base = EvalOptions(
+        thresholds=thresholds, baselines=("box",), max_corrections=args.curve, engines=("rnn",)
+    )
     for tol, rejoin, flip, eos, start in grid:
         options = replace(
             base,
@@ -151,10 +153,13 @@ def main() -> None:
             iou = 100 * np.mean([r.annotator[t][0] for r in res])
             line += f" | T={t}: {clicks / gtv:.3f} corr/GT vertex, IoU {iou:.2f}"
         if args.curve >= 0:
-            curve = 100 * np.mean([r.curve for r in res], axis=0)
+            curve = 100 * np.mean([r.curves["rnn"] for r in res], axis=0)
             line += " | curve " + "/".join(f"{v:.1f}" for v in curve[: min(len(curve), 6)])
             for level in (85, 90):
-                noc = [next((k for k, v in enumerate(r.curve) if v >= level / 100), args.curve) for r in res]
+                noc = [
+                    next((k for k, v in enumerate(r.curves["rnn"]) if v >= level / 100), args.curve)
+                    for r in res
+                ]
                 line += f" NoC@{level} {np.mean(noc):.2f}"
         print(f"{line} [{time.perf_counter() - t0:.0f} s]", flush=True)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polyrnn import formats
-from polyrnn.config import MASK_FLIP, REJOIN
+from polyrnn.config import INFERENCE, MASK_FLIP, REJOIN
 from polyrnn.data import DataError
 from polyrnn.formats import load_dataset
 from polyrnn.runtime import THREADS_ENV, set_threads
@@ -220,7 +220,7 @@ def cmd_predict_dataset(args: argparse.Namespace) -> int:
         review_below=args.review_below,
         allow_outside=args.allow_outside_images,
         start=getattr(args, "start", "auto"),
-        tolerance=getattr(args, "tolerance", 0.75),
+        tolerance=getattr(args, "tolerance", INFERENCE.tolerance),
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     rate = result["objects"] / result["seconds"] if result["seconds"] else 0.0
@@ -265,7 +265,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             variant=args.variant,
             mask_weights=args.mask_weights,
             start=getattr(args, "start", "auto"),
-            tolerance=getattr(args, "tolerance", 0.75),
+            tolerance=getattr(args, "tolerance", INFERENCE.tolerance),
         )
     except CheckpointError as e:
         raise CLIError(str(e)) from e
@@ -415,7 +415,7 @@ def _eval_options(args: argparse.Namespace, start: str) -> EvalOptions:
         eos_threshold=args.eos_threshold,
         rejoin=args.rejoin if args.rejoin >= 0 else None,
         mask_flip=args.mask_flip,
-        mask_tolerance=getattr(args, "tolerance", 0.75),
+        mask_tolerance=getattr(args, "tolerance", INFERENCE.tolerance),
     )
 
 
@@ -530,7 +530,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             refiner_weights=(current.refiner or "none") if current else args.refiner_weights,
             engine=args.engine,
             start=current.start if current else getattr(args, "start", "auto"),
-            tolerance=current.tolerance if current else getattr(args, "tolerance", 0.75),
+            tolerance=current.tolerance if current else getattr(args, "tolerance", INFERENCE.tolerance),
         )
     except (CheckpointError, ValueError) as e:
         raise CLIError(str(e)) from e
@@ -583,7 +583,7 @@ def _start_learner(ctx: Any, store: Any, args: argparse.Namespace) -> None:
         else:
             models = load_models(mask_weights=folder.mask, refiner_weights=folder.refiner or "none")
         name = folder.path.name if folder else f"shipped {args.variant}"
-        tolerance = folder.tolerance if folder else 0.75
+        tolerance = folder.tolerance if folder else INFERENCE.tolerance
         predictor = ctx.predictor.with_models(models, start=start, tolerance=tolerance)
         ctx.swap(predictor, name + (" (from the box)" if start == "box" else ""))
         print(f"polyrnn serve: now serving {ctx.model_name}", file=sys.stderr, flush=True)

@@ -22,6 +22,10 @@ class InferenceDefaults:
     mask_flip: bool = True  # the mask model averages the crop's mask with its mirror image's
     confine: float = 1.0  # a correction changes the polygon within this many box long sides (guard rail)
     engine: str = "refine"  # the correction engine (polyrnn.engines.ENGINES)
+    # Outlines are simplified (Ramer-Douglas-Peucker) with this many mask pixels (224 a crop side): the
+    # coarsest that keeps the held-out IoU within 0.25 points of the densest, the vertex density of human
+    # polygons (median 18 vs 17; benchmarks/tune_tolerance.py; a learned model folder carries its own).
+    tolerance: float = 2.0
 
 
 INFERENCE = InferenceDefaults()

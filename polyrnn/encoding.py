@@ -54,7 +54,7 @@ class BoxEncoding:
         mask_flip: bool = True,
         eos_threshold: float = INFERENCE.eos_threshold,
         start: str = "auto",
-        tolerance: float = 0.75,
+        tolerance: float = INFERENCE.tolerance,
     ) -> None:
         x1, y1, x2, y2 = box
         self.tolerance = tolerance  # the mask outline's simplification, mask pixels (a domain's own density)
@@ -122,12 +122,17 @@ class BoxEncoding:
         x1, y1, x2, y2 = self.box
         return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=np.float64)
 
-    def automatic(self) -> tuple[np.ndarray, str]:
+    def automatic(self, tolerance: float | None = None) -> tuple[np.ndarray, str]:
         """The automatic polygon and where it came from: "mask", "rnn", or "box" (``start="box"``: where the
-        model is expected to lose to the box, see :func:`polyrnn.learning.choose_start`)."""
+        model is expected to lose to the box, see :func:`polyrnn.learning.choose_start`). ``tolerance``: the
+        mask outline's simplification in mask pixels when not the encoding's own (the editor's detail)."""
         if self.start == "box":
             return self.box_polygon(), "box"
         if self.start != "rnn" and self.mask_outline is not None:
+            if tolerance is not None and tolerance != self.tolerance:
+                poly = mask_polygon(self.mask_probability(), self.crop, tolerance=tolerance)
+                if poly is not None and len(poly) >= 3:
+                    return poly, "mask"
             return self.mask_outline.copy(), "mask"
         return self.decoder_polygon()[0], "rnn"
 

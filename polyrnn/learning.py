@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from polyrnn.config import INFERENCE
 from polyrnn.data.instance import Instance
 
 MODEL_FORMAT = "polyrnn-model"
@@ -125,8 +126,9 @@ class ModelFolder:
     @property
     def tolerance(self) -> float:
         """Outlines' simplification in mask pixels, chosen on the held-out slice (the team's density)."""
-        value = self.info.get("outline", {}).get("tolerance", 0.75)
-        return float(value) if isinstance(value, int | float) and 0 < value <= 20 else 0.75
+        value = self.info.get("outline", {}).get("tolerance", INFERENCE.tolerance)
+        ok = isinstance(value, int | float) and 0 < value <= 20
+        return float(value) if ok else INFERENCE.tolerance
 
     def inference(self) -> dict[str, Any]:
         """How the tools use it beyond its files: ``start`` and ``tolerance`` (PolygonPredictor keywords)."""
@@ -168,7 +170,7 @@ def held_out_figures(
     instances: Sequence[Instance],
     *,
     corrections: int,
-    tolerance: float = 0.75,
+    tolerance: float = INFERENCE.tolerance,
 ) -> dict[str, Any]:
     """The figures of a mask model and refiner on ``instances``: mean automatic IoU, the box's, mean IoU after
     k = 0..corrections corrections (the refine engine, the clicks-to-quality annotator), the share reaching
@@ -216,23 +218,29 @@ TOLERANCES = (0.75, 1.5, 2.5, 4.0, 6.0)  # outline simplification candidates, ma
 
 
 def choose_tolerance(
-    mask_path: Path, instances: Sequence[Instance], *, slack: float = 0.005
+    mask_path: Path,
+    instances: Sequence[Instance],
+    *,
+    slack: float = 0.005,
+    tolerances: Sequence[float] = TOLERANCES,
 ) -> dict[str, Any]:
     """The vertex density of the team's polygons: the mask model's outline simplified with each of
-    :data:`TOLERANCES` (mask pixels) on ``instances``; the coarsest whose mean IoU is within ``slack`` of the
-    best. Returns ``{"tolerance", "iou": {t: mean}, "vertices": {t: median}, "human_vertices": median}``."""
+    ``tolerances`` (mask pixels) on ``instances``; the coarsest whose mean IoU is within ``slack`` of the
+    best. Returns ``{"tolerance", "iou": {t: mean}, "vertices": {t: median}, "ratio": {t: median of
+    per-object vertices / human vertices}, "human_vertices": median}``."""
     import torch
 
     from polyrnn.batch.annotate import Annotator
     from polyrnn.build import load_models
     from polyrnn.data.instance import load_image
+    from polyrnn.evaluation.evaluate import human_vertices
     from polyrnn.geometry import mask_iou, rasterize
     from polyrnn.modeling.mask_net import mask_polygon
 
     ann = Annotator(load_models(mask_weights=mask_path, refiner_weights="none"))
     assert ann.mask_model is not None
-    ious: dict[float, list[float]] = {t: [] for t in TOLERANCES}
-    counts: dict[float, list[int]] = {t: [] for t in TOLERANCES}
+    ious: dict[float, list[float]] = {t: [] for t in tolerances}
+    counts: dict[float, list[int]] = {t: [] for t in tolerances}
     by_image: dict[str, list[Instance]] = {}
     for inst in instances:
         by_image.setdefault(str(inst.image_path), []).append(inst)
@@ -245,19 +253,24 @@ def choose_tolerance(
             for k, (inst, crop) in enumerate(zip(group, crops, strict=True)):
                 prob = direct[k].numpy() if mirrored is None else ((direct[k] + mirrored[k]) / 2).numpy()
                 gt, ignore = inst.mask(), inst.ignore_mask()
-                for t in TOLERANCES:
+                for t in tolerances:
                     poly = mask_polygon(prob, crop, tolerance=t)
                     drawn = [poly] if poly is not None else []
                     ious[t].append(mask_iou(rasterize(drawn, inst.height, inst.width), gt, ignore))
                     counts[t].append(len(poly) if poly is not None else 0)
+    human = [human_vertices(i.largest_polygon()) for g in by_image.values() for i in g]  # counts' order
     mean = {t: float(np.mean(v)) for t, v in ious.items()}
     best = max(mean.values())
-    chosen = max(t for t in TOLERANCES if mean[t] >= best - slack)
+    chosen = max(t for t in tolerances if mean[t] >= best - slack)
     return {
         "tolerance": chosen,
         "iou": {str(t): round(v, 4) for t, v in mean.items()},
         "vertices": {str(t): float(np.median(v)) for t, v in counts.items()},
-        "human_vertices": float(np.median([len(i.largest_polygon()) for i in instances])),
+        "ratio": {
+            str(t): float(np.median([c / max(h, 1) for c, h in zip(v, human, strict=True)]))
+            for t, v in counts.items()
+        },
+        "human_vertices": float(np.median(human)),
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ class PolygonPredictor:
         cache_size: int = 16,
         device: str | torch.device = "cpu",
         start: str = "auto",
-        tolerance: float = 0.75,
+        tolerance: float = INFERENCE.tolerance,
     ) -> None:
         self.model = model.eval().to(device)
         self.mask_model = mask_model.eval().to(device) if mask_model is not None else None
@@ -233,10 +233,14 @@ class PolygonPredictor:
             self._last_box = box
             return self._sessions[key]
 
-    def new_session(self, box: Box, *, polygon: np.ndarray | None = None) -> BoxSession:
+    def new_session(
+        self, box: Box, *, polygon: np.ndarray | None = None, tolerance: float | None = None
+    ) -> BoxSession:
         """A fresh session of its own for a box of the current image (the editor's server keeps one per
         object being edited): from the automatic polygon, or from ``polygon`` (N, 2, image pixels; an
-        existing shape to edit, nothing fixed). The box's encoding is shared with :meth:`session`'s."""
+        existing shape to edit, nothing fixed). ``tolerance``: its outlines' simplification in mask pixels
+        (the editor's detail slider; default the predictor's). The box's encoding is shared with
+        :meth:`session`'s."""
         with self._lock:
             enc = self.session(box).encoding
             start = None
@@ -245,7 +249,8 @@ class PolygonPredictor:
                 if len(p) < 3:
                     raise ValueError("a polygon needs at least 3 vertices")
                 start = State(p, np.zeros(len(p), dtype=bool))
-            return BoxSession(enc, self.engine, state=start)
+            engine = self.engine if tolerance is None else replace(self.engine, tolerance=float(tolerance))
+            return BoxSession(enc, engine, state=start)
 
     def _result(self, s: BoxSession, probs: np.ndarray | None = None) -> Prediction:
         return Prediction(

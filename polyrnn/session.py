@@ -53,7 +53,7 @@ class BoxSession:
         if self.engine.name not in ENGINES:
             raise ValueError(f"unknown engine '{self.engine.name}' (one of {', '.join(ENGINES)})")
         ENGINES[self.engine.name].check(self.encoding)
-        auto, self.source = self.encoding.automatic()
+        auto, self.source = self.encoding.automatic(self.engine.tolerance)
         if self.start is None:
             self.start = auto
         if self.state is None:

@@ -153,14 +153,31 @@ def test_annotate_correct_undo_label_accept_reload_export(server, browser):
     doc = json.loads((store.image_dir / "img0.json").read_text())
     assert doc["shapes"][0]["label"] == "dog" and len(doc["shapes"][0]["points"]) == 12
 
-    # the detail slider simplifies reversibly; Esc cancels a polygon
+    # the detail slider starts at the server's default and traces an untouched polygon again at its detail;
+    # Shift+click is an include click, Shift+right-click an exclude click (session operations, undoable);
+    # Esc cancels a polygon
+    assert (
+        float(page.locator("#detail").input_value())
+        == page.evaluate("fetch('/health').then(r => r.json())")["tolerance"]
+    )
     drag(page, screen(page, 30, 30), screen(page, 90, 90))
     page.wait_for_selector("#current-polygon")
-    raw = state(page, "state.cur.raw")
-    page.locator("#detail").fill("10")
-    assert page.locator("circle.vertex").count() < len(raw)
-    page.locator("#detail").fill("0")
-    assert page.locator("circle.vertex").count() == len(raw)
+    sid = state(page, "state.cur.session")
+    page.locator("#detail").fill("1")
+    idle(page)
+    assert state(page, "state.cur.session") != sid and state(page, "state.cur.detail") == 1
+    assert page.locator("circle.vertex").count() == len(state(page, "state.cur.raw"))
+    version = state(page, "state.cur.version")
+    page.keyboard.down("Shift")
+    page.mouse.click(*screen(page, 60, 60))
+    idle(page)
+    assert "include click" in page.locator("#status").inner_text()
+    page.mouse.click(*screen(page, 5, 5), button="right")
+    page.keyboard.up("Shift")
+    idle(page)
+    assert state(page, "state.cur.version") == version + 2 and state(page, "state.cur.canUndo")
+    assert "exclude click" in page.locator("#status").inner_text()
+    assert state(page, "stats.corrections.length") >= 2
     page.keyboard.press("Escape")
     assert state(page, "state.cur") is None
 

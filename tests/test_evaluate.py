@@ -185,11 +185,18 @@ def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start
         assert len(e["mean_iou"]) == 4 and e["mean_iou"][0] == pytest.approx(r["automatic"]["mean_iou"])
         assert len(e["below_start"]) == 4 and e["below_start"][0] == 0
     assert r["ceiling"]["mean_iou"] > 0.8
+    # vertex counts: the human polygons' median (4 and 3), the automatic polygons' and each engine's after
+    rows = [json.loads(line) for line in (out / "instances.jsonl").read_text().splitlines()]
+    v = r["vertices"]
+    assert v["human_median"] == 3.5 and v["automatic_median"] == np.median([x["vertices"] for x in rows])
+    assert all(x["vertices"] >= 3 for x in rows) and set(v["after_corrections_median"]) == {"rnn", "manual"}
+    assert r["click_protocol"] == {}  # only engines that take clicks (the refiner's) run it
     assert r["meta"]["weights"]["sha256"] == hashlib.sha256(w.read_bytes()).hexdigest()
     assert r["meta"]["settings"]["start"] == start and "chessboard" in r["meta"]["settings"]["matching"]
     assert r["timing_ms_per_instance"]["model"] > 0
     md = (out / "report.md").read_text()
     assert "## Automatic mode" in md and "| T (cells) |" in md and "NoC" in md and "/ human vertex" in md
+    assert "Vertices (median): automatic polygon" in md
     assert f"{100 * r['automatic']['mean_iou']:.1f}" in md
     assert Image.open(out / "iou_vs_corrections.png").size[0] > 100
     assert len((out / "instances.jsonl").read_text().splitlines()) == 2
@@ -244,11 +251,19 @@ def test_golden_figures_of_the_shipped_engines_on_three_val2017_objects(datasets
         "automatic": [0.0772, 0.5417, 0.5562],
         # the paper's protocol through the editor's session (was 11, 18, 6 corrections on the token twin)
         "T1": [(0.3777, 10), (0.9457, 19), (0.9139, 8)],
-        "refine": [
-            [0.0772, 0.0217, 0.0254, 0.025],
-            [0.5417, 0.7487, 0.8519, 0.8963],
-            [0.5562, 0.818, 0.8622, 0.8622],
+        "refine": [  # outlines at 2.0 mask px since December 2026 (was 0.75)
+            [0.0772, 0.0013, 0.0006, 0.0029],
+            [0.5417, 0.7504, 0.8872, 0.9],
+            [0.5562, 0.8187, 0.8606, 0.8587],
         ],
+        # the standard click protocol through the same session
+        "clicks": [
+            [0.0772, 0.0772, 0.0772, 0.0772],
+            [0.5417, 0.7539, 0.8659, 0.7829],
+            [0.5562, 0.7418, 0.825, 0.8725],
+        ],
+        "vertices": [29, 29, 41],
+        "refine_vertices": [8, 32, 25],
         "rnn": [
             [0.0772, 0.0217, 0.0229, 0.0232],
             [0.5417, 0.6668, 0.7012, 0.7302],
@@ -266,3 +281,7 @@ def test_golden_figures_of_the_shipped_engines_on_three_val2017_objects(datasets
     for engine in ("refine", "rnn", "manual"):
         for r, want in zip(res, golden[engine], strict=True):
             assert r.curves[engine] == pytest.approx(want, abs=2e-3), engine
+    for r, want in zip(res, golden["clicks"], strict=True):
+        assert r.click_curves["refine"] == pytest.approx(want, abs=2e-3)
+    assert [r.vertices for r in res] == golden["vertices"]
+    assert [r.final_vertices["refine"] for r in res] == golden["refine_vertices"]

@@ -282,3 +282,36 @@ def test_the_export_menu_comes_from_the_table_of_formats(client):
     c, _ = client
     got = c.get("/api/exports").json()
     assert [f["name"] for f in got] == list(EXPORTS) and got[0]["title"] == FORMATS[EXPORTS[0]].title
+
+
+def test_include_and_exclude_clicks_are_session_operations(client):
+    """A Shift+click in the page is an operation of the session: undoable, bounded, 4xx when malformed."""
+    c, _ = client
+    s = c.post("/api/sessions", json={"image": "img0.png", "box": [20, 10, 140, 110]}).json()
+    url = f"/api/sessions/{s['session']}"
+    r = c.post(url, json={"version": 0, "op": "include", "point": [80.0, 60.0]})
+    assert r.status_code == 200 and r.json()["version"] == 1 and r.json()["can_undo"]
+    assert r.json()["polygon"] == s["polygon"]  # the paper's engine takes no clicks: nothing moves
+    for bad in (
+        {"version": 1, "op": "exclude"},
+        {"version": 1, "op": "exclude", "point": [1e9, 5]},
+        {"version": 1, "op": "include", "point": [float("nan"), 5]},
+    ):
+        assert (
+            c.post(url, content=json.dumps(bad), headers={"Content-Type": "application/json"}).status_code
+            == 422
+        )
+    u = c.post(url, json={"version": 1, "op": "undo"}).json()
+    assert u["polygon"] == s["polygon"] and not u["can_undo"]
+
+
+def test_the_detail_of_a_session_is_bounded_and_the_health_says_the_default(client):
+    from polyrnn.config import INFERENCE
+
+    c, _ = client
+    assert c.get("/health").json()["tolerance"] == INFERENCE.tolerance
+    for bad in (0.0, 0.1, 11.0, "x"):
+        r = c.post("/api/sessions", json={"image": "img0.png", "box": [20, 10, 140, 110], "tolerance": bad})
+        assert r.status_code == 422
+    ok = c.post("/api/sessions", json={"image": "img0.png", "box": [20, 10, 140, 110], "tolerance": 1.0})
+    assert ok.status_code == 200

@@ -294,3 +294,111 @@ def test_an_engine_is_one_file_and_one_line(monkeypatch):
     opts = EvalOptions(thresholds=(), baselines=(), max_corrections=2, engines=("shift", "manual"))
     res = evaluate_instance(model, inst, img, opts)
     assert set(res.curves) == {"shift", "manual"} and len(res.curves["shift"]) == 3
+
+
+def test_splice_region_keeps_fixed_and_far_vertices_and_follows_the_contour_between():
+    from polyrnn.engines.refine import splice_region
+
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    poly = np.column_stack([100 + 50 * np.cos(t), 100 + 50 * np.sin(t)])
+    fixed = np.zeros(24, bool)
+    fixed[[2, 10]] = True
+    u = np.linspace(0, 2 * np.pi, 400, endpoint=False)
+    big = np.column_stack([100 + 60 * np.cos(u), 100 + 60 * np.sin(u)])
+    at = big[100] + 3.0  # a click just outside vertex 6's stretch (angle pi/2)
+    out = splice_region(State(poly.copy(), fixed.copy()), big, at, reach=1e9, tolerance=0.5)
+    assert out is not None and is_simple(out.polygon)
+    kept = {tuple(p) for p in out.polygon}
+    assert all(tuple(poly[k]) in kept for k in [*range(0, 3), *range(10, 24)])  # outside 2 .. 10: exact
+    assert not any(tuple(poly[k]) in kept for k in range(3, 10))  # the stretch is the contour's now
+    assert sorted(map(tuple, out.polygon[out.fixed])) == sorted([tuple(poly[2]), tuple(poly[10])])
+    new = [p for p in out.polygon if tuple(p) not in {tuple(q) for q in poly}]
+    assert new and all(abs(np.hypot(*(p - 100)) - 60) < 1e-4 for p in new)
+    # far vertices are anchors too: with a small reach only the neighbourhood of the click changes
+    near = splice_region(State(poly.copy(), np.zeros(24, bool)), big, at, reach=30.0, tolerance=0.5)
+    assert near is not None
+    gone = [k for k in range(24) if tuple(poly[k]) not in {tuple(p) for p in near.polygon}]
+    assert gone and all(np.linalg.norm(poly[k] - at) <= 30.0 for k in gone)
+    # nothing fixed or far: the outline is the contour's, simplified
+    whole = splice_region(State(poly.copy(), np.zeros(24, bool)), big, at, reach=1e9, tolerance=0.5)
+    assert whole is not None and not whole.fixed.any() and len(whole.polygon) < 400
+
+
+def test_the_click_protocol_clicks_at_the_worst_error_with_its_sign():
+    from polyrnn.evaluation.clicks import click_protocol
+
+    gt = rasterize([np.array([[30.0, 20.0], [135.0, 20.0], [135.0, 110.0], [30.0, 110.0]])], 140, 180)
+
+    class Recorder:  # grows the polygon to the ground truth on a positive click
+        def __init__(self):
+            self.polygon, self.fixed, self.long_side, self.calls = SQUARE.copy(), np.zeros(4, bool), 105.0, []
+
+        def click(self, xy, positive):
+            self.calls.append((xy, positive))
+            if positive:
+                self.polygon = np.array([[30.0, 20.0], [135.0, 20.0], [135.0, 110.0], [30.0, 110.0]])
+
+        def move(self, index, xy):  # pragma: no cover - the click protocol never drags
+            raise AssertionError
+
+        insert = move
+
+    r = Recorder()
+    curve = click_protocol(r, gt, None, max_clicks=3)
+    (xy, positive), *rest = r.calls
+    assert positive and not rest  # one click, in the missed strip, then nothing is wrong
+    assert not rasterize([SQUARE], 140, 180)[int(xy[1]), int(xy[0])] and gt[int(xy[1]), int(xy[0])]
+    assert curve[0] < 0.8 and curve[1:] == [1.0, 1.0, 1.0]
+    spill = Recorder()
+    spill.polygon = np.array([[10.0, 5.0], [150.0, 5.0], [150.0, 130.0], [10.0, 130.0]])
+    click_protocol(spill, gt, None, max_clicks=1)
+    assert spill.calls and spill.calls[0][1] is False  # the polygon spilled: a negative click
+
+
+def test_a_click_after_a_drag_keeps_the_dragged_vertex(datasets):
+    """The refine engine splices a click's outline between the annotator's vertices, so a click after a drag
+    can change the polygon and the dragged vertex stays exactly where it was put."""
+    from polyrnn.data.instance import load_image
+    from polyrnn.evaluation.clicks import worst_error
+    from polyrnn.formats import load_dataset
+    from polyrnn.predictor import PolygonPredictor
+
+    pred = PolygonPredictor.from_weights()
+    insts = load_dataset(datasets / "coco-mini" / "val2017", min_size=32).instances[:8]
+    changed = 0
+    for inst in insts:
+        pred.set_image(load_image(inst.image_path))
+        s = pred.new_session(inst.box_xyxy)
+        k = int(np.argmax(s.polygon[:, 1]))
+        s.move(k, (float(s.polygon[k, 0]), float(s.polygon[k, 1]) + 2.0))
+        placed = s.polygon[s.fixed].copy()
+        before = s.polygon.copy()
+        e = worst_error(rasterize([before], inst.height, inst.width), inst.mask(), inst.ignore_mask())
+        if e is None:
+            continue
+        s.click((e[0], e[1]), e[2])
+        np.testing.assert_array_equal(s.polygon[s.fixed], placed)
+        changed += not np.array_equal(s.polygon, before)
+    assert changed >= 2
+
+
+def test_a_sessions_detail_sets_its_vertex_density_and_corrections_keep_it(datasets):
+    from polyrnn.data.instance import load_image
+    from polyrnn.formats import load_dataset
+    from polyrnn.predictor import PolygonPredictor
+
+    pred = PolygonPredictor.from_weights()
+    inst = max(
+        load_dataset(datasets / "coco-mini" / "val2017", min_size=32).instances[:10],
+        key=lambda i: i.box[2] * i.box[3],
+    )
+    pred.set_image(load_image(inst.image_path))
+    dense, sparse = (
+        pred.new_session(inst.box_xyxy, tolerance=0.5),
+        pred.new_session(inst.box_xyxy, tolerance=4.0),
+    )
+    assert len(dense.polygon) > 1.5 * len(sparse.polygon) >= 4.5
+    for s in (dense, sparse):
+        k = int(np.argmax(s.polygon[:, 0]))
+        s.move(k, (float(s.polygon[k, 0]) + 0.05 * s.long_side, float(s.polygon[k, 1])))
+    assert len(dense.polygon) > 1.5 * len(sparse.polygon)

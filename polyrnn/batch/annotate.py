@@ -91,7 +91,7 @@ class Annotator:
         *,
         context: float = INFERENCE.context,
         mask_flip: bool = True,
-        tolerance: float = 0.75,
+        tolerance: float = INFERENCE.tolerance,
         batch: int = 16,
         start: str = "auto",
     ) -> None:
@@ -110,7 +110,7 @@ class Annotator:
         variant: str = "lite",
         context: float = INFERENCE.context,
         start: str = "auto",
-        tolerance: float = 0.75,
+        tolerance: float = INFERENCE.tolerance,
     ) -> Annotator:
         """An annotator with the models :func:`polyrnn.build.load_models` pairs (by default the shipped
         ones)."""

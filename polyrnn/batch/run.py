@@ -370,7 +370,7 @@ def predict_dataset(
     review_below: float | None = None,
     allow_outside: bool = False,
     start: str = "auto",
-    tolerance: float = 0.75,
+    tolerance: float = INFERENCE.tolerance,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Trace every box of a box file into ``out`` (see the module's docstring); the outputs are written when
@@ -395,7 +395,7 @@ def predict_dataset(
         "context": context,
         "shards": shard.count,
         **({"start": start} if start != "auto" else {}),
-        **({"tolerance": tolerance} if tolerance != 0.75 else {}),
+        "tolerance": tolerance,  # always: the default changed once (0.75 -> 2.0), a resume must not mix them
     }
     prepare(out, job, boxes)
     shard_file = out / "shards" / f"{shard.name}.jsonl"

@@ -34,9 +34,7 @@ class EngineConfig:
     mask_flip: bool = INFERENCE.mask_flip
     context: float = INFERENCE.context
     start: str = "auto"  # the automatic polygon: auto (the mask's, else the decoder's), or box
-    tolerance: float = (
-        0.75  # outlines' simplification in mask pixels: the vertex density of a domain's polygons
-    )
+    tolerance: float = INFERENCE.tolerance  # outlines' simplification, mask pixels: the vertex density
 
 
 @dataclass
@@ -64,6 +62,7 @@ class Engine:
     ``propose_click`` does the same for a region-level click (by default the engine declines clicks)."""
 
     name = ""
+    takes_clicks = False  # whether propose_click does anything (positive/negative clicks)
 
     def check(self, encoding: BoxEncoding) -> None:
         return None

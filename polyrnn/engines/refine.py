@@ -15,6 +15,7 @@ from polyrnn.geometry import rasterize, signed_area, simplify
 
 class Refine(Engine):
     name = "refine"
+    takes_clicks = True
 
     def check(self, encoding: BoxEncoding) -> None:
         if encoding.refiner is None or encoding.mask_model is None:
@@ -45,13 +46,20 @@ class Refine(Engine):
         point: np.ndarray,
     ) -> State | None:
         """The refiner's mask for every click so far redraws the outline near the click (within ``confine``
-        box long sides); the object's component is the one that overlaps the polygon most."""
-        enc, size, p = encoding, encoding.crop.crop_size, before.polygon
+        box long sides; the object's component is the one that overlaps the polygon most), spliced in
+        between the fixed (or far) vertices on either side of the outline's point nearest the click
+        (:func:`splice_region`), at the session's vertex density."""
+        enc, p = encoding, before.polygon
         contour = _local_outline(enc, config, p, p[before.fixed], clicks, p, np.asarray(point))
         if contour is None:
             return None
-        poly = simplify(contour, 0.75 * enc.crop.side / size)
-        return State(poly, np.zeros(len(poly), dtype=bool))
+        return splice_region(
+            before,
+            contour,
+            np.asarray(point, dtype=np.float64),
+            reach=config.confine * enc.long_side,
+            tolerance=config.tolerance * enc.crop.side / enc.crop.crop_size,
+        )
 
 
 def _local_outline(
@@ -111,8 +119,7 @@ def splice(manual: State, contour: np.ndarray, index: int, *, reach: float, tole
     """
     p, fixed = manual.polygon, manual.fixed
     n, m = len(p), len(contour)
-    if signed_area(contour) * signed_area(p) < 0:
-        contour = contour[::-1]
+    contour = _oriented(contour, p)
     c = p[index]
 
     def anchor(step: int) -> int:
@@ -127,9 +134,7 @@ def splice(manual: State, contour: np.ndarray, index: int, *, reach: float, tole
         return int(np.argmin(np.linalg.norm(contour - q, axis=1)))
 
     def run(i: int, j: int) -> np.ndarray:
-        """The contour strictly between its points i and j, going forward, simplified."""
-        path = contour[[(i + t) % m for t in range(1, (j - i) % m or m)]]
-        return simplify(path, tolerance) if len(path) >= 3 else path.reshape(-1, 2)
+        return _run(contour, i, j, tolerance)
 
     a, b = anchor(-1), anchor(1)
     qc = nearest(c)
@@ -147,4 +152,60 @@ def splice(manual: State, contour: np.ndarray, index: int, *, reach: float, tole
     # start where the polygon started when that vertex is kept, so indices move as little as possible
     first_kept = min(kept)
     shift = kept.index(first_kept)
+    return State(np.roll(poly, -shift, axis=0), np.roll(flags, -shift))
+
+
+def _oriented(contour: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """``contour`` turned to run the same way round as ``polygon``."""
+    return contour[::-1] if signed_area(contour) * signed_area(polygon) < 0 else contour
+
+
+def _run(contour: np.ndarray, i: int, j: int, tolerance: float) -> np.ndarray:
+    """The closed ``contour``'s points strictly between its points i and j going forward (all the others when
+    i == j), simplified with ``tolerance``."""
+    m = len(contour)
+    path = contour[[(i + t) % m for t in range(1, (j - i) % m or m)]]
+    return simplify(path, tolerance) if len(path) >= 3 else path.reshape(-1, 2)
+
+
+def splice_region(
+    before: State, contour: np.ndarray, at: np.ndarray, *, reach: float, tolerance: float
+) -> State | None:
+    """Replace the stretch of the polygon nearest ``at`` (a click, image pixels) by the matching stretch of
+    ``contour`` (K, 2, image pixels, dense).
+
+    The stretch is the polygon's edge nearest ``at`` widened on both sides up to the first vertex that is
+    fixed or farther than ``reach`` from ``at``; those anchors and everything beyond them are kept exactly
+    (fixed vertices keep their flags), the stretch between them follows the contour from the point nearest one
+    anchor to the point nearest the other, simplified with ``tolerance``. Without any anchor the whole outline
+    is the contour's. None when the stretch would wrap round most of the contour (not a local change).
+    """
+    p, fixed = before.polygon, before.fixed
+    n, m = len(p), len(contour)
+    contour = _oriented(contour, p)
+    a_, b_ = p, np.roll(p, -1, axis=0)
+    ab = b_ - a_
+    t = np.clip(((at - a_) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
+    edge = int(np.argmin(np.linalg.norm(a_ + t[:, None] * ab - at, axis=1)))
+
+    def anchored(k: int) -> bool:
+        return bool(fixed[k]) or float(np.linalg.norm(p[k] - at)) > reach
+
+    a = next((k % n for k in range(edge, edge - n, -1) if anchored(k % n)), None)
+    if a is None:  # nothing fixed or far: the outline is the contour's
+        poly = simplify(contour, tolerance)
+        return State(poly, np.zeros(len(poly), dtype=bool))
+    b = next(k % n for k in range(edge + 1, edge + 1 + n) if anchored(k % n))
+
+    def nearest(q: np.ndarray) -> int:
+        return int(np.argmin(np.linalg.norm(contour - q, axis=1)))
+
+    qa, qb = nearest(p[a]), nearest(p[b])
+    if a != b and (qb - qa) % m > 0.75 * m:
+        return None
+    path = _run(contour, qa, qb, tolerance)
+    kept = [(b + k) % n for k in range((a - b) % n + 1)] if a != b else [a]  # b .. round to .. a
+    poly = np.concatenate([p[kept], path])
+    flags = np.concatenate([fixed[kept], np.zeros(len(path), bool)])
+    shift = kept.index(min(kept))  # start where the polygon started when that vertex is kept
     return State(np.roll(poly, -shift, axis=0), np.roll(flags, -shift))

@@ -7,6 +7,10 @@ ground-truth boundary point nearest to it is where it should run. Then it acts i
 vertex nearest the first point that it has not placed itself onto the second when one lies within ``near`` box
 long sides, and otherwise inserts a vertex at the second point on that edge. Every correction goes through
 :class:`polyrnn.session.BoxSession`, the code the editor runs. Written up in ``docs/evaluation.md``.
+
+Beside it, :func:`click_protocol` is the standard protocol of published interactive-segmentation tables:
+positive and negative clicks at the innermost point of the largest error region, as region-level
+corrections of the same session.
 """
 
 from __future__ import annotations
@@ -135,6 +139,36 @@ class Editor(Protocol):
     def move(self, index: int, xy: tuple[float, float]) -> object: ...
 
     def insert(self, edge: int, xy: tuple[float, float]) -> object: ...
+
+
+class Clicker(Editor, Protocol):
+    """An :class:`Editor` that also takes region-level clicks (:meth:`polyrnn.session.BoxSession.click`)."""
+
+    def click(self, xy: tuple[float, float], positive: bool) -> object: ...
+
+
+def click_protocol(
+    session: Clicker, gt: np.ndarray, ignore: np.ndarray | None, *, max_clicks: int = 20
+) -> list[float]:
+    """The standard click protocol of interactive segmentation (RITM, Sofiiuk et al. 2021), from the box's
+    automatic polygon: each click goes to the innermost point of the largest error region, positive where the
+    polygon missed the object, negative where it spilled, through the session's :meth:`click`. IoU after
+    k = 0..max_clicks clicks (repeated once nothing is wrong)."""
+    h, w = gt.shape
+
+    def iou() -> float:
+        return mask_iou(rasterize([session.polygon], h, w), gt, ignore)
+
+    ious = [iou()]
+    for _ in range(max_clicks):
+        worst = worst_error(rasterize([session.polygon], h, w), gt, ignore)
+        if worst is None:
+            ious.append(ious[-1])
+            continue
+        x, y, missed, _ = worst
+        session.click((x, y), missed)
+        ious.append(iou())
+    return ious
 
 
 def clicks_to_quality(

@@ -25,7 +25,7 @@ from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
 from polyrnn.evaluation.annotator import threshold_protocol
 from polyrnn.evaluation.baselines import box_polygon, grabcut_mask
-from polyrnn.evaluation.clicks import NEAR, clicks_to_quality
+from polyrnn.evaluation.clicks import NEAR, click_protocol, clicks_to_quality
 from polyrnn.geometry import mask_iou, rasterize
 from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.modeling.polygon_rnn import PolygonRNN
@@ -46,10 +46,12 @@ class EvalOptions:
     start: str = (
         "rnn"  # automatic polygon: "rnn" (first-vertex head + decoder) | "mask" (mask model's polygon)
     )
-    mask_tolerance: float = 0.75  # mask polygon simplification, mask pixels (see mask_polygon)
+    mask_tolerance: float = INFERENCE.tolerance  # outline simplification, mask pixels (see mask_polygon)
     mask_flip: bool = MASK_FLIP  # mask test-time flip averaging
     rejoin: int | None = REJOIN  # rejoin the old polygon within this many cells after a correction
     engines: tuple[str, ...] = tuple(ENGINES)  # correction engines driven by the clicks-to-quality annotator
+    # engines also driven by the standard click protocol (positive/negative clicks; those that take clicks)
+    click_engines: tuple[str, ...] = tuple(e for e, engine in ENGINES.items() if engine.takes_clicks)
     near: float = NEAR  # the annotator drags a vertex within this many box long sides, else inserts one
     confine: float = CONFINE  # a correction changes the polygon within this many box long sides (guard rail)
 
@@ -63,8 +65,11 @@ class InstanceResult:
     ceiling: float
     gt_vertices: int  # the ground truth's vertices on the grid (what the annotator walks)
     human_vertices: int = 0  # the human-drawn polygon's (its largest part), before quantisation
+    vertices: int = 0  # the automatic polygon's
+    final_vertices: dict[str, int] = field(default_factory=dict)  # engine -> after its corrections
     annotator: dict[int, tuple[float, int]] = field(default_factory=dict)  # T -> (IoU, corrections)
     curves: dict[str, list[float]] = field(default_factory=dict)  # engine -> IoU after k = 0..max corrections
+    click_curves: dict[str, list[float]] = field(default_factory=dict)  # engine -> IoU after k clicks
     automatic_rnn: float = math.nan  # the decoder's own automatic polygon (when the start is the mask's)
     baselines: dict[str, float] = field(default_factory=dict)
     ms: dict[str, float] = field(default_factory=dict)  # "model" and each baseline
@@ -106,26 +111,37 @@ def _baselines(
         res.baselines["grabcut"] = mask_iou(gc, inst.mask(), inst.ignore_mask())
 
 
+def _engine(name: str, options: EvalOptions) -> EngineConfig:
+    return EngineConfig(
+        name=name,
+        confine=options.confine,
+        rejoin=options.rejoin,
+        eos_threshold=options.eos_threshold,
+        mask_flip=options.mask_flip,
+        context=options.context,
+        tolerance=options.mask_tolerance,
+    )
+
+
 def _engine_curves(
-    enc: BoxEncoding, options: EvalOptions, gt_mask: np.ndarray, ignore: np.ndarray | None
-) -> dict[str, list[float]]:
-    """Clicks to quality for each engine, each from the same automatic polygon and the same encodings."""
-    curves = {}
+    res: InstanceResult,
+    enc: BoxEncoding,
+    options: EvalOptions,
+    gt_mask: np.ndarray,
+    ignore: np.ndarray | None,
+) -> None:
+    """Into ``res``: clicks to quality (drags and inserts) for each engine and the polygon's vertices after
+    them, and the standard click protocol for each engine that takes clicks; each from the same automatic
+    polygon and the same encodings."""
     for name in options.engines:
-        engine = EngineConfig(
-            name=name,
-            confine=options.confine,
-            rejoin=options.rejoin,
-            eos_threshold=options.eos_threshold,
-            mask_flip=options.mask_flip,
-            context=options.context,
-            tolerance=options.mask_tolerance,
-        )
-        session = BoxSession(enc, engine)
-        curves[name] = clicks_to_quality(
+        session = BoxSession(enc, _engine(name, options))
+        res.curves[name] = clicks_to_quality(
             session, gt_mask, ignore, max_corrections=options.max_corrections, near=options.near
         )
-    return curves
+        res.final_vertices[name] = len(session.polygon)
+    for name in (e for e in options.click_engines if e in options.engines):
+        session = BoxSession(enc, _engine(name, options))
+        res.click_curves[name] = click_protocol(session, gt_mask, ignore, max_clicks=options.max_corrections)
 
 
 def evaluate_instance(
@@ -186,6 +202,7 @@ def evaluate_instance(
     auto, _ = enc.automatic()  # the mask model's outline, or the decoder's polygon (options.start)
     res.ms["model"] = (time.perf_counter() - t0) * 1000 + res.ms.get("mask", 0.0)
     res.automatic = iou_of([auto])
+    res.vertices = len(auto)
     if mask_poly is not None and options.start != "rnn":  # the decoder's own, from the same encoding
         res.automatic_rnn = iou_of([enc.decoder_polygon()[0]])
 
@@ -204,7 +221,7 @@ def evaluate_instance(
     else:  # degenerate on the grid: nothing to correct towards
         res.annotator = {t: (res.automatic, 0) for t in options.thresholds}
     if options.max_corrections >= 0:
-        res.curves = _engine_curves(enc, options, gt_mask, ignore)
+        _engine_curves(res, enc, options, gt_mask, ignore)
     _baselines(res, inst, image, options, iou_of)
     return res
 

@@ -111,6 +111,27 @@ def _clicks_to_quality(results: Sequence[InstanceResult], options: EvalOptions) 
     }
 
 
+def _vertices(results: Sequence[InstanceResult], options: EvalOptions) -> dict[str, Any]:
+    """Median vertex counts: the automatic polygon's, the human polygon's (largest part), the automatic's
+    ratio to it (median of per-instance ratios), and each engine's polygon after its corrections."""
+    if not results:
+        return {}
+    auto = [r.vertices for r in results]
+    human = [r.human_vertices for r in results]
+    ratio = [a / h for a, h in zip(auto, human, strict=True) if h > 0]
+    out: dict[str, Any] = {
+        "automatic_median": float(np.median(auto)),
+        "human_median": float(np.median(human)),
+        "median_ratio": float(np.median(ratio)) if ratio else math.nan,
+        "after_corrections_median": {},
+    }
+    for e in options.engines:
+        final = [r.final_vertices[e] for r in results if e in r.final_vertices]
+        if final:
+            out["after_corrections_median"][e] = float(np.median(final))
+    return out
+
+
 def summarize_results(results: Sequence[InstanceResult], options: EvalOptions) -> dict[str, Any]:
     """The figures of the report (IoUs as fractions)."""
     classes = [r.class_name for r in results]
@@ -123,6 +144,12 @@ def summarize_results(results: Sequence[InstanceResult], options: EvalOptions) -
     out["baselines"] = _baseline_summary(results, options, classes)
     out["annotator"] = _annotator_rows(results, options, classes)
     out.update(_clicks_to_quality(results, options))
+    out["click_protocol"] = {
+        e: _engine_summary([r.click_curves[e] for r in results if e in r.click_curves], options)
+        for e in options.click_engines
+        if any(e in r.click_curves for r in results)
+    }
+    out["vertices"] = _vertices(results, options)
     n = max(len(results), 1)
     out["gt_vertices_mean"] = float(sum(r.gt_vertices for r in results) / n)
     out["human_vertices_mean"] = float(sum(r.human_vertices for r in results) / n)
@@ -224,6 +251,37 @@ def report_markdown(report: dict[str, Any]) -> str:
             + " | ".join(f"{e['noc'][v]:.2f} ({_pct(e['noc_reached'][v])} %)" for v in levels)
             + f" | {_pct(below[min(1, len(below) - 1)])} % / {_pct(below[min(10, len(below) - 1)])} % |"
         )
+    if report.get("click_protocol"):
+        lines += [
+            "",
+            "The standard click protocol (positive / negative clicks at the innermost point of the largest "
+            "error region, from the box's automatic polygon; the tables of published interactive "
+            "segmentation):",
+            "",
+            "| engine | "
+            + " | ".join(f"k={k}" for k in ks)
+            + " | "
+            + " | ".join(f"NoC@{v} (reached)" for v in levels)
+            + " |",
+            "|---|" + "---:|" * (len(ks) + len(levels)),
+        ]
+        for name, e in report["click_protocol"].items():
+            lines.append(
+                f"| {name} (clicks) | "
+                + " | ".join(_pct(e["mean_iou"][k]) for k in ks if k < len(e["mean_iou"]))
+                + " | "
+                + " | ".join(f"{e['noc'][v]:.2f} ({_pct(e['noc_reached'][v])} %)" for v in levels)
+                + " |"
+            )
+    v = report.get("vertices") or {}
+    if v:
+        after = ", ".join(f"{e} {n:g}" for e, n in v["after_corrections_median"].items())
+        lines += [
+            "",
+            f"Vertices (median): automatic polygon {v['automatic_median']:g}, human polygon "
+            f"{v['human_median']:g}, automatic / human {v['median_ratio']:.2f}× (median of per-object "
+            f"ratios)" + (f"; after {mc} corrections: {after}" if after else "") + ".",
+        ]
     lines += ["", "![IoU vs corrections](iou_vs_corrections.png)"]
     lines += [
         "",
@@ -260,6 +318,15 @@ def plot_curve(report: dict[str, Any]) -> bytes:
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, e in report.get("engines", {}).items():
         ax[0].plot(range(len(e["mean_iou"])), [100 * v for v in e["mean_iou"]], marker="o", ms=3, label=name)
+    for name, e in report.get("click_protocol", {}).items():
+        ax[0].plot(
+            range(len(e["mean_iou"])),
+            [100 * v for v in e["mean_iou"]],
+            ls=":",
+            marker="x",
+            ms=3,
+            label=f"{name}, standard clicks",
+        )
     for i, (name, b) in enumerate(report["baselines"].items()):
         ax[0].axhline(100 * b["mean_iou"], ls="--", color=f"C{i + 1}", label=f"{name} baseline")
     ax[0].axhline(100 * report["ceiling"]["mean_iou"], ls=":", color="k", label="28×28 grid ceiling")

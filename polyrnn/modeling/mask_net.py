@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polyrnn.config import INFERENCE
 from polyrnn.data.crop import CropBox
 from polyrnn.geometry import mask_to_polygons, simplify
 from polyrnn.modeling.encoder import Encoder
@@ -90,7 +91,7 @@ class MaskNet(nn.Module):
 
 
 def mask_polygon(
-    prob: np.ndarray, crop: CropBox, *, threshold: float = 0.5, tolerance: float = 0.75
+    prob: np.ndarray, crop: CropBox, *, threshold: float = 0.5, tolerance: float = INFERENCE.tolerance
 ) -> np.ndarray | None:
     """The largest outer boundary of ``prob >= threshold`` ((M, M) over the crop) as an (N, 2) polygon
     in image pixels, simplified (Ramer–Douglas–Peucker) with ``tolerance`` mask pixels; None when the

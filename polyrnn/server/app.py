@@ -172,6 +172,7 @@ def health(ctx: Ctx) -> dict[str, Any]:
         "model": ctx.model_name,
         "images": len(ctx.store.names),
         "folder": str(ctx.store.image_dir),
+        "tolerance": ctx.predictor.engine.tolerance,  # the outlines' default detail, mask pixels
     }
 
 
@@ -285,7 +286,9 @@ def open_session(req: OpenSession, ctx: Ctx) -> SessionResponse:
         image = ctx.use_image(req.image)
         try:
             poly = None if req.polygon is None else np.array(req.polygon, dtype=np.float64)
-            session = ctx.predictor.new_session(_clipped(req.box, image), polygon=poly)
+            session = ctx.predictor.new_session(
+                _clipped(req.box, image), polygon=poly, tolerance=req.tolerance
+            )
         except ValueError as e:
             raise HTTPException(422, str(e)) from e
         sid = ctx.sessions.add(session)
@@ -320,6 +323,12 @@ def apply_op(s: BoxSession, op: str, vertex: int | None, point: list[float] | No
             s.undo()
         elif op == "redo":
             s.redo()
+        return
+    if op in ("include", "exclude"):
+        if point is None:
+            raise ValueError(f"'{op}' needs a point")
+        xy = within_image([point], s.encoding.image_size, what="point")[0]
+        s.click((float(xy[0]), float(xy[1])), positive=op == "include")
         return
     if vertex is None:
         raise ValueError(f"'{op}' needs a vertex id")

@@ -19,6 +19,9 @@ def _finite(values: list[float]) -> list[float]:
 Point = Annotated[list[float], Field(min_length=2, max_length=2), AfterValidator(_finite)]
 
 
+MIN_TOLERANCE, MAX_TOLERANCE = 0.25, 10.0  # the detail slider's range, mask pixels
+
+
 class PredictRequest(BaseModel):
     image: str = Field(description="image name as listed by /api/images")
     box: Annotated[list[float], AfterValidator(_finite)] = Field(
@@ -40,20 +43,32 @@ class OpenSession(PredictRequest):
         max_length=5000,
         description="start from this polygon (an existing shape to edit) instead of the model's",
     )
+    tolerance: float | None = Field(
+        default=None,
+        ge=MIN_TOLERANCE,
+        le=MAX_TOLERANCE,
+        description="the outline's simplification in mask pixels (224 a crop side; the page's detail "
+        "slider): smaller is denser; default: the serving model's",
+    )
 
 
-OPS = ("move", "alt-move", "insert", "delete", "undo", "redo", "accept")
+OPS = ("move", "alt-move", "insert", "include", "exclude", "delete", "undo", "redo", "accept")
 
 
 class SessionOp(BaseModel):
     version: int = Field(ge=0, description="the session's version the page shows; another one now: 409")
-    op: Literal["move", "alt-move", "insert", "delete", "undo", "redo", "accept"] = Field(
-        description="move: drag `vertex` to `point` (the engine redraws around it); alt-move: the same "
-        "without the engine; insert: a vertex at `point` after `vertex`; delete `vertex`; undo; redo; "
-        "accept: the final polygon (the session ends)"
+    op: Literal["move", "alt-move", "insert", "include", "exclude", "delete", "undo", "redo", "accept"] = (
+        Field(
+            description="move: drag `vertex` to `point` (the engine redraws around it); alt-move: the same "
+            "without the engine; insert: a vertex at `point` after `vertex`; include / exclude: a positive / "
+            "negative click at `point` (the object covers it / does not; the engine redraws the outline near "
+            "it); delete `vertex`; undo; redo; accept: the final polygon (the session ends)"
+        )
     )
     vertex: int | None = Field(default=None, ge=0, le=2**53, description="a vertex id (stable per session)")
-    point: Point | None = Field(default=None, description="(x, y) image pixels, for move and insert")
+    point: Point | None = Field(
+        default=None, description="(x, y) image pixels, for move, insert, include and exclude"
+    )
 
 
 class SessionResponse(BaseModel):

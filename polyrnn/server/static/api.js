@@ -30,7 +30,10 @@ export const api = {
   setLabels: (labels) => call("PUT", "/api/labels", { labels }),
   predict: (image, box) => call("POST", "/api/predict", { image, box }),
   // the server owns the polygon being edited: open a session, then send it operations with its version
-  open: (image, box, polygon = null) => call("POST", "/api/sessions", polygon ? { image, box, polygon } : { image, box }),
+  // tolerance: the outline's detail in mask pixels (null: the serving model's)
+  open: (image, box, polygon = null, tolerance = null) =>
+    call("POST", "/api/sessions", { image, box, ...(polygon ? { polygon } : {}), ...(tolerance !== null ? { tolerance } : {}) }),
+  health: () => call("GET", "/health"),
   op: (session, body) => call("POST", `/api/sessions/${encodeURIComponent(session)}`, body),
   exports: () => call("GET", "/api/exports"),
   learning: () => call("GET", "/api/learning"),

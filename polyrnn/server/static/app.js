@@ -3,7 +3,7 @@
 // shows what it returns); the page's own state (`S`: the image's shapes) changes through `change()` so
 // undo/redo see it. Undo/redo go to the session while it has something to undo or redo.
 import { api } from "./api.js";
-import { simplifyIndices, segmentDistance } from "./geometry.js";
+import { segmentDistance } from "./geometry.js";
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
@@ -15,7 +15,7 @@ const S = {
   base: [],     // the shapes as read, for merging when another tab saved in between
   unsaved: false,
   cur: null,    // polygon being edited: {session, version, raw, fixed (placed by the annotator), ids, box, label}
-  detail: 0,    // simplification tolerance (image pixels); the raw polygon is kept
+  detail: null, // the outline's detail: simplification in mask pixels (null: the serving model's default)
   selected: null, undo: [], redo: [],  // selected: a vertex id (stable across the server's renumbering)
   view: { scale: 1, tx: 0, ty: 0 },
   busy: 0,
@@ -40,7 +40,7 @@ function pageRedo() { if (S.redo.length) { S.undo.push(snapshot()); restore(S.re
 // while a polygon is being edited, undo/redo are the session's (one operation at a time); else the page's
 function undo() { if (S.cur && S.cur.canUndo) sessionOp("undo"); else if (!S.busy) pageUndo(); }
 function redo() { if (S.cur && S.cur.canRedo) sessionOp("redo"); else if (!S.busy) pageRedo(); }
-const shownIdx = () => (S.cur ? simplifyIndices(S.cur.raw, S.detail) : []);
+const shownIdx = () => (S.cur ? S.cur.raw.map((_, i) => i) : []);  // every vertex of the session's polygon
 const shown = () => shownIdx().map((i) => S.cur.raw[i].slice());
 const shownFixed = () => shownIdx().map((i) => S.cur.fixed[i]);
 const shownIds = () => shownIdx().map((i) => S.cur.ids[i]);
@@ -218,8 +218,8 @@ async function predictBox(box) {
   S.busy++;
   status("tracing…");
   try {
-    const r = await api.open(S.name, box);
-    change(() => { S.cur = { box, label: S.label }; applyState(r); S.selected = null; });
+    const r = await api.open(S.name, box, null, S.detail);
+    change(() => { S.cur = { box, label: S.label, detail: S.detail }; applyState(r); S.selected = null; });
     await nextFrame();
     stats.predictions.push({ ms: performance.now() - t0, server: r.ms });
     showLatency();
@@ -238,7 +238,7 @@ async function sessionOp(op, vertex = null, point = null) {
   try {
     const r = await api.op(cur.session, { version: cur.version, op, vertex, point });
     if (S.cur === cur) applyState(r);
-    if (op === "move" || op === "insert") {
+    if (op === "move" || op === "insert" || op === "include" || op === "exclude") {
       await nextFrame();
       stats.corrections.push({ ms: performance.now() - t0, server: r.ms });
       showLatency();
@@ -298,6 +298,15 @@ async function insertVertex(edge, p) {
   S.selected = at >= 0 ? r.ids[at] : null;
   render();
   status(`inserted a vertex: ${r.polygon.length} vertices`);
+}
+// a positive (include) or negative (exclude) click: a region-level correction of the polygon being edited
+async function clickRegion(p, include) {
+  const before = JSON.stringify(S.cur.raw), what = include ? "include" : "exclude";
+  const r = await sessionOp(what, null, p);
+  if (!r) return;
+  status(JSON.stringify(r.polygon) === before
+    ? `${what} click: the model found no better outline there (remembered for the next correction)`
+    : `${what} click: ${r.polygon.length} vertices (Ctrl+Z takes it back)`);
 }
 async function deleteVertex(id) {
   if (!S.cur || id === null || id === undefined) return;
@@ -415,6 +424,11 @@ $("viewport").addEventListener("mousedown", (ev) => {
     window.addEventListener("mousemove", move); window.addEventListener("mouseup", up);
     return;
   }
+  if (S.cur && ev.shiftKey && (ev.button === 0 || ev.button === 2)) {  // Shift+click: include, Shift+right: exclude
+    ev.preventDefault();
+    if (!S.busy) clickRegion(toImage(ev), ev.button === 0);
+    return;
+  }
   if (ev.button !== 0 || S.busy) return;
   ev.preventDefault();
   const a = toImage(ev);
@@ -478,7 +492,20 @@ $("redo").onclick = redo;
 $("help-button").onclick = () => toggleHelp(true);
 $("help-close").onclick = () => toggleHelp(false);
 $("label-select").onchange = (e) => { selectLabel(Number(e.target.value)); e.target.blur(); };
-$("detail").oninput = (e) => { S.detail = Number(e.target.value); render(); status(`detail: ${S.detail} px tolerance (raw polygon kept)`); };
+// the outline's detail (mask pixels; smaller is denser): an untouched new polygon is traced again at once,
+// else it applies from the next box on (a polygon with corrections keeps its own)
+$("detail").oninput = async (e) => {
+  S.detail = Number(e.target.value);
+  const cur = S.cur;
+  if (cur && !cur.base && !cur.canUndo && !S.busy) {
+    S.busy++;
+    try {
+      const r = await api.open(S.name, cur.box, null, S.detail);
+      if (S.cur === cur) { cur.detail = S.detail; applyState(r); S.selected = null; }
+      status(`detail ${S.detail}: ${r.polygon.length} vertices`);
+    } catch (err) { status(`detail not applied: ${err.message}`, true); } finally { S.busy--; render(); }
+  } else status(`detail ${S.detail}: applies to the next polygon` + (cur ? " (this one has corrections)" : ""));
+};
 $("edit-labels").onclick = async () => {
   const text = prompt("Labels, comma-separated (1–9 pick the first nine):", S.labels.join(", "));
   if (text === null) return;
@@ -540,6 +567,8 @@ setInterval(showModel, 5000);
   try {
     S.images = await api.images();
     S.labels = (await api.labels()).labels;
+    const h = await api.health();
+    if (typeof h.tolerance === "number") { S.detail = h.tolerance; $("detail").value = String(h.tolerance); }
     exportButtons(await api.exports());
   } catch (e) { status(`server unreachable: ${e.message}`, true); return; }
   fillLabels();
