@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from polyrnn.build import load_models
+from polyrnn.config import INFERENCE
 from polyrnn.data.instance import load_image
-from polyrnn.evaluation.clicks import NEAR, clicks_to_quality
+from polyrnn.evaluation.clicks import NEAR, clicks_to_quality, far_changes
 from polyrnn.refine_training import load_refiner_config, split_instances
 from polyrnn.session import BoxEncoding, BoxSession, EngineConfig
 
@@ -30,6 +31,9 @@ def main() -> None:
     ap.add_argument("--engines", default="refine,rnn,manual")
     ap.add_argument("--confine", default="0.5", help="guard-rail reach in box long sides, list")
     ap.add_argument("--near", type=float, default=NEAR)
+    ap.add_argument(
+        "--tolerance", type=float, default=INFERENCE.tolerance, help="outline simplification, mask pixels"
+    )
     ap.add_argument("--corrections", type=int, default=10)
     ap.add_argument("--limit", type=int, default=0, help="first N held-out instances only")
     ap.add_argument("--min-size", type=float, default=32.0)
@@ -43,7 +47,7 @@ def main() -> None:
     ks = [k for k in (0, 1, 2, 3, 5, 10, 20) if k <= args.corrections]
     for engine in args.engines.split(","):
         for confine in [float(c) for c in args.confine.split(",")]:
-            t0, curves = time.perf_counter(), []
+            t0, curves, far = time.perf_counter(), [], []
             image_key, image = "", None
             for inst in held:
                 if str(inst.image_path) != image_key:
@@ -55,8 +59,16 @@ def main() -> None:
                     polygon_model=models.polygon,
                     mask_model=models.mask,
                     refiner=models.refiner,
+                    tolerance=args.tolerance,
                 )
-                session = BoxSession(enc, EngineConfig(name=engine, confine=confine))
+                config = EngineConfig(name=engine, confine=confine, tolerance=args.tolerance)
+                session = BoxSession(enc, config)
+                seen: list[tuple[int, int]] = []
+
+                def first(c, before, after, seen=seen, half=0.5 * enc.long_side):  # type: ignore[no-untyped-def]
+                    if not seen:
+                        seen.append(far_changes(before, after, c.point, half))
+
                 curves.append(
                     clicks_to_quality(
                         session,
@@ -64,8 +76,10 @@ def main() -> None:
                         inst.ignore_mask(),
                         max_corrections=args.corrections,
                         near=args.near,
+                        on_correction=first,
                     )
                 )
+                far.extend(seen)
             c = np.array(curves)
             noc = {
                 lv: np.mean(
@@ -78,7 +92,9 @@ def main() -> None:
                 f"{engine:7s} confine {confine:g}: "
                 + " ".join(f"k={k} {100 * c[:, k].mean():.1f}" for k in ks)
                 + f" | NoC@85 {noc[85]:.2f} NoC@90 {noc[90]:.2f} | below start k=1 {100 * below[1]:.0f} % "
-                f"k={args.corrections} {100 * below[-1]:.0f} % | {time.perf_counter() - t0:.0f} s"
+                f"k={args.corrections} {100 * below[-1]:.0f} % | first correction moved "
+                f"{100 * sum(m for _, m in far) / max(sum(n for n, _ in far), 1):.0f} % of the vertices "
+                f"> 0.5 box side away | {time.perf_counter() - t0:.0f} s"
             )
 
 

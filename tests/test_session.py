@@ -402,3 +402,15 @@ def test_a_sessions_detail_sets_its_vertex_density_and_corrections_keep_it(datas
         k = int(np.argmax(s.polygon[:, 0]))
         s.move(k, (float(s.polygon[k, 0]) + 0.05 * s.long_side, float(s.polygon[k, 1])))
     assert len(dense.polygon) > 1.5 * len(sparse.polygon)
+
+
+def test_far_changes_counts_the_far_vertices_an_edit_moved():
+    from polyrnn.evaluation.clicks import far_changes
+
+    before = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]])
+    after = before.copy()
+    after[2] = [11.0, 11.0]  # near the edit
+    assert far_changes(before, after, (10.0, 10.0), 5.0) == (3, 0)
+    after[0] = [0.5, 0.0]  # far from it
+    assert far_changes(before, after, (10.0, 10.0), 5.0) == (3, 1)
+    assert far_changes(before, before[[1, 2, 3]], (10.0, 10.0), 5.0) == (3, 1)  # dropped counts as moved

@@ -15,6 +15,7 @@ corrections of the same session.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -123,6 +124,17 @@ def next_correction(
     return None
 
 
+def far_changes(
+    before: np.ndarray, after: np.ndarray, at: tuple[float, float], radius: float
+) -> tuple[int, int]:
+    """How local an edit was: (the vertices of ``before`` (N, 2) farther than ``radius`` pixels from ``at``,
+    how many of those are no longer exactly in ``after``)."""
+    far = np.linalg.norm(before - np.asarray(at, dtype=np.float64), axis=1) > radius
+    kept = {(float(p[0]), float(p[1])) for p in after}
+    moved = sum((float(p[0]), float(p[1])) not in kept for p in before[far])
+    return int(far.sum()), int(moved)
+
+
 class Editor(Protocol):
     """What the simulated annotator drives: a :class:`~polyrnn.session.BoxSession`, or the editor's server
     through HTTP (``benchmarks/editor_replay.py``) — the same operations either way."""
@@ -178,10 +190,11 @@ def clicks_to_quality(
     *,
     max_corrections: int = 20,
     near: float = NEAR,
+    on_correction: Callable[[Correction, np.ndarray, np.ndarray], None] | None = None,
 ) -> list[float]:
     """IoU after k = 0..max_corrections corrections of an :class:`Editor` (a
     :class:`~polyrnn.session.BoxSession`, driven through its ``move`` / ``insert``); once nothing is wrong the
-    IoU is repeated."""
+    IoU is repeated. ``on_correction(correction, polygon before, polygon after)`` sees each one."""
     h, w = gt.shape
     boundary = boundary_points(gt)
     near_px = near * session.long_side
@@ -196,10 +209,13 @@ def clicks_to_quality(
         if c is None:
             ious.append(ious[-1])
             continue
+        before = session.polygon.copy()
         if c.op == "move":
             session.move(c.index, c.point)
         else:
             session.insert(c.index, c.point)
+        if on_correction is not None:
+            on_correction(c, before, session.polygon.copy())
         pred = mask()
         ious.append(mask_iou(pred, gt, ignore))
     return ious

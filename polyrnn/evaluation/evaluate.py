@@ -25,7 +25,7 @@ from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
 from polyrnn.evaluation.annotator import threshold_protocol
 from polyrnn.evaluation.baselines import box_polygon, grabcut_mask
-from polyrnn.evaluation.clicks import NEAR, click_protocol, clicks_to_quality
+from polyrnn.evaluation.clicks import NEAR, Correction, click_protocol, clicks_to_quality, far_changes
 from polyrnn.geometry import mask_iou, rasterize
 from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.modeling.polygon_rnn import PolygonRNN
@@ -67,6 +67,8 @@ class InstanceResult:
     human_vertices: int = 0  # the human-drawn polygon's (its largest part), before quantisation
     vertices: int = 0  # the automatic polygon's
     final_vertices: dict[str, int] = field(default_factory=dict)  # engine -> after its corrections
+    # engine -> (vertices farther than half a box side from the first correction, how many of them it moved)
+    far_moved: dict[str, tuple[int, int]] = field(default_factory=dict)
     annotator: dict[int, tuple[float, int]] = field(default_factory=dict)  # T -> (IoU, corrections)
     curves: dict[str, list[float]] = field(default_factory=dict)  # engine -> IoU after k = 0..max corrections
     click_curves: dict[str, list[float]] = field(default_factory=dict)  # engine -> IoU after k clicks
@@ -135,8 +137,18 @@ def _engine_curves(
     polygon and the same encodings."""
     for name in options.engines:
         session = BoxSession(enc, _engine(name, options))
+
+        def first(c: Correction, before: np.ndarray, after: np.ndarray, name: str = name) -> None:
+            if name not in res.far_moved:
+                res.far_moved[name] = far_changes(before, after, c.point, 0.5 * enc.long_side)
+
         res.curves[name] = clicks_to_quality(
-            session, gt_mask, ignore, max_corrections=options.max_corrections, near=options.near
+            session,
+            gt_mask,
+            ignore,
+            max_corrections=options.max_corrections,
+            near=options.near,
+            on_correction=first,
         )
         res.final_vertices[name] = len(session.polygon)
     for name in (e for e in options.click_engines if e in options.engines):

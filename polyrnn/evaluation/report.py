@@ -125,10 +125,14 @@ def _vertices(results: Sequence[InstanceResult], options: EvalOptions) -> dict[s
         "median_ratio": float(np.median(ratio)) if ratio else math.nan,
         "after_corrections_median": {},
     }
+    out["far_moved_first"] = {}
     for e in options.engines:
         final = [r.final_vertices[e] for r in results if e in r.final_vertices]
         if final:
             out["after_corrections_median"][e] = float(np.median(final))
+        far = np.array([r.far_moved[e] for r in results if e in r.far_moved]).reshape(-1, 2)
+        if len(far):
+            out["far_moved_first"][e] = float(far[:, 1].sum() / max(int(far[:, 0].sum()), 1))
     return out
 
 
@@ -282,6 +286,13 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"{v['human_median']:g}, automatic / human {v['median_ratio']:.2f}× (median of per-object "
             f"ratios)" + (f"; after {mc} corrections: {after}" if after else "") + ".",
         ]
+        if v.get("far_moved_first"):
+            far = ", ".join(f"{e} {100 * s:.0f} %" for e, s in v["far_moved_first"].items())
+            lines += [
+                "",
+                "How local the first correction is: of the vertices more than half a box side from it, the "
+                f"share it moved: {far}.",
+            ]
     lines += ["", "![IoU vs corrections](iou_vs_corrections.png)"]
     lines += [
         "",
