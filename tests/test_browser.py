@@ -210,6 +210,46 @@ def test_annotate_correct_undo_label_accept_reload_export(server, browser):
     page.close()
 
 
+def test_an_object_in_two_parts_is_one_group_and_one_coco_annotation(tmp_path, browser):
+    folder = make_images(tmp_path / "imgs")
+    store = AnnotationStore(folder)
+    store.set_labels(["person", "pole"])
+    with running(create_app(store, tiny_predictor(), model_name="tiny")) as url:
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(url + "/#img0.png")
+        page.wait_for_selector("body[data-ready='img0.png']")
+        page.keyboard.press("p")  # nothing being edited: nothing happens
+        drag(page, screen(page, 10, 10), screen(page, 60, 50))
+        page.wait_for_selector("#current-polygon")
+        idle(page)
+        page.keyboard.press("Enter")
+        drag(page, screen(page, 90, 60), screen(page, 150, 110))  # the part beyond the occluder
+        page.wait_for_selector("#current-polygon")
+        idle(page)
+        page.keyboard.press("2")  # a part takes the object's label, whatever the list says
+        page.keyboard.press("p")
+        assert "part 2 of a person" in page.locator("#status").inner_text()
+        page.evaluate("() => window.polyrnn.flush()")
+        shapes = json.loads((folder / "img0.json").read_text())["shapes"]
+        assert [s["label"] for s in shapes] == ["person", "person"]
+        assert shapes[0]["group_id"] == shapes[1]["group_id"] == 1
+        # undo takes the part back, both shapes as they were
+        page.keyboard.press("Control+z")
+        page.evaluate("() => window.polyrnn.flush()")
+        assert [s["group_id"] for s in json.loads((folder / "img0.json").read_text())["shapes"]] == [None]
+        page.keyboard.press("Control+Shift+z")
+        page.evaluate("() => window.polyrnn.flush()")
+        with page.expect_download() as download:
+            page.click("button[data-export='coco']")
+        from pycocotools.coco import COCO
+
+        coco = COCO(str(download.value.path()))
+        (ann,) = coco.dataset["annotations"]
+        assert len(ann["segmentation"]) == 2 and coco.cats[ann["category_id"]]["name"] == "person"
+        assert not state(page, "stats.errors")
+        page.close()
+
+
 @pytest.fixture()
 def labelme_server(tmp_path):
     from test_server_hardening import every_shape_file

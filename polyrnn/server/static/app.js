@@ -319,9 +319,34 @@ function accept() {  // what is on screen (an operation still in flight no longe
   const label = S.labels[S.cur.label] ?? S.cur.name ?? S.labels[0];
   const base = S.cur.base ?? { group_id: null, description: "", shape_type: "polygon", flags: {} };
   const { session, version } = S.cur;
-  change(() => { S.shapes.splice(S.cur.at ?? S.shapes.length, 0, { ...base, label, points: shown() }); S.cur = null; S.selected = null; }, { save: true });
+  const at = S.cur.at ?? S.shapes.length;
+  change(() => { S.shapes.splice(at, 0, { ...base, label, points: shown() }); S.cur = null; S.selected = null; S.last = S.shapes[at]; }, { save: true });
   api.op(session, { version, op: "accept" }).catch(() => {});  // the session ends (the shape is the page's now)
   status(`accepted a ${label} polygon`);
+}
+// P: accept the new polygon as another part of the object accepted just before (a person cut by a pole, a
+// bicycle's wheels): both get one LabelMe group_id and that object's label; exports join them (COCO: one
+// annotation with a list of polygons, CVAT: one group), and IoU is measured against the whole object
+function acceptAsPart() {
+  if (!S.cur) return;
+  const prev = S.last && S.shapes.includes(S.last) && editable(S.last) ? S.last : null;
+  if (S.cur.at !== undefined || !prev) {
+    accept();
+    status(prev ? "an edited shape keeps its own group: accepted" : "no object accepted before on this image: accepted on its own", true);
+    return;
+  }
+  const { session, version } = S.cur;
+  const used = S.shapes.map((s) => s.group_id).filter(Number.isInteger);
+  const gid = Number.isInteger(prev.group_id) ? prev.group_id : (used.length ? Math.max(...used) + 1 : 1);
+  change(() => {
+    const i = S.shapes.indexOf(prev);
+    S.shapes[i] = { ...prev, group_id: gid };
+    S.shapes.push({ group_id: gid, description: "", shape_type: "polygon", flags: {}, label: prev.label, points: shown() });
+    S.last = S.shapes[i]; S.cur = null; S.selected = null;
+  }, { save: true });
+  api.op(session, { version, op: "accept" }).catch(() => {});
+  const parts = S.shapes.filter((s) => s.group_id === gid && s.label === prev.label).length;
+  status(`accepted as part ${parts} of a ${prev.label} (group ${gid})`);
 }
 function cancel() { if (S.cur) { change(() => { S.cur = null; S.selected = null; }); status("cancelled"); } }
 async function editShape(i) {
@@ -383,7 +408,7 @@ async function openImage(i) {
   if (window.polyrnn.flush && S.name) await window.polyrnn.flush().catch(() => {});
   S.index = i;
   S.name = S.images[i].name;
-  S.cur = null; S.shapes = []; S.undo = []; S.redo = []; S.selected = null; S.readError = null; S.base = [];
+  S.cur = null; S.shapes = []; S.undo = []; S.redo = []; S.selected = null; S.readError = null; S.base = []; S.last = null;
   $("image-name").textContent = `${S.name} (${i + 1}/${S.images.length})`;
   history.replaceState(null, "", `#${encodeURIComponent(S.name)}`);
   listImages();
@@ -474,6 +499,7 @@ window.addEventListener("keydown", (ev) => {
   if ((ev.ctrlKey || ev.metaKey) && (k === "y" || k === "Y")) { ev.preventDefault(); redo(); return; }
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
   if (k === "Enter" || k === "n" || k === "N") { ev.preventDefault(); accept(); }
+  else if (k === "p" || k === "P") { ev.preventDefault(); acceptAsPart(); }
   else if (k === "Escape") { if (!$("help").hidden) toggleHelp(false); else cancel(); }
   else if (k === "a" || k === "A") openImage(S.index - 1);
   else if (k === "d" || k === "D") openImage(S.index + 1);
