@@ -47,7 +47,7 @@ def main() -> None:
     ks = [k for k in (0, 1, 2, 3, 5, 10, 20) if k <= args.corrections]
     for engine in args.engines.split(","):
         for confine in [float(c) for c in args.confine.split(",")]:
-            t0, curves, far = time.perf_counter(), [], []
+            t0, curves, far, vertices = time.perf_counter(), [], [], []
             image_key, image = "", None
             for inst in held:
                 if str(inst.image_path) != image_key:
@@ -80,6 +80,7 @@ def main() -> None:
                     )
                 )
                 far.extend(seen)
+                vertices.append(len(session.polygon))
             c = np.array(curves)
             noc = {
                 lv: np.mean(
@@ -94,7 +95,8 @@ def main() -> None:
                 + f" | NoC@85 {noc[85]:.2f} NoC@90 {noc[90]:.2f} | below start k=1 {100 * below[1]:.0f} % "
                 f"k={args.corrections} {100 * below[-1]:.0f} % | first correction moved "
                 f"{100 * sum(m for _, m in far) / max(sum(n for n, _ in far), 1):.0f} % of the vertices "
-                f"> 0.5 box side away | {time.perf_counter() - t0:.0f} s"
+                f"> 0.5 box side away | median vertices after {args.corrections}: "
+                f"{np.median(vertices):g} | {time.perf_counter() - t0:.0f} s"
             )
 
 
