@@ -164,6 +164,14 @@ def _oriented(contour: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     return contour[::-1] if signed_area(contour) * signed_area(polygon) < 0 else contour
 
 
+def _arc(ring: np.ndarray, i: int, j: int) -> float:
+    """The share of the closed ``ring``'s (K, 2) perimeter from its point i forward to its point j."""
+    seg = np.linalg.norm(np.roll(ring, -1, axis=0) - ring, axis=1)
+    total = float(seg.sum())
+    idx = [(i + t) % len(ring) for t in range((j - i) % len(ring))]
+    return float(seg[idx].sum()) / total if total > 0 else 0.0
+
+
 def _run(contour: np.ndarray, i: int, j: int, tolerance: float) -> np.ndarray:
     """The closed ``contour``'s points strictly between its points i and j going forward (all the others when
     i == j), simplified with ``tolerance``."""
@@ -182,10 +190,29 @@ def splice_region(
     fixed or farther than ``reach`` from ``at``; those anchors and everything beyond them are kept exactly
     (fixed vertices keep their flags), the stretch between them follows the contour from the point nearest one
     anchor to the point nearest the other, simplified with ``tolerance``. Without any anchor the whole outline
-    is the contour's. None when the stretch would wrap round most of the contour (not a local change).
+    is the contour's. When the new stretch would reach farther than ``reach`` from ``at`` (the guard rails
+    refuse that), the anchors move inwards (0.75, 0.5, 0.35 of ``reach``). None when no stretch fits, or when
+    the contour's stretch and the polygon's differ by more than half the perimeter (the contour runs between
+    the anchors the other way round).
     """
+    for share in (1.0, 0.75, 0.5, 0.35):
+        out = _splice_region(before, contour, at, anchor_at=share * reach, tolerance=tolerance)
+        if out is None:
+            continue
+        old = {(float(q[0]), float(q[1])) for q in before.polygon}
+        new = np.array([q for q in out.polygon if (float(q[0]), float(q[1])) not in old]).reshape(-1, 2)
+        if not len(new) or float(np.linalg.norm(new - at, axis=1).max()) <= reach:
+            return out
+    return None
+
+
+def _splice_region(
+    before: State, contour: np.ndarray, at: np.ndarray, *, anchor_at: float, tolerance: float
+) -> State | None:
+    """:func:`splice_region` with its anchors the first vertices fixed or farther than ``anchor_at``."""
+    reach = anchor_at
     p, fixed = before.polygon, before.fixed
-    n, m = len(p), len(contour)
+    n = len(p)
     contour = _oriented(contour, p)
     a_, b_ = p, np.roll(p, -1, axis=0)
     ab = b_ - a_
@@ -205,8 +232,8 @@ def splice_region(
         return int(np.argmin(np.linalg.norm(contour - q, axis=1)))
 
     qa, qb = nearest(p[a]), nearest(p[b])
-    if a != b and (qb - qa) % m > 0.75 * m:
-        return None
+    if a != b and abs(_arc(contour, qa, qb) - _arc(p, a, b)) > 0.5:
+        return None  # the contour runs between the anchors the other way round: not the same stretch
     path = _run(contour, qa, qb, tolerance)
     kept = [(b + k) % n for k in range((a - b) % n + 1)] if a != b else [a]  # b .. round to .. a
     poly = np.concatenate([p[kept], path])
