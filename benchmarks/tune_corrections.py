@@ -6,7 +6,8 @@ never trained on), boxes with a long side of at least 32 px, as ``polyrnn evalua
     python benchmarks/tune_corrections.py --refiner runs/train/refiner/weights/best.pt --confine 0.25,0.5,1
 
 prints, for each engine and setting, the mean IoU after k corrections of the clicks-to-quality annotator
-(``polyrnn.evaluation.clicks``), NoC@85 / @90 and the share of instances below their start after k.
+(``polyrnn.evaluation.clicks``), NoC@85 / @90 and the share of instances below their start after k;
+``--protocol clicks``: the standard click protocol (positive / negative clicks) instead.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from polyrnn.build import load_models
 from polyrnn.config import INFERENCE
 from polyrnn.data.instance import load_image
-from polyrnn.evaluation.clicks import NEAR, clicks_to_quality, far_changes
+from polyrnn.evaluation.clicks import NEAR, click_protocol, clicks_to_quality, far_changes
 from polyrnn.refine_training import load_refiner_config, split_instances
 from polyrnn.session import BoxEncoding, BoxSession, EngineConfig
 
@@ -31,6 +32,12 @@ def main() -> None:
     ap.add_argument("--engines", default="refine,rnn,manual")
     ap.add_argument("--confine", default="0.5", help="guard-rail reach in box long sides, list")
     ap.add_argument("--near", type=float, default=NEAR)
+    ap.add_argument(
+        "--protocol",
+        choices=("drags", "clicks"),
+        default="drags",
+        help="the editor's drags (clicks to quality) or the standard click protocol (+/- clicks)",
+    )
     ap.add_argument(
         "--tolerance", type=float, default=INFERENCE.tolerance, help="outline simplification, mask pixels"
     )
@@ -69,6 +76,12 @@ def main() -> None:
                     if not seen:
                         seen.append(far_changes(before, after, c.point, half))
 
+                if args.protocol == "clicks":
+                    curves.append(
+                        click_protocol(session, inst.mask(), inst.ignore_mask(), max_clicks=args.corrections)
+                    )
+                    vertices.append(len(session.polygon))
+                    continue
                 curves.append(
                     clicks_to_quality(
                         session,

@@ -57,6 +57,9 @@ class RefinerConfig:
     weight_decay: float = 1e-5
     max_clicks: int = 6  # corrections simulated with the network before a training step: 0 .. max_clicks - 1
     val_clicks: int = 5  # held-out figure: mean IoU after 1 .. val_clicks corrections
+    # share of simulated corrections that are region clicks (a point in the error region and its sign, no
+    # vertex: the editor's Shift+click, CVAT's clicks) rather than drags; the epoch is then chosen on both
+    region_clicks: float = 0.0
     reduce: int = 32  # refiner: feature channels after the 1x1 reduction
     hidden: int = 40  # refiner: channels of its dilated convolutions
     seed: int = 0
@@ -75,19 +78,25 @@ def load_refiner_config(path: str | None, overrides: list[str] | None = None) ->
 
 
 # --- simulated corrections -----------------------------------------------------------------------------
-Drag = tuple[float, float, float, float, int]  # (vx, vy) boundary point, (mx, my) the drag's middle, sign
+# (vx, vy) boundary point (NaN for a region click: no vertex), (mx, my) the drag's middle or the click, sign
+Drag = tuple[float, float, float, float, int]
 
 
-def simulated_click(pred: np.ndarray, gt: np.ndarray, gt_boundary: np.ndarray) -> Drag | None:
+def simulated_click(
+    pred: np.ndarray, gt: np.ndarray, gt_boundary: np.ndarray, *, region: bool = False
+) -> Drag | None:
     """A correction as the annotator makes it in the editor: at the worst error's innermost point, the
     outline runs at ``u`` (the predicted boundary point nearest to it) and should run at ``v`` (the
     ground-truth boundary point nearest to it); the annotator drags from ``u`` to ``v``. Returns ``v``, the
     drag's middle ``(u + v) / 2`` (inside the error region) and the sign (+1: the object was missed there,
-    -1: the polygon spilled over); None without error."""
+    -1: the polygon spilled over); None without error. ``region``: a click at the innermost point itself
+    instead (the standard click protocol), with no vertex: ``(nan, nan, x, y, sign)``."""
     e = worst_error(pred, gt)
     if e is None or not len(gt_boundary):
         return None
     x, y, missed, _ = e
+    if region:
+        return math.nan, math.nan, x, y, 1 if missed else -1
     vx, vy = nearest_point(gt_boundary, x, y)
     own = boundary_points(pred)
     ux, uy = nearest_point(own, x, y) if len(own) else (x, y)
@@ -147,17 +156,27 @@ def _loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 
 def _add_clicks(
-    current: torch.Tensor, gt: torch.Tensor, bounds: list[np.ndarray], clicks: list[list[Drag]]
+    current: torch.Tensor,
+    gt: torch.Tensor,
+    bounds: list[np.ndarray],
+    clicks: list[list[Drag]],
+    *,
+    region: float | np.ndarray = 0.0,
+    rng: np.random.Generator | None = None,
 ) -> None:
+    """The next simulated correction of each sample into ``clicks``: a region click with probability
+    ``region`` (a share, drawn with ``rng``; 1.0: always), else a drag."""
     cur, g = current.numpy() > 0.5, gt.numpy()
+    draws = rng.random(len(clicks)) if rng is not None else np.zeros(len(clicks))
     for i in range(len(clicks)):
-        c = simulated_click(cur[i], g[i], bounds[i])
+        is_region = bool(region >= 1.0) or bool(draws[i] < region)
+        c = simulated_click(cur[i], g[i], bounds[i], region=is_region)
         if c is not None:
             clicks[i].append(c)
 
 
 def _maps(current: torch.Tensor, prob: torch.Tensor, clicks: list[list[Drag]], size: int) -> torch.Tensor:
-    fixed = [[(c[0], c[1]) for c in cs] for cs in clicks]
+    fixed = [[(c[0], c[1]) for c in cs if not math.isnan(c[0])] for cs in clicks]  # region clicks: no vertex
     return refiner_maps(current, prob, fixed, [[(c[2], c[3], c[4]) for c in cs] for cs in clicks], size)
 
 
@@ -187,13 +206,14 @@ def train_one_epoch(
         current = _start(prob)
         clicks: list[list[Drag]] = [[] for _ in rows]
         b_bounds = [bounds[r] for r in rows]
+        share = cfg.region_clicks
         for _ in range(int(rng.integers(0, cfg.max_clicks))):  # the network's own earlier corrections
-            _add_clicks(current, gt, b_bounds, clicks)
+            _add_clicks(current, gt, b_bounds, clicks, region=share, rng=rng if share > 0 else None)
             model.eval()
             with torch.no_grad():
                 current = (model(feats, _maps(current, prob, clicks, model.size)) > 0).float()
             model.train()
-        _add_clicks(current, gt, b_bounds, clicks)
+        _add_clicks(current, gt, b_bounds, clicks, region=share, rng=rng if share > 0 else None)
         loss = _loss(model(feats, _maps(current, prob, clicks, model.size)), gt)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -206,9 +226,16 @@ def train_one_epoch(
 
 @torch.no_grad()
 def click_curve(
-    model: Refiner, cache: Cache, index: np.ndarray, *, clicks: int, bounds: list[np.ndarray]
+    model: Refiner,
+    cache: Cache,
+    index: np.ndarray,
+    *,
+    clicks: int,
+    bounds: list[np.ndarray],
+    region: bool = False,
 ) -> list[float]:
-    """Mean IoU (map resolution) after k = 0..clicks simulated corrections on cache rows ``index``."""
+    """Mean IoU (map resolution) after k = 0..clicks simulated corrections (drags, or ``region`` clicks) on
+    cache rows ``index``."""
     model.eval()
     ious = np.zeros(clicks + 1)
     for s in range(0, len(index), 64):
@@ -218,7 +245,7 @@ def click_curve(
         hist: list[list[Drag]] = [[] for _ in rows]
         for k in range(clicks + 1):
             if k:
-                _add_clicks(current, gt, [bounds[r] for r in rows], hist)
+                _add_clicks(current, gt, [bounds[r] for r in rows], hist, region=1.0 if region else 0.0)
                 current = (model(feats, _maps(current, prob, hist, model.size)) > 0).float()
             inter = (current.bool() & gt).flatten(1).sum(1).float()
             union = (current.bool() | gt).flatten(1).sum(1).float()
@@ -337,11 +364,16 @@ def train_refiner(cfg: RefinerConfig, *, log: Any = print) -> Path:
             click_curve(model, cache, val_rows, clicks=cfg.val_clicks, bounds=bounds) if len(val_rows) else []
         )
         metric = float(np.mean(curve[1:])) if curve else -tr["loss"]
+        regional: list[float] = []
+        if cfg.region_clicks > 0 and len(val_rows):  # choose on drags and region clicks alike
+            regional = click_curve(model, cache, val_rows, clicks=cfg.val_clicks, bounds=bounds, region=True)
+            metric = (metric + float(np.mean(regional[1:]))) / 2
         row = {
             "epoch": epoch,
             "train_loss": tr["loss"],
             "seconds": tr["seconds"],
             **{f"val_iou_{k}": v for k, v in enumerate(curve)},
+            **{f"val_region_iou_{k}": v for k, v in enumerate(regional)},
         }
         rows.append(row)
         ckpt = refiner_checkpoint(
@@ -364,6 +396,8 @@ def train_refiner(cfg: RefinerConfig, *, log: Any = print) -> Path:
         if curve:
             _plot(rows, run / "results.png", cfg.val_clicks)
         shown = " ".join(f"{100 * v:.1f}" for v in curve)
+        if regional:
+            shown += " | region clicks " + " ".join(f"{100 * v:.1f}" for v in regional)
         log(
             f"epoch {epoch}/{cfg.epochs}: loss {tr['loss']:.4f}, held-out IoU after 0..{cfg.val_clicks} "
             f"corrections {shown} ({tr['seconds']:.0f} s){' *' if metric >= best else ''}"

@@ -414,3 +414,55 @@ def test_far_changes_counts_the_far_vertices_an_edit_moved():
     after[0] = [0.5, 0.0]  # far from it
     assert far_changes(before, after, (10.0, 10.0), 5.0) == (3, 1)
     assert far_changes(before, before[[1, 2, 3]], (10.0, 10.0), 5.0) == (3, 1)  # dropped counts as moved
+
+
+def test_region_clicks_in_the_refiners_training_have_no_vertex_and_are_chosen_on_too(tmp_path):
+    import math
+
+    from helpers import write_image
+
+    from polyrnn.refine_training import _maps, load_refiner_config, simulated_click, train_refiner
+
+    gt = np.zeros((56, 56), bool)
+    gt[10:40, 10:40] = True
+    pred = np.zeros_like(gt)
+    pred[10:40, 10:30] = True  # a strip on the right is missed
+    vx, vy, x, y, sign = simulated_click(pred, gt, np.argwhere(gt)[:, ::-1] + 0.5, region=True)
+    assert math.isnan(vx) and math.isnan(vy) and sign == 1 and gt[int(y), int(x)] and not pred[int(y), int(x)]
+    drag = simulated_click(pred, gt, np.argwhere(gt)[:, ::-1] + 0.5)
+    assert drag is not None and not math.isnan(drag[0])
+    cur = torch.from_numpy(pred.astype(np.float32))[None]
+    maps = _maps(cur, cur, [[(vx, vy, x, y, sign)]], 56)
+    assert maps[0, 2].sum() == 0 and maps[0, 3].sum() > 0  # no vertex disk, a positive click disk
+    maps = _maps(cur, cur, [[drag]], 56)
+    assert maps[0, 2].sum() > 0
+
+    data = tmp_path / "data"
+    for i in range(4):
+        write_image(data / f"im{i}.jpg", 96, 80, seed=i)
+        t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+        pts = np.column_stack([48 + 18 * np.cos(t), 40 + 14 * np.sin(t)])
+        shapes = [{"label": "blob", "points": pts.tolist(), "shape_type": "polygon"}]
+        (data / f"im{i}.json").write_text(json.dumps({"imagePath": f"im{i}.jpg", "shapes": shapes}))
+    torch.manual_seed(0)
+    mask = tmp_path / "mask.pt"
+    save_checkpoint(mask, checkpoint_dict(build_model("tiny-mask"), VARIANTS["tiny-mask"]))
+    cfg = load_refiner_config(
+        "refiner",
+        [
+            f"mask_weights={mask}",
+            f"train=[{data}]",
+            "val_split=0.5",
+            "copies=1",
+            "epochs=1",
+            "batch_size=2",
+            "hidden=8",
+            "reduce=8",
+            "region_clicks=0.5",
+            f"out={tmp_path / 'runs'}",
+            "min_size=10",
+        ],
+    )
+    run = train_refiner(cfg, log=lambda *_: None)
+    header = (run / "results.csv").read_text().splitlines()[0].split(",")
+    assert "val_iou_1" in header and "val_region_iou_1" in header
