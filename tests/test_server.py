@@ -295,6 +295,8 @@ def test_include_and_exclude_clicks_are_session_operations(client):
     for bad in (
         {"version": 1, "op": "exclude"},
         {"version": 1, "op": "exclude", "point": [1e9, 5]},
+        {"version": 1, "op": "include", "point": [1e300, -1e300]},
+        {"version": 1, "op": "include", "point": ["a", 5]},
         {"version": 1, "op": "include", "point": [float("nan"), 5]},
     ):
         assert (

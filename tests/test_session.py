@@ -134,17 +134,14 @@ def test_refine_engine_keeps_fixed_vertices_and_gives_a_simple_polygon():
     assert {tuple(p) for p in s.polygon[s.fixed]} == placed and len(s.state.clicks) == 2
 
 
-def test_refiner_training_leaves_a_run_that_loads_for_its_mask_model(tmp_path):
+def _blobs_and_tiny_mask(tmp_path, blobs):
+    """A LabelMe folder with one ellipse per image (centre x, y and radius of each) and an untrained tiny mask
+    model's checkpoint: (folder, checkpoint)."""
     from helpers import write_image
 
-    from polyrnn.build import CheckpointError, load_refiner
-    from polyrnn.refine_training import load_refiner_config, ship_refiner, train_refiner
-
     data = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for i in range(6):
+    for i, (cx, cy, r) in enumerate(blobs):
         write_image(data / f"im{i}.jpg", 96, 80, seed=i)
-        cx, cy, r = rng.uniform(35, 60), rng.uniform(30, 50), rng.uniform(14, 20)
         t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
         pts = np.column_stack([cx + r * np.cos(t), cy + 0.8 * r * np.sin(t)])
         shapes = [{"label": "blob", "points": pts.tolist(), "shape_type": "polygon"}]
@@ -152,6 +149,18 @@ def test_refiner_training_leaves_a_run_that_loads_for_its_mask_model(tmp_path):
     torch.manual_seed(0)
     mask = tmp_path / "mask.pt"
     save_checkpoint(mask, checkpoint_dict(build_model("tiny-mask"), VARIANTS["tiny-mask"]))
+    return data, mask
+
+
+def test_refiner_training_leaves_a_run_that_loads_for_its_mask_model(tmp_path):
+
+    from polyrnn.build import CheckpointError, load_refiner
+    from polyrnn.refine_training import load_refiner_config, ship_refiner, train_refiner
+
+    rng = np.random.default_rng(0)
+    data, mask = _blobs_and_tiny_mask(
+        tmp_path, [(rng.uniform(35, 60), rng.uniform(30, 50), rng.uniform(14, 20)) for _ in range(6)]
+    )
     cfg = load_refiner_config(
         "refiner",
         [
@@ -419,8 +428,6 @@ def test_far_changes_counts_the_far_vertices_an_edit_moved():
 def test_region_clicks_in_the_refiners_training_have_no_vertex_and_are_chosen_on_too(tmp_path):
     import math
 
-    from helpers import write_image
-
     from polyrnn.refine_training import _maps, load_refiner_config, simulated_click, train_refiner
 
     gt = np.zeros((56, 56), bool)
@@ -437,16 +444,7 @@ def test_region_clicks_in_the_refiners_training_have_no_vertex_and_are_chosen_on
     maps = _maps(cur, cur, [[drag]], 56)
     assert maps[0, 2].sum() > 0
 
-    data = tmp_path / "data"
-    for i in range(4):
-        write_image(data / f"im{i}.jpg", 96, 80, seed=i)
-        t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
-        pts = np.column_stack([48 + 18 * np.cos(t), 40 + 14 * np.sin(t)])
-        shapes = [{"label": "blob", "points": pts.tolist(), "shape_type": "polygon"}]
-        (data / f"im{i}.json").write_text(json.dumps({"imagePath": f"im{i}.jpg", "shapes": shapes}))
-    torch.manual_seed(0)
-    mask = tmp_path / "mask.pt"
-    save_checkpoint(mask, checkpoint_dict(build_model("tiny-mask"), VARIANTS["tiny-mask"]))
+    data, mask = _blobs_and_tiny_mask(tmp_path, [(48.0, 40.0, 18.0)] * 4)
     cfg = load_refiner_config(
         "refiner",
         [

@@ -150,12 +150,19 @@ def splice(manual: State, contour: np.ndarray, index: int, *, reach: float, tole
     if a != b and first + second > 0.75 * m:  # the stretch would wrap round the contour: not a local change
         return None
     path1, path2 = run(qa, qc), run(qc, qb)
+    middle = np.concatenate([path1, [c], path2])
+    return _rejoin(manual, a, b, middle, np.arange(len(middle)) == len(path1))
+
+
+def _rejoin(before: State, a: int, b: int, middle: np.ndarray, middle_fixed: np.ndarray) -> State:
+    """``before``'s vertices from anchor ``b`` round to anchor ``a`` kept exactly (with their flags), then
+    ``middle`` (M, 2) with ``middle_fixed`` (M,) in place of the stretch between them; numbered from where the
+    polygon started when that vertex is kept, so indices move as little as possible."""
+    p, fixed, n = before.polygon, before.fixed, len(before.polygon)
     kept = [(b + t) % n for t in range((a - b) % n + 1)] if a != b else [a]  # b .. round to .. a
-    poly = np.concatenate([p[kept], path1, [c], path2])
-    flags = np.concatenate([fixed[kept], np.zeros(len(path1), bool), [True], np.zeros(len(path2), bool)])
-    # start where the polygon started when that vertex is kept, so indices move as little as possible
-    first_kept = min(kept)
-    shift = kept.index(first_kept)
+    poly = np.concatenate([p[kept], middle.reshape(-1, 2)])
+    flags = np.concatenate([fixed[kept], np.asarray(middle_fixed, dtype=bool)])
+    shift = kept.index(min(kept))
     return State(np.roll(poly, -shift, axis=0), np.roll(flags, -shift))
 
 
@@ -235,8 +242,4 @@ def _splice_region(
     if a != b and abs(_arc(contour, qa, qb) - _arc(p, a, b)) > 0.5:
         return None  # the contour runs between the anchors the other way round: not the same stretch
     path = _run(contour, qa, qb, tolerance)
-    kept = [(b + k) % n for k in range((a - b) % n + 1)] if a != b else [a]  # b .. round to .. a
-    poly = np.concatenate([p[kept], path])
-    flags = np.concatenate([fixed[kept], np.zeros(len(path), bool)])
-    shift = kept.index(min(kept))  # start where the polygon started when that vertex is kept
-    return State(np.roll(poly, -shift, axis=0), np.roll(flags, -shift))
+    return _rejoin(before, a, b, path, np.zeros(len(path), dtype=bool))

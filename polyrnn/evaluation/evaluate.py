@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -220,14 +220,9 @@ def evaluate_instance(
 
     if len(gt_tokens) >= 3:
         for t in options.thresholds:  # the paper's protocol, through the session with the paper's engine
-            engine = EngineConfig(
-                name="rnn",
-                confine=math.inf,  # the paper's annotator: no reach limit
-                rejoin=options.rejoin,
-                eos_threshold=options.eos_threshold,
-                mask_flip=options.mask_flip,
-                context=options.context,
-            )
+            engine = replace(
+                _engine("rnn", options), confine=math.inf
+            )  # the paper's annotator: no reach limit
             poly, clicks = threshold_protocol(BoxSession(enc, engine), gt_tokens, t)
             res.annotator[t] = (iou_of([poly]), clicks)
     else:  # degenerate on the grid: nothing to correct towards
