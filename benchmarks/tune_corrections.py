@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--refiner", default=None, help="refiner weights (default: the shipped one)")
     ap.add_argument("--engines", default="refine,rnn,manual")
     ap.add_argument("--confine", default="0.5", help="guard-rail reach in box long sides, list")
+    ap.add_argument("--focus", default="1", help="refine: the refiner's focus pass (1) or not (0), list")
     ap.add_argument("--near", type=float, default=NEAR)
     ap.add_argument(
         "--protocol",
@@ -53,7 +54,8 @@ def main() -> None:
     print(f"{len(held)} held-out training instances (box long side >= {args.min_size:g} px)")
     ks = [k for k in (0, 1, 2, 3, 5, 10, 20) if k <= args.corrections]
     for engine in args.engines.split(","):
-        for confine in [float(c) for c in args.confine.split(",")]:
+        settings = [(float(c), f == "1") for c in args.confine.split(",") for f in args.focus.split(",")]
+        for confine, focus in settings:
             t0, curves, far, vertices = time.perf_counter(), [], [], []
             image_key, image = "", None
             for inst in held:
@@ -68,7 +70,7 @@ def main() -> None:
                     refiner=models.refiner,
                     tolerance=args.tolerance,
                 )
-                config = EngineConfig(name=engine, confine=confine, tolerance=args.tolerance)
+                config = EngineConfig(name=engine, confine=confine, tolerance=args.tolerance, focus=focus)
                 session = BoxSession(enc, config)
                 seen: list[tuple[int, int]] = []
 
@@ -103,7 +105,7 @@ def main() -> None:
             }
             below = (c < c[:, :1] - 1e-9).mean(0)
             print(
-                f"{engine:7s} confine {confine:g}: "
+                f"{engine:7s} confine {confine:g} focus {'on' if focus else 'off'}: "
                 + " ".join(f"k={k} {100 * c[:, k].mean():.1f}" for k in ks)
                 + f" | NoC@85 {noc[85]:.2f} NoC@90 {noc[90]:.2f} | below start k=1 {100 * below[1]:.0f} % "
                 f"k={args.corrections} {100 * below[-1]:.0f} % | first correction moved "

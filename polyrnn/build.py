@@ -26,7 +26,7 @@ from polyrnn.modeling.encoder import (
 from polyrnn.modeling.first_vertex import FirstVertex
 from polyrnn.modeling.mask_net import MaskHead, MaskNet
 from polyrnn.modeling.polygon_rnn import PolygonRNN
-from polyrnn.modeling.refiner import Refiner
+from polyrnn.modeling.refiner import FocusPass, Refiner
 
 REFINER_FORMAT = "polyrnn-refiner"  # the ``format`` field of a refiner checkpoint
 
@@ -446,12 +446,26 @@ def load_refiner(path: str | Path, mask_path: str | Path | None = None) -> Refin
     ckpt = _load_file(path, REFINER_FORMAT, "refiner ")
     if mask_path is not None and ckpt.get("mask_sha256") != sha256_file(mask_path):
         raise CheckpointError(f"{path}: trained on another mask model's features than {mask_path}")
-    c = ckpt["refiner_config"]
+    model = _refiner_from(ckpt["refiner_config"], ckpt["model"], str(path))
+    focus = ckpt.get("focus")
+    if focus is not None:
+        try:
+            window, min_side = float(focus["window"]), float(focus["min_side"])
+            second = _refiner_from(focus["refiner_config"], focus["model"], f"{path} (focus pass)")
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: a malformed focus pass ({e!r})") from None
+        if not (0.05 <= window <= 1.0 and 0.0 <= min_side <= 1e5):
+            raise CheckpointError(f"{path}: focus window {window} or min_side {min_side} out of range")
+        model.focus_pass = FocusPass(second, window, min_side)
+    return model
+
+
+def _refiner_from(c: dict[str, Any], weights: dict[str, Any], name: str) -> Refiner:
     model = Refiner(
         feat_channels=int(c["feat_channels"]),
         reduce=int(c["reduce"]),
         hidden=int(c["hidden"]),
         size=int(c["size"]),
     )
-    load_weights(model, ckpt["model"], str(path))
+    load_weights(model, weights, name)
     return model.eval()

@@ -26,6 +26,9 @@ class InferenceDefaults:
     # coarsest that keeps the held-out IoU within 0.25 points of the densest, the vertex density of human
     # polygons (median 18 vs 17; benchmarks/tune_tolerance.py; a learned model folder carries its own).
     tolerance: float = 2.0
+    # refine engine: the refiner's finer second pass in a window around each drag (FocalClick's focus crop),
+    # when the refiner has one
+    focus: bool = True
 
 
 INFERENCE = InferenceDefaults()

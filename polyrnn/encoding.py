@@ -70,6 +70,7 @@ class BoxEncoding:
             crop_size=polygon_model.crop_size,
             grid_size=polygon_model.grid_size,
         )
+        self.image = image  # kept for focus windows (:meth:`focus_mask`)
         pixels = self.crop.crop_image(image)
         self.pixels = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float()
         self.long_side = max(x2 - x1, y2 - y1)
@@ -147,15 +148,45 @@ class BoxEncoding:
         """The refiner's mask over the crop, bool (crop_size, crop_size), for the polygon ``before`` the edit
         (image pixels), the fixed vertices (K, 2) and the corrections (:data:`Click`, image pixels)."""
         assert self.refiner is not None
-        s = self.refiner.size
-        feats, prob = self._mask
-        current = torch.from_numpy(rasterize([self.to_map(before, s)], s, s).astype(np.float32))[None]
-        p = F.adaptive_avg_pool2d(prob[:, None], s)[:, 0]
-        fixed = [tuple(q) for q in self.to_map(fixed_points, s)]
-        mids = [(*self.to_map(np.array([c.middle]), s)[0], c.sign) for c in clicks]
-        maps = refiner_maps(current, p, [fixed], [mids], s)  # type: ignore[list-item]
-        c = self.crop.crop_size
-        fine = torch.from_numpy(rasterize([self.to_map(before, c)], c, c).astype(np.float32))[None]
+        return self._refined(self.refiner, self.crop, self._mask, before, fixed_points, clicks)
+
+    def focus_mask(
+        self, window: CropBox, before: np.ndarray, fixed_points: np.ndarray, clicks: list[Click]
+    ) -> np.ndarray:
+        """:meth:`refined_mask` over ``window`` (a square of the image around an edit) by the refiner's focus
+        pass (:class:`~polyrnn.modeling.refiner.FocusPass`): the mask model reads the window at its input
+        size (no mirror), so the outline is drawn finer. Bool (crop_size, crop_size) over the window."""
+        assert self.refiner is not None and self.refiner.focus_pass is not None
+        assert self.mask_model is not None
+        pixels = torch.from_numpy(np.ascontiguousarray(window.crop_image(self.image)))
         with torch.inference_mode():
-            logits = self.refiner.refine(self.refiner.residual(feats, maps), fine)
+            seen = self.mask_model.features_and_masks(pixels.permute(2, 0, 1)[None].float(), flip=False)
+        return self._refined(self.refiner.focus_pass.refiner, window, seen, before, fixed_points, clicks)
+
+    def _refined(
+        self,
+        refiner: Refiner,
+        crop: CropBox,
+        seen: tuple[torch.Tensor, torch.Tensor],
+        before: np.ndarray,
+        fixed_points: np.ndarray,
+        clicks: list[Click],
+    ) -> np.ndarray:
+        s = refiner.size
+        feats, prob = seen
+
+        def to_map(xy: np.ndarray, size: int) -> np.ndarray:
+            return crop.image_to_crop(np.asarray(xy, dtype=np.float64).reshape(-1, 2)) * (
+                size / crop.crop_size
+            )
+
+        current = torch.from_numpy(rasterize([to_map(before, s)], s, s).astype(np.float32))[None]
+        p = F.adaptive_avg_pool2d(prob[:, None], s)[:, 0]
+        fixed = [tuple(q) for q in to_map(fixed_points, s)]
+        mids = [(*to_map(np.array([c.middle]), s)[0], c.sign) for c in clicks]
+        maps = refiner_maps(current, p, [fixed], [mids], s)  # type: ignore[list-item]
+        c = crop.crop_size
+        fine = torch.from_numpy(rasterize([to_map(before, c)], c, c).astype(np.float32))[None]
+        with torch.inference_mode():
+            logits = refiner.refine(refiner.residual(feats, maps), fine)
         return logits[0].numpy() > 0

@@ -60,6 +60,10 @@ class RefinerConfig:
     # share of simulated corrections that are region clicks (a point in the error region and its sign, no
     # vertex: the editor's Shift+click, CVAT's clicks) rather than drags; the epoch is then chosen on both
     region_clicks: float = 0.0
+    # > 0: a focus refiner (FocalClick's focus crop): it reads windows of about this many crop sides
+    # centred on corrections of objects at least focus_min px long, starting from the mask model's outline
+    focus: float = 0.0
+    focus_min: float = 96.0
     reduce: int = 32  # refiner: feature channels after the 1x1 reduction
     hidden: int = 40  # refiner: channels of its dilated convolutions
     seed: int = 0
@@ -113,6 +117,7 @@ class Cache:
     prob: torch.Tensor
     gt: torch.Tensor
     image: np.ndarray
+    start: torch.Tensor | None = None  # (N, S, S) bool: the mask each sample starts from (None: prob > 0.5)
 
     def __len__(self) -> int:
         return len(self.image)
@@ -144,6 +149,91 @@ def build_cache(
             owner += [images[str(instances[b["index"]].image_path)] for b in batch]
         log(f"cache: copy {copy}, {len(owner)} crops ({time.perf_counter() - t0:.0f} s)")
     return Cache(torch.cat(feats), torch.cat(probs), torch.cat(gts), np.array(owner))
+
+
+@torch.no_grad()
+def build_focus_cache(
+    mask_model: MaskNet,
+    instances: list[Instance],
+    *,
+    copies: int,
+    focus: float,
+    size: int,
+    seed: int,
+    context: float = 0.15,
+    log: Any = print,
+) -> tuple[Cache, np.ndarray]:
+    """Focus windows (FocalClick's focus crops) for training a focus refiner: per instance, ``copies``
+    square windows of about ``focus`` crop sides (copy 0: exactly, centred where the annotator would first
+    drag the mask model's outline; the others: 0.75-1.25 times, around a random boundary point), each read by
+    the frozen mask model at its input size (no mirror, as at inference). ``start``: the mask model's
+    outline of the whole object (its crop, mirror-averaged) seen through the window. Returns the cache and
+    each row's instance index."""
+    import cv2
+
+    from polyrnn.data.crop import CropBox
+    from polyrnn.data.instance import load_image
+
+    mask_model.eval()
+    rng = np.random.default_rng(seed)
+    images = {p: i for i, p in enumerate(sorted({str(x.image_path) for x in instances}))}
+    feats, probs, gts, starts, owner, rows = [], [], [], [], [], []
+    t0, key, image = time.perf_counter(), "", None
+    for n, inst in enumerate(instances):
+        if str(inst.image_path) != key:
+            key, image = str(inst.image_path), load_image(inst.image_path)
+        assert image is not None
+        crop = CropBox.around(inst.box, context=context)
+        x = torch.from_numpy(np.ascontiguousarray(crop.crop_image(image))).permute(2, 0, 1)[None].float()
+        p_obj: np.ndarray = mask_model.features_and_masks(x, flip=True)[1][0].numpy().astype(np.float32)
+        full = inst.mask().astype(np.uint8) * 255
+        g_obj = cv2.resize(crop.crop_image(full), (size, size), interpolation=cv2.INTER_AREA) > 127
+        start_obj = cv2.resize(p_obj, (size, size), interpolation=cv2.INTER_AREA) > 0.5
+        windows = []
+        for copy in range(copies):
+            e = simulated_click(start_obj, g_obj, boundary_points(g_obj)) if copy == 0 else None
+            if e is not None:
+                u = np.array([e[0], e[1]])
+                side = focus * crop.side
+            else:
+                b = boundary_points(g_obj)
+                if not len(b):
+                    break
+                u = np.asarray(b[int(rng.integers(len(b)))], dtype=np.float64) + rng.normal(0, 1.0, 2)
+                side = focus * crop.side * float(rng.uniform(0.75, 1.25))
+            c = np.array([crop.x0, crop.y0]) + u * crop.side / size  # image pixels
+            side_i = max(8, int(round(side)))
+            windows.append(
+                CropBox(int(round(c[0] - side_i / 2)), int(round(c[1] - side_i / 2)), side_i, crop.crop_size)
+            )
+        if not windows:
+            continue
+        x = torch.from_numpy(np.stack([w.crop_image(image) for w in windows])).permute(0, 3, 1, 2).float()
+        f, p = mask_model.features_and_masks(x, flip=False)
+        feats.append(f.half())
+        probs.append(F.adaptive_avg_pool2d(p[:, None], size)[:, 0].half())
+        m = p_obj.shape[0]
+        for w in windows:
+            gts.append(cv2.resize(w.crop_image(full), (size, size), interpolation=cv2.INTER_AREA) > 127)
+            a = crop.side / m * size / w.side  # object-crop mask pixel -> window map pixel
+            t = (np.array([crop.x0, crop.y0]) - np.array([w.x0, w.y0])) * size / w.side + 0.5 * a - 0.5
+            warp = np.array([[a, 0, t[0]], [0, a, t[1]]], dtype=np.float64)
+            starts.append(cv2.warpAffine(p_obj, warp, (size, size), flags=cv2.INTER_LINEAR) > 0.5)
+            owner.append(images[str(inst.image_path)])
+            rows.append(n)
+        if (n + 1) % 200 == 0:
+            log(
+                f"focus cache: {n + 1}/{len(instances)} instances, {len(owner)} windows "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
+    cache = Cache(
+        torch.cat(feats),
+        torch.cat(probs),
+        torch.from_numpy(np.stack(gts)),
+        np.array(owner),
+        torch.from_numpy(np.stack(starts)),
+    )
+    return cache, np.array(rows)
 
 
 # --- training ------------------------------------------------------------------------------------------
@@ -203,7 +293,7 @@ def train_one_epoch(
         if len(rows) < 2:
             continue
         feats, prob, gt = cache.features[rows].float(), cache.prob[rows].float(), cache.gt[rows]
-        current = _start(prob)
+        current = _start(prob) if cache.start is None else cache.start[rows].float()
         clicks: list[list[Drag]] = [[] for _ in rows]
         b_bounds = [bounds[r] for r in rows]
         share = cfg.region_clicks
@@ -241,7 +331,7 @@ def click_curve(
     for s in range(0, len(index), 64):
         rows = index[s : s + 64]
         feats, prob, gt = cache.features[rows].float(), cache.prob[rows].float(), cache.gt[rows]
-        current = _start(prob)
+        current = _start(prob) if cache.start is None else cache.start[rows].float()
         hist: list[list[Drag]] = [[] for _ in rows]
         for k in range(clicks + 1):
             if k:
@@ -309,6 +399,25 @@ def split_instances(cfg: RefinerConfig) -> tuple[list[Instance], list[Instance]]
     return (train[: cfg.limit_train] if cfg.limit_train else train), val
 
 
+def _object_cache(
+    mask_model: MaskNet, cfg: RefinerConfig, train: list[Instance], val: list[Instance], size: int, log: Any
+) -> tuple[Cache, np.ndarray, np.ndarray]:
+    """The object crops' cache: every instance's canonical crop, ``cfg.copies - 1`` augmented ones of the
+    training instances; returns it with its training and held-out rows."""
+    cache = build_cache(mask_model, train + val, copies=range(1), size=size, seed=cfg.seed, log=log)
+    if cfg.copies > 1:
+        extra = build_cache(mask_model, train, copies=range(1, cfg.copies), size=size, seed=cfg.seed, log=log)
+        cache = Cache(
+            torch.cat([cache.features, extra.features]),
+            torch.cat([cache.prob, extra.prob]),
+            torch.cat([cache.gt, extra.gt]),
+            np.concatenate([cache.image, extra.image]),
+        )
+    train_rows = np.array([i for i in range(len(cache)) if not (len(train) <= i < len(train) + len(val))])
+    val_rows = np.arange(len(train), len(train) + len(val))
+    return cache, train_rows, val_rows
+
+
 def train_refiner(cfg: RefinerConfig, *, log: Any = print) -> Path:
     """Train per ``cfg`` into ``cfg.out/cfg.name``; returns the run folder."""
     from polyrnn.config import config_to_yaml
@@ -328,18 +437,20 @@ def train_refiner(cfg: RefinerConfig, *, log: Any = print) -> Path:
     train, val = split_instances(cfg)
     log(f"refiner: {len(train)} training and {len(val)} held-out instances, mask model {mask_path}")
     size = 2 * mask_model.grid_size
-    cache = build_cache(mask_model, train + val, copies=range(1), size=size, seed=cfg.seed, log=log)
-    if cfg.copies > 1:
-        extra = build_cache(mask_model, train, copies=range(1, cfg.copies), size=size, seed=cfg.seed, log=log)
-        cache = Cache(
-            torch.cat([cache.features, extra.features]),
-            torch.cat([cache.prob, extra.prob]),
-            torch.cat([cache.gt, extra.gt]),
-            np.concatenate([cache.image, extra.image]),
+    if cfg.focus > 0:
+        train = [i for i in train if i.long_side >= cfg.focus_min]
+        val = [i for i in val if i.long_side >= cfg.focus_min]
+        cache, owner = build_focus_cache(
+            mask_model, train + val, copies=cfg.copies, focus=cfg.focus, size=size, seed=cfg.seed, log=log
         )
+        held = owner >= len(train)
+        first = np.r_[True, owner[1:] != owner[:-1]]  # each held-out instance's copy 0
+        val_rows = np.nonzero(held & first)[0]
+        train_rows = np.nonzero(~held)[0]
+        log(f"focus refiner: {len(train_rows)} training windows, {len(val_rows)} held-out")
+    else:
+        cache, train_rows, val_rows = _object_cache(mask_model, cfg, train, val, size, log)
     bounds = [boundary_points(g.numpy()) for g in cache.gt]
-    train_rows = np.array([i for i in range(len(cache)) if not (len(train) <= i < len(train) + len(val))])
-    val_rows = np.arange(len(train), len(train) + len(val))
     model = Refiner(
         feat_channels=mask_model.encoder.out_channels, reduce=cfg.reduce, hidden=cfg.hidden, size=size
     )
@@ -353,6 +464,13 @@ def train_refiner(cfg: RefinerConfig, *, log: Any = print) -> Path:
                 f"{cfg.init_weights}: another refiner architecture than this config's ({e})"
             ) from None
         log(f"refiner: initialised from {cfg.init_weights}")
+    if cfg.init_weights and len(val_rows):
+        start = click_curve(model, cache, val_rows, clicks=cfg.val_clicks, bounds=bounds)
+        log(
+            "before training: held-out IoU after 0..{} corrections {}".format(
+                cfg.val_clicks, " ".join(f"{100 * v:.1f}" for v in start)
+            )
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     rows: list[dict[str, Any]] = []
@@ -406,9 +524,10 @@ def train_refiner(cfg: RefinerConfig, *, log: Any = print) -> Path:
     return run
 
 
-def ship_refiner(src: str | Path, *, folder: Path | None = None) -> Path:
+def ship_refiner(src: str | Path, *, focus: str | Path | None = None, folder: Path | None = None) -> Path:
     """Write a refiner run's checkpoint as the shipped ``refiner.pt`` (half precision, training state
-    dropped) and its line in ``SHA256SUMS``. Returns the written file."""
+    dropped) and its line in ``SHA256SUMS``; ``focus``: a focus refiner's checkpoint (``focus`` > 0 in its
+    training config, the same mask model) to ship as its focus pass. Returns the written file."""
     from polyrnn.build import WEIGHTS_DIR
 
     folder = folder or WEIGHTS_DIR
@@ -431,6 +550,25 @@ def ship_refiner(src: str | Path, *, folder: Path | None = None) -> Path:
     }
     keep["model"] = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
     keep["source"] = Path(src).name
+    if focus is not None:
+        second = torch.load(focus, map_location="cpu", weights_only=True)
+        if not isinstance(second, dict) or second.get("format") != REFINER_FORMAT:
+            raise CheckpointError(f"{focus}: not a polyrnn refiner checkpoint")
+        trained = second.get("train_config") or {}
+        if float(trained.get("focus", 0)) <= 0:
+            raise CheckpointError(f"{focus}: not a focus refiner (train_config.focus is not > 0)")
+        if second.get("mask_sha256") != ckpt.get("mask_sha256"):
+            raise CheckpointError(f"{focus}: trained on another mask model's features than {src}")
+        keep["focus"] = {
+            "refiner_config": second["refiner_config"],
+            "model": {k: (v.half() if v.is_floating_point() else v) for k, v in second["model"].items()},
+            "window": float(trained["focus"]),
+            "min_side": float(trained.get("focus_min", 0.0)),
+            "epoch": second.get("epoch"),
+            "metric": second.get("metric"),
+            "train_config": trained,
+            "source": Path(focus).name,
+        }
     from polyrnn.build import write_shipped
 
     dst = write_shipped(folder, "refiner.pt", keep)

@@ -464,3 +464,115 @@ def test_region_clicks_in_the_refiners_training_have_no_vertex_and_are_chosen_on
     run = train_refiner(cfg, log=lambda *_: None)
     header = (run / "results.csv").read_text().splitlines()[0].split(",")
     assert "val_iou_1" in header and "val_region_iou_1" in header
+
+
+def _focused_encoding(min_side=0.0):
+    from polyrnn.modeling.refiner import FocusPass
+
+    refiner = Refiner(feat_channels=16, size=2 * 28).eval()
+    refiner.focus_pass = FocusPass(Refiner(feat_channels=16, size=2 * 28).eval(), 0.6, min_side)
+    return _encoding(refiner=refiner, mask_model=build_model("tiny-mask").eval())
+
+
+def test_the_focus_pass_redraws_the_outline_finer_only_within_its_window(monkeypatch):
+    from polyrnn.engines.refine import _cut_at_circle, _focus
+
+    enc = _focused_encoding()
+    # the object's right side is an arc; the annotator dragged its apex to (130, 65)
+    t = np.linspace(-np.pi / 2, np.pi / 2, 41)
+    truth = np.concatenate(
+        [[[40.0, 30.0]], np.column_stack([120 + 10 * np.cos(t), 65 + 35 * np.sin(t)]), [[40.0, 100.0]]]
+    )
+    state = State(
+        np.array([[40.0, 30.0], [120.0, 30.0], [130.0, 65.0], [120.0, 100.0], [40.0, 100.0]]),
+        np.array([False, False, True, False, False]),
+    )
+    seen = []
+
+    def focus_mask(window, before, fixed, clicks):  # the focus refiner's mask: the truth, over its window
+        seen.append(window)
+        return rasterize([window.image_to_crop(truth)], window.crop_size, window.crop_size).astype(bool)
+
+    monkeypatch.setattr(enc, "focus_mask", focus_mask)
+    at = np.array([130.0, 65.0])
+    out = _focus(enc, EngineConfig(name="refine"), state, at, [], 0.5)
+    assert out is not None and len(seen) == 1
+    window = seen[0]
+    assert window.side == round(0.6 * enc.crop.side) and abs(window.x0 + window.side / 2 - 130) <= 1
+    radius = 0.45 * window.side
+    kept = {tuple(q) for q in out.polygon}
+    far = [tuple(q) for q in state.polygon if np.linalg.norm(q - at) > radius]
+    assert far and all(q in kept for q in far)  # nothing outside the window's circle moves
+    new = np.array([q for q in out.polygon if tuple(q) not in {tuple(p) for p in state.polygon}])
+    assert len(new) and np.linalg.norm(new - at, axis=1).max() <= radius + 1e-6
+    assert tuple(at) in kept and out.fixed[[tuple(q) for q in out.polygon].index(tuple(at))]
+    assert is_simple(out.polygon)
+    gt = rasterize([truth], 140, 180)
+    assert (
+        mask_iou(rasterize([out.polygon], 140, 180), gt)
+        > mask_iou(rasterize([state.polygon], 140, 180), gt) + 0.01
+    )
+    # the vertices put where the polygon crosses the circle lie on it, the polygon's own are kept in order
+    cut = _cut_at_circle(state, at, radius)
+    added = [q for q in cut.polygon if tuple(q) not in {tuple(p) for p in state.polygon}]
+    assert len(added) == 2 and np.allclose(np.linalg.norm(np.array(added) - at, axis=1), radius)
+    assert [tuple(q) for q in cut.polygon if tuple(q) in {tuple(p) for p in state.polygon}] == [
+        tuple(q) for q in state.polygon
+    ]
+    # a box smaller than the focus pass's min_side, or a session without it: no focus pass
+    small = _focused_encoding(min_side=1000.0)
+    assert _focus(small, EngineConfig(name="refine"), state, at, [], 0.5) is None
+    s = BoxSession(
+        enc, EngineConfig(name="refine", focus=False), state=State(SQUARE.copy(), np.zeros(4, bool))
+    )
+    seen.clear()
+    s.move(1, (126.0, 24.0))
+    assert not seen
+
+
+def test_a_focus_refiner_trains_on_windows_and_ships_inside_the_refiner(tmp_path):
+    from polyrnn.build import CheckpointError, load_refiner
+    from polyrnn.refine_training import load_refiner_config, ship_refiner, train_refiner
+
+    rng = np.random.default_rng(0)
+    data, mask = _blobs_and_tiny_mask(
+        tmp_path, [(rng.uniform(35, 60), rng.uniform(30, 50), rng.uniform(14, 20)) for _ in range(6)]
+    )
+    common = [
+        f"mask_weights={mask}",
+        f"train=[{data}]",
+        "val_split=0.34",
+        "epochs=1",
+        "batch_size=4",
+        "hidden=8",
+        "reduce=8",
+        f"out={tmp_path / 'runs'}",
+        "min_size=10",
+    ]
+    lines: list[str] = []
+    focus = train_refiner(
+        load_refiner_config("refiner", [*common, "copies=2", "focus=0.5", "focus_min=20", "name=focus"]),
+        log=lines.append,
+    )
+    said = next(x for x in lines if x.startswith("focus refiner:"))
+    assert int(said.split()[2]) >= 4 and (focus / "results.csv").is_file()  # two windows per training object
+    plain = train_refiner(
+        load_refiner_config("refiner", [*common, "copies=1", "name=plain"]), log=lambda *_: None
+    )
+    shipped = ship_refiner(
+        plain / "weights" / "best.pt", focus=focus / "weights" / "best.pt", folder=tmp_path
+    )
+    model = load_refiner(shipped, mask)
+    assert model.focus_pass is not None and model.focus_pass.window == 0.5 and model.focus_pass.min_side == 20
+    assert "focus_pass" not in "".join(model.state_dict())  # the refiner's own weights are what they were
+    with pytest.raises(CheckpointError, match="not a focus refiner"):
+        ship_refiner(plain / "weights" / "best.pt", focus=plain / "weights" / "best.pt", folder=tmp_path)
+    ckpt = torch.load(shipped, weights_only=True)
+    ckpt["focus"]["window"] = 7.0
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="focus window"):
+        load_refiner(tmp_path / "bad.pt")
+    del ckpt["focus"]["model"]
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="malformed focus"):
+        load_refiner(tmp_path / "bad.pt")

@@ -35,6 +35,7 @@ class EngineConfig:
     context: float = INFERENCE.context
     start: str = "auto"  # the automatic polygon: auto (the mask's, else the decoder's), or box
     tolerance: float = INFERENCE.tolerance  # outlines' simplification, mask pixels: the vertex density
+    focus: bool = INFERENCE.focus  # refine: the refiner's finer pass around each drag, when it has one
 
 
 @dataclass

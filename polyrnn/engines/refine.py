@@ -8,6 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from polyrnn.data.crop import CropBox
 from polyrnn.encoding import BoxEncoding, Click
 from polyrnn.engines.base import Engine, EngineConfig, State
 from polyrnn.geometry import rasterize, signed_area, simplify
@@ -27,17 +28,17 @@ class Refine(Engine):
         enc, p = encoding, manual.polygon
         # outside the neighbourhood of the edit the polygon stays as it is
         contour = _local_outline(enc, config, before.polygon, p[manual.fixed], manual.clicks, p, p[index])
-        if contour is None:
-            return None
-        return splice(
-            manual,
-            contour,
-            index,
-            reach=config.confine * enc.long_side,
-            # in crop pixels, half the automatic outline's (mask pixels of the 112 map): splicing at the
-            # automatic density lost IoU on held-out training images (benchmarks/tune_corrections.py)
-            tolerance=config.tolerance * enc.crop.side / enc.crop.crop_size,
-        )
+        # in crop pixels, half the automatic outline's (mask pixels of the 112 map): splicing at the
+        # automatic density lost IoU on held-out training images (benchmarks/tune_corrections.py)
+        tolerance = config.tolerance * enc.crop.side / enc.crop.crop_size
+        state = None
+        if contour is not None:
+            state = splice(manual, contour, index, reach=config.confine * enc.long_side, tolerance=tolerance)
+        if config.focus:
+            base = state if state is not None else manual
+            focused = _focus(enc, config, base, p[index], manual.clicks, tolerance)
+            state = focused if focused is not None else state
+        return state
 
     def propose_click(
         self,
@@ -52,18 +53,20 @@ class Refine(Engine):
         between the fixed (or far) vertices on either side of the outline's point nearest the click
         (:func:`splice_region`), at the session's vertex density."""
         enc, p = encoding, before.polygon
-        contour = _local_outline(enc, config, p, p[before.fixed], clicks, p, np.asarray(point))
-        if contour is None:
-            return None
-        return splice_region(
-            before,
-            contour,
-            np.asarray(point, dtype=np.float64),
-            reach=config.confine * enc.long_side,
-            # in crop pixels, half the automatic outline's (mask pixels of the 112 map): splicing at the
-            # automatic density lost IoU on held-out training images (benchmarks/tune_corrections.py)
-            tolerance=config.tolerance * enc.crop.side / enc.crop.crop_size,
-        )
+        at = np.asarray(point, dtype=np.float64)
+        contour = _local_outline(enc, config, p, p[before.fixed], clicks, p, at)
+        # in crop pixels, as for drags
+        tolerance = config.tolerance * enc.crop.side / enc.crop.crop_size
+        state = None
+        if contour is not None:
+            state = splice_region(
+                before, contour, at, reach=config.confine * enc.long_side, tolerance=tolerance
+            )
+        if config.focus:
+            base = state if state is not None else before
+            focused = _focus(enc, config, base, at, clicks, tolerance, region=True)
+            state = focused if focused is not None else state
+        return state
 
 
 def _local_outline(
@@ -84,6 +87,86 @@ def _local_outline(
     mask = rasterize([enc.to_map(current, size)], size, size)
     contour = _object_contour(np.where(_near(enc, config, c), refined, mask), mask, c)
     return None if contour is None else enc.crop.crop_to_image(contour)
+
+
+def _focus(
+    enc: BoxEncoding,
+    config: EngineConfig,
+    state: State,
+    at: np.ndarray,
+    clicks: list[Click],
+    tolerance: float,
+    *,
+    region: bool = False,
+) -> State | None:
+    """The refiner's focus pass (FocalClick's focus crop; :class:`~polyrnn.modeling.refiner.FocusPass`):
+    its window of crop sides centred on the edited vertex ``at`` (image pixels, a vertex of ``state``) is
+    redrawn finer, and its outline replaces ``state``'s within 0.45 window sides of ``at`` (between vertices
+    put on the polygon where it crosses that circle; those that end up on a straight edge are taken out
+    again). None without a focus pass, for boxes smaller than its ``min_side``, or when nothing fits."""
+    focus = enc.refiner.focus_pass if enc.refiner is not None else None
+    if focus is None or enc.long_side < focus.min_side:
+        return None
+    side = max(8, int(round(focus.window * enc.crop.side)))
+    x0, y0 = int(round(at[0] - side / 2)), int(round(at[1] - side / 2))
+    window = CropBox(x0, y0, side, enc.crop.crop_size, enc.crop.grid_size)
+    size = window.crop_size
+    radius = min(0.45 * side, config.confine * enc.long_side)
+    cut = _cut_at_circle(state, at, radius * (1 + 1e-6))
+    refined = enc.focus_mask(window, cut.polygon, cut.polygon[cut.fixed], clicks)
+    mask = rasterize([window.image_to_crop(cut.polygon)], size, size)
+    c = window.image_to_crop(np.asarray(at, dtype=np.float64).reshape(1, 2))[0]
+    yy, xx = np.mgrid[:size, :size]
+    near = (xx + 0.5 - c[0]) ** 2 + (yy + 0.5 - c[1]) ** 2 <= (radius * size / side) ** 2
+    contour = _object_contour(np.where(near, refined, mask), mask, c)
+    if contour is None:
+        return None
+    if region:
+        out = splice_region(cut, window.crop_to_image(contour), at, reach=radius, tolerance=tolerance)
+    else:
+        index = int(np.argmin(np.linalg.norm(cut.polygon - at, axis=1)))
+        out = splice(cut, window.crop_to_image(contour), index, reach=radius, tolerance=tolerance)
+    if out is None:
+        return None
+    return _drop_straight(out, cut, state, tolerance)
+
+
+def _cut_at_circle(state: State, at: np.ndarray, radius: float) -> State:
+    """``state`` with a vertex wherever an edge crosses the circle of ``radius`` around ``at`` (not fixed)."""
+    p, fixed = state.polygon, state.fixed
+    poly, flags = [], []
+    for k in range(len(p)):
+        a, b = p[k], p[(k + 1) % len(p)]
+        poly.append(a)
+        flags.append(bool(fixed[k]))
+        d, f = b - a, a - at
+        qa, qb, qc = float(d @ d), 2 * float(f @ d), float(f @ f) - radius**2
+        disc = qb * qb - 4 * qa * qc
+        if qa <= 0 or disc <= 0:
+            continue
+        for t in sorted(((-qb - np.sqrt(disc)) / (2 * qa), (-qb + np.sqrt(disc)) / (2 * qa))):
+            if 1e-9 < t < 1 - 1e-9:
+                poly.append(a + t * d)
+                flags.append(False)
+    return State(np.array(poly, dtype=np.float64), np.array(flags, dtype=bool), list(state.clicks))
+
+
+def _drop_straight(out: State, cut: State, state: State, tolerance: float) -> State:
+    """``out`` without the vertices :func:`_cut_at_circle` added that lie within ``tolerance`` of the line
+    through their neighbours."""
+    own = {(float(q[0]), float(q[1])) for q in state.polygon}
+    added = {(float(q[0]), float(q[1])) for q in cut.polygon} - own
+    p, fixed = out.polygon, out.fixed
+    keep = np.ones(len(p), dtype=bool)
+    for k in range(len(p)):
+        if (float(p[k][0]), float(p[k][1])) not in added:
+            continue
+        a, b = p[k - 1], p[(k + 1) % len(p)]
+        d = b - a
+        dist = abs(float(d[0] * (p[k] - a)[1] - d[1] * (p[k] - a)[0])) / max(float(np.linalg.norm(d)), 1e-12)
+        if dist <= tolerance:
+            keep[k] = False
+    return State(p[keep], fixed[keep], list(out.clicks))
 
 
 def _near(enc: BoxEncoding, config: EngineConfig, c: np.ndarray) -> np.ndarray:

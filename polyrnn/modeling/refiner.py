@@ -11,6 +11,8 @@ map pixel = 4 crop pixels).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +50,9 @@ class Refiner(nn.Module):
         self.out = nn.Conv2d(hidden, 1, 3, padding=1)
         # the current mask passes through with this weight: where nothing is learnt the polygon is kept
         self.keep = nn.Parameter(torch.tensor(1.0))
+        # the finer second pass around each correction, when the checkpoint holds one (not a submodule:
+        # this refiner's own weights stay what they are)
+        self.focus_pass: FocusPass | None = None
 
     def residual(self, features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         """(B, S, S): what the network adds to the current mask's ``keep * (2 * mask - 1)``."""
@@ -63,6 +68,18 @@ class Refiner(nn.Module):
         mask's size and added to it, so the current outline's detail is kept wherever nothing changes."""
         up = F.interpolate(residual[:, None], size=current.shape[-2:], mode="bilinear", align_corners=False)
         return up[:, 0] + self.keep * (2 * current - 1)
+
+
+@dataclass
+class FocusPass:
+    """A second refiner for FocalClick's focus crop: it reads a square ``window`` crop sides wide centred on a
+    correction (the mask model's features of that window, at its input size, no mirror) and redraws the
+    outline there, 1 / ``window`` times finer than the object's crop; only for boxes whose long side is at
+    least ``min_side`` image pixels (smaller ones have no finer detail to see)."""
+
+    refiner: Refiner
+    window: float
+    min_side: float
 
 
 def point_maps(points: torch.Tensor, weights: torch.Tensor, size: int, sigma: float = 1.5) -> torch.Tensor:
