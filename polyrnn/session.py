@@ -179,8 +179,10 @@ class BoxSession:
         """A region-level correction, as CVAT's clicks: the object includes (``positive``) or excludes the
         point (image pixels). The engine redraws the outline near it from every click so far; the guard
         rails hold (fixed vertices kept, a simple polygon, changes within ``confine`` box long sides of the
-        click), and so must the click itself (a positive one inside the new polygon, a negative one outside),
-        else the polygon stays as it was. The click is remembered for later corrections either way."""
+        click), and so must the click itself (a positive one inside the new polygon, a negative one outside).
+        Where the engine's outline does not, the plain click does, as the plain drag backs a drag: the
+        nearest edge is pulled to just past the point (:func:`_plain_click`); where neither holds, the polygon
+        stays as it was. The click is remembered for later corrections either way."""
         from shapely.geometry import Point, Polygon
 
         assert self.state is not None
@@ -190,12 +192,15 @@ class BoxSession:
         proposal = ENGINES[self.engine.name].propose_click(self.encoding, self.engine, before, clicks, v)
         self._push()
         state = State(before.polygon.copy(), before.fixed.copy(), clicks, before.ids)
-        if proposal is not None and len(proposal.polygon) >= 3 and is_simple(proposal.polygon):
-            shape = Polygon(proposal.polygon)
+        for candidate in (proposal, _plain_click(before, v, positive)):
+            if candidate is None or len(candidate.polygon) < 3 or not is_simple(candidate.polygon):
+                continue
+            shape = Polygon(candidate.polygon)
             right = shape.covers(Point(float(v[0]), float(v[1]))) == positive
-            if right and self._confined(before, proposal, v):
-                state = State(proposal.polygon, proposal.fixed, clicks)
+            if right and self._confined(before, candidate, v):
+                state = State(candidate.polygon, candidate.fixed, clicks)
                 state.ids = self._ids_for(state, before)
+                break
         self.state = state
         return state
 
@@ -291,6 +296,29 @@ def _same_ring(want: np.ndarray, got: np.ndarray) -> bool:
         return True
     starts = [k for k in range(len(got)) if np.array_equal(got[k], want[0])]
     return any(np.array_equal(np.roll(got, -k, axis=0), want) for k in starts)
+
+
+def _plain_click(before: State, v: np.ndarray, positive: bool, *, past: float = 1.0) -> State | None:
+    """The click ``v`` (image pixels) honoured without a model: a new vertex (not fixed: a click says where
+    the object is, not where its outline runs) in the polygon's edge nearest ``v``, ``past`` pixels beyond
+    ``v`` seen from that edge, so that the edge now takes the point in (``positive``) or leaves it out. None
+    when the point is on its side already, or on the outline itself."""
+    from shapely.geometry import Point, Polygon
+
+    p = before.polygon
+    if Polygon(p).covers(Point(float(v[0]), float(v[1]))) == positive:
+        return None
+    a, b = p, np.roll(p, -1, axis=0)
+    ab = b - a
+    t = np.clip(((v - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
+    foot = a + t[:, None] * ab
+    k = int(np.argmin(np.linalg.norm(foot - v, axis=1)))
+    away = v - foot[k]
+    d = float(np.linalg.norm(away))
+    if d < 1e-9:
+        return None
+    q = v + past * away / d
+    return State(np.insert(p, k + 1, q, axis=0), np.insert(before.fixed, k + 1, False), list(before.clicks))
 
 
 def _point(xy: tuple[float, float]) -> np.ndarray:

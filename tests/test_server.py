@@ -291,7 +291,7 @@ def test_include_and_exclude_clicks_are_session_operations(client):
     url = f"/api/sessions/{s['session']}"
     r = c.post(url, json={"version": 0, "op": "include", "point": [80.0, 60.0]})
     assert r.status_code == 200 and r.json()["version"] == 1 and r.json()["can_undo"]
-    assert r.json()["polygon"] == s["polygon"]  # the paper's engine takes no clicks: nothing moves
+    assert r.json()["polygon"] == s["polygon"]  # the point is inside already: nothing moves
     for bad in (
         {"version": 1, "op": "exclude"},
         {"version": 1, "op": "exclude", "point": [1e9, 5]},

@@ -576,3 +576,30 @@ def test_a_focus_refiner_trains_on_windows_and_ships_inside_the_refiner(tmp_path
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="malformed focus"):
         load_refiner(tmp_path / "bad.pt")
+
+
+def test_a_click_the_engine_cannot_honour_is_honoured_plainly_and_undone_exactly():
+    from shapely.geometry import Point, Polygon
+
+    s = _session()  # the manual engine proposes nothing for a click
+    s.move(2, (120.0, 100.0))  # a fixed vertex stays where the annotator put it
+    before = s.polygon.copy()
+    s.click((130.0, 60.0), True)  # outside, beside the right edge: the edge comes out to just past it
+    assert Polygon(s.polygon).covers(Point(130.0, 60.0)) and len(s.polygon) == 5 and is_simple(s.polygon)
+    new = s.polygon[~np.isin(s.polygon, before).all(1)]
+    assert (
+        len(new) == 1
+        and new[0] == pytest.approx([131.0, 60.0])
+        and not s.fixed[~np.isin(s.polygon, before).all(1)].any()
+    )
+    assert tuple(s.polygon[s.fixed][0]) == (120.0, 100.0) and s.state.clicks[-1].sign == 1
+    s.click((60.0, 40.0), False)  # inside, near the top edge: a notch leaves it out
+    assert not Polygon(s.polygon).covers(Point(60.0, 40.0)) and len(s.polygon) == 6 and is_simple(s.polygon)
+    kept = s.polygon.copy()
+    s.click((80.0, 60.0), True)  # on its side already: nothing moves, the click is remembered
+    np.testing.assert_array_equal(s.polygon, kept)
+    assert [c.sign for c in s.state.clicks[1:]] == [1, -1, 1]  # after the drag's
+    s.undo()
+    s.undo()
+    s.undo()
+    np.testing.assert_array_equal(s.polygon, before)
