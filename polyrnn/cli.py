@@ -26,6 +26,16 @@ class CLIError(Exception):
     """A user-facing error: printed as ``polyrnn: error: ...`` with exit code 2."""
 
 
+def _focus_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--focus",
+        action=argparse.BooleanOptionalAction,
+        default=INFERENCE.focus,
+        help="after each correction, the refiner's focus pass redraws a window around it finer (default: on; "
+        "--no-focus: corrections about 5x faster on a CPU, a little less accurate)",
+    )
+
+
 def _number(kind: type, lo: float, hi: float) -> Any:
     """An argparse ``type``: a finite ``kind`` (int or float) from ``lo`` to ``hi``, else a usage error."""
 
@@ -416,6 +426,7 @@ def _eval_options(args: argparse.Namespace, start: str) -> EvalOptions:
         rejoin=args.rejoin if args.rejoin >= 0 else None,
         mask_flip=args.mask_flip,
         mask_tolerance=getattr(args, "tolerance", INFERENCE.tolerance),
+        focus=args.focus,
     )
 
 
@@ -531,6 +542,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             engine=args.engine,
             start=current.start if current else getattr(args, "start", "auto"),
             tolerance=current.tolerance if current else getattr(args, "tolerance", INFERENCE.tolerance),
+            focus=args.focus,
         )
     except (CheckpointError, ValueError) as e:
         raise CLIError(str(e)) from e
@@ -996,6 +1008,7 @@ def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
         default=MASK_FLIP,
         help="average the mask with its mirrored crop's (default: on, as the editor)",
     )
+    _focus_flag(p)
     p.add_argument(
         "--limit",
         type=_number(int, 0, 10**9),
@@ -1058,6 +1071,7 @@ def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
         help="how a dragged vertex updates the polygon (default: refine when a refiner is paired)",
     )
     p.add_argument("--variant", default="lite", choices=["tiny", "lite", "vgg16"])
+    _focus_flag(p)
     p.add_argument(
         "--out", default=None, help="folder for the LabelMe JSON files (default: beside each image)"
     )

@@ -96,6 +96,7 @@ class PolygonPredictor:
         device: str | torch.device = "cpu",
         start: str = "auto",
         tolerance: float = INFERENCE.tolerance,
+        focus: bool = INFERENCE.focus,
     ) -> None:
         self.model = model.eval().to(device)
         self.mask_model = mask_model.eval().to(device) if mask_model is not None else None
@@ -114,6 +115,7 @@ class PolygonPredictor:
             context=context,
             start=start,
             tolerance=tolerance,
+            focus=focus,
         )
         self.cache_size = cache_size
         self._lock = threading.RLock()

@@ -158,6 +158,7 @@ def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start
         "3",
         "--start",
         start,
+        *(["--no-focus"] if start == "mask" else []),
     ]
     assert main(args) == 0
     assert "automatic: mean IoU" in capsys.readouterr().out
@@ -193,6 +194,9 @@ def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start
     assert r["click_protocol"] == {}  # only engines that take clicks (the refiner's) run it
     assert r["meta"]["weights"]["sha256"] == hashlib.sha256(w.read_bytes()).hexdigest()
     assert r["meta"]["settings"]["start"] == start and "chessboard" in r["meta"]["settings"]["matching"]
+    assert r["meta"]["settings"]["focus"] is (
+        start == "rnn"
+    )  # --no-focus reaches the options, and the report
     assert r["timing_ms_per_instance"]["model"] > 0
     md = (out / "report.md").read_text()
     assert "## Automatic mode" in md and "| T (cells) |" in md and "NoC" in md and "/ human vertex" in md

@@ -528,6 +528,10 @@ def test_the_focus_pass_redraws_the_outline_finer_only_within_its_window(monkeyp
     seen.clear()
     s.move(1, (126.0, 24.0))
     assert not seen
+    from polyrnn.predictor import PolygonPredictor
+
+    assert PolygonPredictor(build_model("tiny"), focus=False).engine.focus is False  # serve --no-focus
+    assert PolygonPredictor(build_model("tiny")).engine.focus is True
 
 
 def test_a_focus_refiner_trains_on_windows_and_ships_inside_the_refiner(tmp_path):

@@ -54,6 +54,7 @@ class EvalOptions:
     click_engines: tuple[str, ...] = tuple(e for e, engine in ENGINES.items() if engine.takes_clicks)
     near: float = NEAR  # the annotator drags a vertex within this many box long sides, else inserts one
     confine: float = CONFINE  # a correction changes the polygon within this many box long sides (guard rail)
+    focus: bool = INFERENCE.focus  # refine: the refiner's focus pass around each correction (when it has one)
 
 
 @dataclass
@@ -122,6 +123,7 @@ def _engine(name: str, options: EvalOptions) -> EngineConfig:
         mask_flip=options.mask_flip,
         context=options.context,
         tolerance=options.mask_tolerance,
+        focus=options.focus,
     )
 
 
