@@ -140,9 +140,7 @@ class BoxEncoding:
     # --- maps over the crop, for the refiner ------------------------------------------------------------
     def to_map(self, xy: np.ndarray, size: int) -> np.ndarray:
         """Image pixels -> pixels of a ``size`` x ``size`` map over the crop."""
-        return self.crop.image_to_crop(np.asarray(xy, dtype=np.float64).reshape(-1, 2)) * (
-            size / self.crop.crop_size
-        )
+        return self.crop.image_to_map(xy, size)
 
     def refined_mask(self, before: np.ndarray, fixed_points: np.ndarray, clicks: list[Click]) -> np.ndarray:
         """The refiner's mask over the crop, bool (crop_size, crop_size), for the polygon ``before`` the edit
@@ -174,12 +172,7 @@ class BoxEncoding:
     ) -> np.ndarray:
         s = refiner.size
         feats, prob = seen
-
-        def to_map(xy: np.ndarray, size: int) -> np.ndarray:
-            return crop.image_to_crop(np.asarray(xy, dtype=np.float64).reshape(-1, 2)) * (
-                size / crop.crop_size
-            )
-
+        to_map = crop.image_to_map
         current = torch.from_numpy(rasterize([to_map(before, s)], s, s).astype(np.float32))[None]
         p = F.adaptive_avg_pool2d(prob[:, None], s)[:, 0]
         fixed = [tuple(q) for q in to_map(fixed_points, s)]

@@ -126,6 +126,17 @@ def simplify(vertices: np.ndarray, tolerance: float) -> np.ndarray:
     return out
 
 
+def nearest_edge(vertices: np.ndarray, point: np.ndarray) -> tuple[int, np.ndarray]:
+    """The closed polygon's (N, 2) edge nearest ``point`` (2,): its index k (from vertex k to k + 1) and the
+    point of that edge nearest ``point`` (2,)."""
+    a = np.asarray(vertices, dtype=np.float64)
+    ab = np.roll(a, -1, axis=0) - a
+    t = np.clip(((point - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
+    foot = a + t[:, None] * ab
+    k = int(np.argmin(np.linalg.norm(foot - point, axis=1)))
+    return k, foot[k]
+
+
 def is_simple(vertices: np.ndarray) -> bool:
     """True when the polygon has >= 3 vertices, no self-intersection and a non-zero area."""
     if len(vertices) < 3:

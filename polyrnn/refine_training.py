@@ -189,23 +189,21 @@ def build_focus_cache(
         full = inst.mask().astype(np.uint8) * 255
         g_obj = cv2.resize(crop.crop_image(full), (size, size), interpolation=cv2.INTER_AREA) > 127
         start_obj = cv2.resize(p_obj, (size, size), interpolation=cv2.INTER_AREA) > 0.5
-        windows = []
+        windows, bounds = [], boundary_points(g_obj)
         for copy in range(copies):
-            e = simulated_click(start_obj, g_obj, boundary_points(g_obj)) if copy == 0 else None
+            e = simulated_click(start_obj, g_obj, bounds) if copy == 0 else None
             if e is not None:
                 u = np.array([e[0], e[1]])
                 side = focus * crop.side
-            else:
-                b = boundary_points(g_obj)
-                if not len(b):
-                    break
-                u = np.asarray(b[int(rng.integers(len(b)))], dtype=np.float64) + rng.normal(0, 1.0, 2)
+            elif len(bounds):
+                u = np.asarray(bounds[int(rng.integers(len(bounds)))], dtype=np.float64) + rng.normal(
+                    0, 1.0, 2
+                )
                 side = focus * crop.side * float(rng.uniform(0.75, 1.25))
+            else:
+                break
             c = np.array([crop.x0, crop.y0]) + u * crop.side / size  # image pixels
-            side_i = max(8, int(round(side)))
-            windows.append(
-                CropBox(int(round(c[0] - side_i / 2)), int(round(c[1] - side_i / 2)), side_i, crop.crop_size)
-            )
+            windows.append(CropBox.centred(c, side, crop_size=crop.crop_size, grid_size=crop.grid_size))
         if not windows:
             continue
         x = torch.from_numpy(np.stack([w.crop_image(image) for w in windows])).permute(0, 3, 1, 2).float()

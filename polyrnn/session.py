@@ -24,7 +24,7 @@ import numpy as np
 from polyrnn.encoding import BoxEncoding, Click
 from polyrnn.engines import CONFINE, ENGINES, EngineConfig, State
 from polyrnn.engines.refine import splice
-from polyrnn.geometry import is_simple
+from polyrnn.geometry import is_simple, nearest_edge
 
 __all__ = ["CONFINE", "ENGINES", "BoxEncoding", "BoxSession", "Click", "EngineConfig", "State", "splice"]
 
@@ -308,12 +308,8 @@ def _plain_click(before: State, v: np.ndarray, positive: bool, *, past: float = 
     p = before.polygon
     if Polygon(p).covers(Point(float(v[0]), float(v[1]))) == positive:
         return None
-    a, b = p, np.roll(p, -1, axis=0)
-    ab = b - a
-    t = np.clip(((v - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
-    foot = a + t[:, None] * ab
-    k = int(np.argmin(np.linalg.norm(foot - v, axis=1)))
-    away = v - foot[k]
+    k, foot = nearest_edge(p, v)
+    away = v - foot
     d = float(np.linalg.norm(away))
     if d < 1e-9:
         return None

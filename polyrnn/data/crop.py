@@ -63,6 +63,15 @@ class CropBox:
         cx, cy = x + w / 2.0, y + h / 2.0
         return cls(int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side, crop_size, grid_size)
 
+    @classmethod
+    def centred(
+        cls, at: tuple[float, float] | np.ndarray, side: float, *, crop_size: int = 224, grid_size: int = 28
+    ) -> CropBox:
+        """A square window ``side`` image pixels wide (rounded, at least 1) centred on ``at`` (x, y image
+        pixels): the focus window around a correction, in training and at inference alike."""
+        s = max(1, int(round(side)))
+        return cls(int(round(at[0] - s / 2)), int(round(at[1] - s / 2)), s, crop_size, grid_size)
+
     # --- scales -----------------------------------------------------------------------------------
     @property
     def pixels_per_crop(self) -> float:
@@ -80,6 +89,10 @@ class CropBox:
 
     def crop_to_image(self, xy: np.ndarray) -> np.ndarray:
         return np.asarray(xy, dtype=np.float64) * self.pixels_per_crop + (self.x0, self.y0)
+
+    def image_to_map(self, xy: np.ndarray, size: int) -> np.ndarray:
+        """Image pixels -> pixels of a ``size`` x ``size`` map over the window: (N, 2) float."""
+        return self.image_to_crop(np.asarray(xy, dtype=np.float64).reshape(-1, 2)) * (size / self.crop_size)
 
     def crop_to_grid(self, xy: np.ndarray) -> np.ndarray:
         return np.asarray(xy, dtype=np.float64) / self.cell

@@ -12,7 +12,7 @@ import numpy as np
 from polyrnn.data.crop import CropBox
 from polyrnn.encoding import BoxEncoding, Click
 from polyrnn.engines.base import Engine, EngineConfig, State
-from polyrnn.geometry import rasterize, signed_area, simplify
+from polyrnn.geometry import nearest_edge, rasterize, signed_area, simplify
 
 
 class Refine(Engine):
@@ -82,12 +82,23 @@ def _local_outline(
     """The object's outline (K, 2, image pixels, dense) where the refiner's mask (for the polygon ``before``,
     the fixed points and the clicks) replaces the ``current`` polygon's mask within ``confine`` box long sides
     of ``at``; None when nothing is left."""
-    size = enc.crop.crop_size
     refined = enc.refined_mask(before, fixed_points, clicks)
-    c = enc.to_map(np.asarray(at).reshape(1, 2), size)[0]
-    mask = rasterize([enc.to_map(current, size)], size, size)
-    contour = _object_contour(np.where(_near(enc, config, c), refined, mask), mask, c)
-    return None if contour is None else enc.crop.crop_to_image(contour)
+    return _outline_within(enc.crop, refined, current, at, config.confine * enc.long_side)
+
+
+def _outline_within(
+    crop: CropBox, refined: np.ndarray, current: np.ndarray, at: np.ndarray, radius: float
+) -> np.ndarray | None:
+    """The object's outline (K, 2, image pixels, dense) where ``refined`` (bool (crop_size, crop_size) over
+    ``crop``) replaces the ``current`` polygon's mask within ``radius`` image pixels of ``at``, traced at the
+    crop's resolution; None when nothing is left."""
+    size = crop.crop_size
+    c = crop.image_to_map(at, size)[0]
+    mask = rasterize([crop.image_to_map(current, size)], size, size)
+    yy, xx = np.mgrid[:size, :size]
+    near = (xx + 0.5 - c[0]) ** 2 + (yy + 0.5 - c[1]) ** 2 <= (radius / crop.pixels_per_crop) ** 2
+    contour = _object_contour(np.where(near, refined, mask), mask, c)
+    return None if contour is None else crop.crop_to_image(contour)
 
 
 def _focus(
@@ -108,25 +119,19 @@ def _focus(
     focus = enc.refiner.focus_pass if enc.refiner is not None else None
     if focus is None or enc.long_side < focus.min_side:
         return None
-    side = max(8, int(round(focus.window * enc.crop.side)))
-    x0, y0 = int(round(at[0] - side / 2)), int(round(at[1] - side / 2))
-    window = CropBox(x0, y0, side, enc.crop.crop_size, enc.crop.grid_size)
-    size = window.crop_size
-    radius = min(0.45 * side, config.confine * enc.long_side)
+    crop = enc.crop
+    window = CropBox.centred(at, focus.window * crop.side, crop_size=crop.crop_size, grid_size=crop.grid_size)
+    radius = min(0.45 * window.side, config.confine * enc.long_side)
     cut = _cut_at_circle(state, at, radius * (1 + 1e-6))
     refined = enc.focus_mask(window, cut.polygon, cut.polygon[cut.fixed], clicks)
-    mask = rasterize([window.image_to_crop(cut.polygon)], size, size)
-    c = window.image_to_crop(np.asarray(at, dtype=np.float64).reshape(1, 2))[0]
-    yy, xx = np.mgrid[:size, :size]
-    near = (xx + 0.5 - c[0]) ** 2 + (yy + 0.5 - c[1]) ** 2 <= (radius * size / side) ** 2
-    contour = _object_contour(np.where(near, refined, mask), mask, c)
+    contour = _outline_within(window, refined, cut.polygon, at, radius)
     if contour is None:
         return None
     if region:
-        out = splice_region(cut, window.crop_to_image(contour), at, reach=radius, tolerance=tolerance)
+        out = splice_region(cut, contour, at, reach=radius, tolerance=tolerance)
     else:
         index = int(np.argmin(np.linalg.norm(cut.polygon - at, axis=1)))
-        out = splice(cut, window.crop_to_image(contour), index, reach=radius, tolerance=tolerance)
+        out = splice(cut, contour, index, reach=radius, tolerance=tolerance)
     if out is None:
         return None
     return _drop_straight(out, cut, state, tolerance)
@@ -168,14 +173,6 @@ def _drop_straight(out: State, cut: State, state: State, tolerance: float) -> St
         if dist <= tolerance:
             keep[k] = False
     return State(p[keep], fixed[keep], list(out.clicks))
-
-
-def _near(enc: BoxEncoding, config: EngineConfig, c: np.ndarray) -> np.ndarray:
-    """(crop_size, crop_size) bool: the crop pixels within ``confine`` box long sides of ``c`` (crop px)."""
-    size = enc.crop.crop_size
-    reach = config.confine * enc.long_side * size / enc.crop.side
-    yy, xx = np.mgrid[:size, :size]
-    return (xx + 0.5 - c[0]) ** 2 + (yy + 0.5 - c[1]) ** 2 <= reach**2  # type: ignore[no-any-return]
 
 
 def _object_contour(mask: np.ndarray, current: np.ndarray, c: np.ndarray) -> np.ndarray | None:
@@ -305,10 +302,7 @@ def _splice_region(
     p, fixed = before.polygon, before.fixed
     n = len(p)
     contour = _oriented(contour, p)
-    a_, b_ = p, np.roll(p, -1, axis=0)
-    ab = b_ - a_
-    t = np.clip(((at - a_) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
-    edge = int(np.argmin(np.linalg.norm(a_ + t[:, None] * ab - at, axis=1)))
+    edge, _ = nearest_edge(p, at)
 
     def anchored(k: int) -> bool:
         return bool(fixed[k]) or float(np.linalg.norm(p[k] - at)) > reach
