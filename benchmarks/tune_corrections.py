@@ -30,7 +30,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--refiner", default=None, help="refiner weights (default: the shipped one)")
     ap.add_argument("--engines", default="refine,rnn,manual")
-    ap.add_argument("--confine", default="0.5", help="guard-rail reach in box long sides, list")
+    ap.add_argument(
+        "--confine", default=f"{INFERENCE.confine:g}", help="guard-rail reach in box long sides, list"
+    )
     ap.add_argument("--focus", default="1", help="refine: the refiner's focus pass (1) or not (0), list")
     ap.add_argument("--near", type=float, default=NEAR)
     ap.add_argument(

@@ -149,20 +149,21 @@ class PolygonPredictor:
         ``rnn`` when the new models have no refiner."""
         e = self.engine
         name = e.name if e.name != "refine" or models.refiner is not None else "rnn"
-        return PolygonPredictor(
+        new = PolygonPredictor(
             models.polygon,
             mask_model=models.mask,
             refiner=models.refiner,
             engine=name,
-            context=e.context,
-            eos_threshold=e.eos_threshold,
-            rejoin=e.rejoin,
-            confine=e.confine,
-            mask_flip=e.mask_flip,
             cache_size=self.cache_size,
+        )
+        # every engine setting carries over (a new one cannot be forgotten here), bar what the model sets
+        new.engine = replace(
+            e,
+            name=name,
             start=start or e.start,
             tolerance=tolerance if tolerance is not None else e.tolerance,
         )
+        return new
 
     # --- image and box -----------------------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> None:

@@ -531,6 +531,12 @@ def test_the_focus_pass_redraws_the_outline_finer_only_within_its_window(monkeyp
     from polyrnn.predictor import PolygonPredictor
 
     assert PolygonPredictor(build_model("tiny"), focus=False).engine.focus is False  # serve --no-focus
+    from polyrnn.build import Models
+
+    swapped = PolygonPredictor(build_model("tiny"), focus=False, confine=0.5).with_models(
+        Models(polygon=build_model("tiny"), polygon_path=Path("new.pt")), tolerance=1.0
+    )  # the editor's swap to a learned model keeps every engine setting
+    assert (swapped.engine.focus, swapped.engine.confine, swapped.engine.tolerance) == (False, 0.5, 1.0)
     assert PolygonPredictor(build_model("tiny")).engine.focus is True
 
 
