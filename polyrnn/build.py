@@ -461,11 +461,16 @@ def load_refiner(path: str | Path, mask_path: str | Path | None = None) -> Refin
 
 
 def _refiner_from(c: dict[str, Any], weights: dict[str, Any], name: str) -> Refiner:
+    """A refiner of the checkpoint's shape (each number bounded before anything is allocated) with its
+    weights, strictly."""
+    try:
+        dims = {k: int(c[k]) for k in ("feat_channels", "reduce", "hidden", "size")}
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise CheckpointError(f"{name}: a malformed refiner_config ({e!r})") from None
+    if not all(1 <= v <= 4096 for v in dims.values()):
+        raise CheckpointError(f"{name}: refiner_config {dims} out of range (1..4096)")
     model = Refiner(
-        feat_channels=int(c["feat_channels"]),
-        reduce=int(c["reduce"]),
-        hidden=int(c["hidden"]),
-        size=int(c["size"]),
+        feat_channels=dims["feat_channels"], reduce=dims["reduce"], hidden=dims["hidden"], size=dims["size"]
     )
     load_weights(model, weights, name)
     return model.eval()

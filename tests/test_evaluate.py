@@ -210,6 +210,8 @@ def test_evaluate_bad_arguments_are_clear_errors(tmp_path, tiny_weights, capsys)
     w, _ = tiny_weights
     ds = str(_coco(tmp_path))
     assert main(["evaluate", "--dataset", ds, "--weights", str(w), "--baselines", "box,magic"]) == 2
+    for bad in ("--focus=1e300", "--no-focus=nan"):  # a switch takes no value
+        assert main(["evaluate", "--dataset", ds, "--weights", str(w), bad]) == 2
     assert "magic" in capsys.readouterr().err
     assert main(["evaluate", "--dataset", ds, "--weights", str(tmp_path / "none.pt")]) == 2
     assert "none.pt" in capsys.readouterr().err

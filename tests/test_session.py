@@ -582,6 +582,17 @@ def test_a_focus_refiner_trains_on_windows_and_ships_inside_the_refiner(tmp_path
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="focus window"):
         load_refiner(tmp_path / "bad.pt")
+    for window, min_side in ((float("nan"), 20.0), (0.5, float("nan")), (0.5, 1e300), (-1.0, 20.0)):
+        ckpt["focus"]["window"], ckpt["focus"]["min_side"] = window, min_side
+        torch.save(ckpt, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="out of range"):
+            load_refiner(tmp_path / "bad.pt")
+    ckpt["focus"]["window"], ckpt["focus"]["min_side"] = 0.5, 20.0
+    for hidden in (10**12, float("inf"), "many", -3):  # refused before anything is allocated
+        ckpt["focus"]["refiner_config"]["hidden"] = hidden
+        torch.save(ckpt, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="refiner_config"):
+            load_refiner(tmp_path / "bad.pt")
     del ckpt["focus"]["model"]
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="malformed focus"):
