@@ -21,9 +21,9 @@ import torch
 from polyrnn.build import load_models
 from polyrnn.config import INFERENCE
 from polyrnn.data.instance import load_image
-from polyrnn.evaluation.clicks import NEAR, click_protocol, clicks_to_quality, far_changes
+from polyrnn.evaluation.clicks import MIN_PART, NEAR, click_protocol, clicks_to_quality, far_changes
 from polyrnn.refine_training import load_refiner_config, split_instances
-from polyrnn.session import BoxEncoding, BoxSession, EngineConfig
+from polyrnn.session import BoxEncoding, BoxSession, EngineConfig, ObjectSession
 
 
 def main() -> None:
@@ -35,6 +35,11 @@ def main() -> None:
     )
     ap.add_argument("--focus", default="1", help="refine: the refiner's focus pass (1) or not (0), list")
     ap.add_argument("--near", type=float, default=NEAR)
+    ap.add_argument(
+        "--min-part",
+        default=f"{MIN_PART:g}",
+        help="add a part for an uncovered piece of at least this many box long sides (inf: never), list",
+    )
     ap.add_argument(
         "--protocol",
         choices=("drags", "clicks"),
@@ -56,9 +61,14 @@ def main() -> None:
     print(f"{len(held)} held-out training instances (box long side >= {args.min_size:g} px)")
     ks = [k for k in (0, 1, 2, 3, 5, 10, 20) if k <= args.corrections]
     for engine in args.engines.split(","):
-        settings = [(float(c), f == "1") for c in args.confine.split(",") for f in args.focus.split(",")]
-        for confine, focus in settings:
-            t0, curves, far, vertices = time.perf_counter(), [], [], []
+        settings = [
+            (float(c), f == "1", float(m))
+            for c in args.confine.split(",")
+            for f in args.focus.split(",")
+            for m in args.min_part.split(",")
+        ]
+        for confine, focus, min_part in settings:
+            t0, curves, far, vertices, parts = time.perf_counter(), [], [], [], []
             image_key, image = "", None
             for inst in held:
                 if str(inst.image_path) != image_key:
@@ -73,7 +83,7 @@ def main() -> None:
                     tolerance=args.tolerance,
                 )
                 config = EngineConfig(name=engine, confine=confine, tolerance=args.tolerance, focus=focus)
-                session = BoxSession(enc, config)
+                session = ObjectSession(BoxSession(enc, config))
                 seen: list[tuple[int, int]] = []
 
                 def first(c, before, after, seen=seen, half=0.5 * enc.long_side):  # type: ignore[no-untyped-def]
@@ -82,9 +92,16 @@ def main() -> None:
 
                 if args.protocol == "clicks":
                     curves.append(
-                        click_protocol(session, inst.mask(), inst.ignore_mask(), max_clicks=args.corrections)
+                        click_protocol(
+                            session,
+                            inst.mask(),
+                            inst.ignore_mask(),
+                            max_clicks=args.corrections,
+                            min_part=min_part,
+                        )
                     )
-                    vertices.append(len(session.polygon))
+                    vertices.append(len(session.first.polygon))
+                    parts.append(len(session.parts))
                     continue
                 curves.append(
                     clicks_to_quality(
@@ -93,11 +110,13 @@ def main() -> None:
                         inst.ignore_mask(),
                         max_corrections=args.corrections,
                         near=args.near,
+                        min_part=min_part,
                         on_correction=first,
                     )
                 )
                 far.extend(seen)
-                vertices.append(len(session.polygon))
+                vertices.append(len(session.first.polygon))
+                parts.append(len(session.parts))
             c = np.array(curves)
             noc = {
                 lv: np.mean(
@@ -107,13 +126,14 @@ def main() -> None:
             }
             below = (c < c[:, :1] - 1e-9).mean(0)
             print(
-                f"{engine:7s} confine {confine:g} focus {'on' if focus else 'off'}: "
+                f"{engine:7s} confine {confine:g} focus {'on' if focus else 'off'} min-part {min_part:g}: "
                 + " ".join(f"k={k} {100 * c[:, k].mean():.1f}" for k in ks)
                 + f" | NoC@85 {noc[85]:.2f} NoC@90 {noc[90]:.2f} | below start k=1 {100 * below[1]:.0f} % "
                 f"k={args.corrections} {100 * below[-1]:.0f} % | first correction moved "
                 f"{100 * sum(m for _, m in far) / max(sum(n for n, _ in far), 1):.0f} % of the vertices "
                 f"> 0.5 box side away | median vertices after {args.corrections}: "
-                f"{np.median(vertices):g} | {time.perf_counter() - t0:.0f} s"
+                f"{np.median(vertices):g} | parts added to {100 * np.mean(np.array(parts) > 1):.1f} % "
+                f"| {time.perf_counter() - t0:.0f} s"
             )
 
 

@@ -403,6 +403,7 @@ def _next_run_dir(parent: Path, name: str = "exp") -> Path:
 
 
 def _eval_options(args: argparse.Namespace, start: str) -> EvalOptions:
+    from polyrnn.evaluation.clicks import MIN_PART
     from polyrnn.evaluation.evaluate import BASELINES, EvalOptions
 
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
@@ -427,6 +428,7 @@ def _eval_options(args: argparse.Namespace, start: str) -> EvalOptions:
         mask_flip=args.mask_flip,
         mask_tolerance=getattr(args, "tolerance", INFERENCE.tolerance),
         focus=args.focus,
+        min_part=MIN_PART if args.parts else math.inf,
     )
 
 
@@ -1009,6 +1011,13 @@ def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
         help="average the mask with its mirrored crop's (default: on, as the editor)",
     )
     _focus_flag(p)
+    p.add_argument(
+        "--parts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the simulated annotators add a part (a box) for a piece of the object that no part covers, as "
+        "a person does with P in the editor (default: on; --no-parts: one polygon per object)",
+    )
     p.add_argument(
         "--limit",
         type=_number(int, 0, 10**9),

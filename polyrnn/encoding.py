@@ -64,6 +64,7 @@ class BoxEncoding:
         self.mask_flip = mask_flip
         self.eos_threshold = eos_threshold
         self.start = start  # the automatic polygon: auto (the mask's when there is one), mask, rnn or box
+        self.context = context
         self.crop = CropBox.around(
             (x1, y1, x2 - x1, y2 - y1),
             context=context,
@@ -74,6 +75,22 @@ class BoxEncoding:
         pixels = self.crop.crop_image(image)
         self.pixels = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float()
         self.long_side = max(x2 - x1, y2 - y1)
+
+    def for_box(self, box: tuple[float, float, float, float]) -> BoxEncoding:
+        """Another box (x1, y1, x2, y2, image pixels) of the same image, with the same models and settings:
+        a further part of an object (:class:`~polyrnn.session.ObjectSession`)."""
+        return BoxEncoding(
+            self.image,
+            box,
+            polygon_model=self.polygon_model,
+            mask_model=self.mask_model,
+            refiner=self.refiner,
+            context=self.context,
+            mask_flip=self.mask_flip,
+            eos_threshold=self.eos_threshold,
+            start=self.start,
+            tolerance=self.tolerance,
+        )
 
     @cached_property
     def _mask(self) -> tuple[torch.Tensor, torch.Tensor]:

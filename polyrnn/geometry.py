@@ -126,15 +126,21 @@ def simplify(vertices: np.ndarray, tolerance: float) -> np.ndarray:
     return out
 
 
-def nearest_edge(vertices: np.ndarray, point: np.ndarray) -> tuple[int, np.ndarray]:
-    """The closed polygon's (N, 2) edge nearest ``point`` (2,): its index k (from vertex k to k + 1) and the
-    point of that edge nearest ``point`` (2,)."""
+def edge_feet(vertices: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """(N, 2): for each edge k of the closed polygon (N, 2) (from vertex k to k + 1), its point nearest
+    ``point`` (2,)."""
     a = np.asarray(vertices, dtype=np.float64)
     ab = np.roll(a, -1, axis=0) - a
     t = np.clip(((point - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
-    foot = a + t[:, None] * ab
-    k = int(np.argmin(np.linalg.norm(foot - point, axis=1)))
-    return k, foot[k]
+    return a + t[:, None] * ab
+
+
+def nearest_edge(vertices: np.ndarray, point: np.ndarray) -> tuple[int, np.ndarray]:
+    """The closed polygon's (N, 2) edge nearest ``point`` (2,): its index k (from vertex k to k + 1) and the
+    point of that edge nearest ``point`` (2,)."""
+    feet = edge_feet(vertices, point)
+    k = int(np.argmin(np.linalg.norm(feet - point, axis=1)))
+    return k, feet[k]
 
 
 def is_simple(vertices: np.ndarray) -> bool:

@@ -24,9 +24,19 @@ import numpy as np
 from polyrnn.encoding import BoxEncoding, Click
 from polyrnn.engines import CONFINE, ENGINES, EngineConfig, State
 from polyrnn.engines.refine import splice
-from polyrnn.geometry import is_simple, nearest_edge
+from polyrnn.geometry import edge_feet, is_simple
 
-__all__ = ["CONFINE", "ENGINES", "BoxEncoding", "BoxSession", "Click", "EngineConfig", "State", "splice"]
+__all__ = [
+    "CONFINE",
+    "ENGINES",
+    "BoxEncoding",
+    "BoxSession",
+    "Click",
+    "EngineConfig",
+    "ObjectSession",
+    "State",
+    "splice",
+]
 
 
 @dataclass
@@ -288,6 +298,54 @@ class BoxSession:
         return proposal if self._confined(manual, proposal, manual.polygon[index]) else manual
 
 
+@dataclass
+class ObjectSession:
+    """An object in one or more parts (a person cut by a pole, a bicycle's wheels): one :class:`BoxSession`
+    per part, each with its own box, corrected on its own; the object is the union of its parts' polygons,
+    and its IoU is always the whole object's. The editor does the same with P (the polygon accepted as
+    another part of the object before it: one LabelMe ``group_id``, one COCO annotation with a list of
+    polygons); ``polyrnn evaluate``'s simulated annotators add a part where the outline missed one
+    (:mod:`polyrnn.evaluation.clicks`).
+
+    Args:
+        first: the session of the object's first box; every further part gets its engine and models.
+    """
+
+    first: BoxSession
+    parts: list[BoxSession] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            self.parts = [self.first]
+
+    @property
+    def polygons(self) -> list[np.ndarray]:
+        """Each part's current polygon (N_k, 2), image pixels."""
+        return [p.polygon for p in self.parts]
+
+    @property
+    def long_side(self) -> float:
+        """The first box's longer side in image pixels (the object's scale)."""
+        return self.first.long_side
+
+    def add_part(self, box: tuple[float, float, float, float]) -> BoxSession:
+        """A further part in ``box`` (x1, y1, x2, y2, image pixels; clipped to the image): its session starts
+        from the automatic polygon of that box, with the first part's engine. ``ValueError`` for a box that is
+        not four finite numbers or has less than a pixel of the image inside it."""
+        b = np.asarray(box, dtype=np.float64).reshape(-1)
+        if b.shape != (4,) or not np.isfinite(b).all():
+            raise ValueError(f"box {box!r} must be four finite numbers x1, y1, x2, y2")
+        w, h = self.first.encoding.image_size
+        x1, x2 = np.clip(np.sort(b[[0, 2]]), 0, w)
+        y1, y2 = np.clip(np.sort(b[[1, 3]]), 0, h)
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            raise ValueError(f"box {box!r} has less than a pixel inside the {w}x{h} image")
+        enc = self.first.encoding.for_box((float(x1), float(y1), float(x2), float(y2)))
+        part = BoxSession(enc, self.first.engine)
+        self.parts.append(part)
+        return part
+
+
 def _same_ring(want: np.ndarray, got: np.ndarray) -> bool:
     """The same points in the same cyclic order (exactly)."""
     if len(want) != len(got):
@@ -299,22 +357,38 @@ def _same_ring(want: np.ndarray, got: np.ndarray) -> bool:
 
 
 def _plain_click(before: State, v: np.ndarray, positive: bool, *, past: float = 1.0) -> State | None:
-    """The click ``v`` (image pixels) honoured without a model: a new vertex (not fixed: a click says where
-    the object is, not where its outline runs) in the polygon's edge nearest ``v``, ``past`` pixels beyond
-    ``v`` seen from that edge, so that the edge now takes the point in (``positive``) or leaves it out. None
-    when the point is on its side already, or on the outline itself."""
+    """The click ``v`` (image pixels) honoured without a model: a flat bump (two new vertices, not fixed: a
+    click says where the object is, not where its outline runs) on the polygon's edge nearest ``v``, its top
+    ``past`` pixels beyond ``v`` seen from that edge and ``2 * past`` wide, so that the polygon now takes the
+    point in (``positive``) or leaves it out, strictly (not on its outline, also where the nearest point of
+    the outline is a corner). Where that bump would cross the outline, the next-nearest edges are tried (up
+    to 8). None when the point is on its side already, or no edge can reach it."""
     from shapely.geometry import Point, Polygon
 
     p = before.polygon
-    if Polygon(p).covers(Point(float(v[0]), float(v[1]))) == positive:
+    at = Point(float(v[0]), float(v[1]))
+    if Polygon(p).covers(at) == positive:
         return None
-    k, foot = nearest_edge(p, v)
-    away = v - foot
-    d = float(np.linalg.norm(away))
-    if d < 1e-9:
-        return None
-    q = v + past * away / d
-    return State(np.insert(p, k + 1, q, axis=0), np.insert(before.fixed, k + 1, False), list(before.clicks))
+    ab = np.roll(p, -1, axis=0) - p
+    feet = edge_feet(p, v)
+    for k in np.argsort(np.linalg.norm(feet - v, axis=1), kind="stable")[:8]:
+        away = v - feet[k]
+        d = float(np.linalg.norm(away))
+        along = float(np.linalg.norm(ab[k]))
+        if d < 1e-9 or along < 1e-9:
+            continue
+        u, e = away / d, ab[k] / along
+        side = e - float(np.dot(e, u)) * u  # along the edge, square to the bump's axis
+        n = float(np.linalg.norm(side))
+        side = side / n if n > 1e-6 else np.array([-u[1], u[0]])
+        top = v + past * u
+        bump = np.stack([top - past * side, top + past * side])
+        poly = np.insert(p, k + 1, bump, axis=0)
+        shape = Polygon(poly)
+        if is_simple(poly) and shape.covers(at) == positive and shape.exterior.distance(at) >= 1e-6:
+            fixed = np.insert(before.fixed, k + 1, [False, False])
+            return State(poly, fixed, list(before.clicks))
+    return None
 
 
 def _point(xy: tuple[float, float]) -> np.ndarray:

@@ -106,12 +106,12 @@ def test_worst_error_and_the_annotators_correction():
     poly = np.array([[10.0, 10.0], [66.0, 10.0], [66.0, 50.0], [10.0, 50.0]])
     from polyrnn.evaluation.clicks import boundary_points
 
-    c = next_correction(poly, np.zeros(4, bool), pred, gt, None, boundary_points(gt), near_px=0.0)
+    c = next_correction([(poly, np.zeros(4, bool))], pred, gt, None, boundary_points(gt), near_px=0.0)
     assert c is not None and c.op == "insert" and c.missed
     assert c.point[0] >= 66 and (c.point[0] == 69.5 or c.point[1] in (10.5, 49.5))  # on the true boundary
-    c = next_correction(poly, np.zeros(4, bool), pred, gt, None, boundary_points(gt), near_px=100.0)
+    c = next_correction([(poly, np.zeros(4, bool))], pred, gt, None, boundary_points(gt), near_px=100.0)
     assert c is not None and c.op == "move" and c.index in (1, 2)
-    assert next_correction(poly, np.zeros(4, bool), gt, gt, None, boundary_points(gt), 3.0) is None
+    assert next_correction([(poly, np.zeros(4, bool))], gt, gt, None, boundary_points(gt), 3.0) is None
 
 
 def test_manual_clicks_to_quality_climbs_towards_the_ground_truth():
@@ -606,16 +606,13 @@ def test_a_click_the_engine_cannot_honour_is_honoured_plainly_and_undone_exactly
     s.move(2, (120.0, 100.0))  # a fixed vertex stays where the annotator put it
     before = s.polygon.copy()
     s.click((130.0, 60.0), True)  # outside, beside the right edge: the edge comes out to just past it
-    assert Polygon(s.polygon).covers(Point(130.0, 60.0)) and len(s.polygon) == 5 and is_simple(s.polygon)
+    assert Polygon(s.polygon).covers(Point(130.0, 60.0)) and len(s.polygon) == 6 and is_simple(s.polygon)
     new = s.polygon[~np.isin(s.polygon, before).all(1)]
-    assert (
-        len(new) == 1
-        and new[0] == pytest.approx([131.0, 60.0])
-        and not s.fixed[~np.isin(s.polygon, before).all(1)].any()
-    )
+    np.testing.assert_allclose(new, [[131.0, 59.0], [131.0, 61.0]])  # a flat bump, 1 px past it
+    assert not s.fixed[~np.isin(s.polygon, before).all(1)].any()
     assert tuple(s.polygon[s.fixed][0]) == (120.0, 100.0) and s.state.clicks[-1].sign == 1
     s.click((60.0, 40.0), False)  # inside, near the top edge: a notch leaves it out
-    assert not Polygon(s.polygon).covers(Point(60.0, 40.0)) and len(s.polygon) == 6 and is_simple(s.polygon)
+    assert not Polygon(s.polygon).covers(Point(60.0, 40.0)) and len(s.polygon) == 8 and is_simple(s.polygon)
     kept = s.polygon.copy()
     s.click((80.0, 60.0), True)  # on its side already: nothing moves, the click is remembered
     np.testing.assert_array_equal(s.polygon, kept)
@@ -624,3 +621,105 @@ def test_a_click_the_engine_cannot_honour_is_honoured_plainly_and_undone_exactly
     s.undo()
     s.undo()
     np.testing.assert_array_equal(s.polygon, before)
+
+
+def test_a_plain_click_takes_the_point_in_strictly_even_beside_a_corner():
+    from shapely.geometry import Point, Polygon
+
+    from polyrnn.session import _plain_click
+
+    square = State(SQUARE.copy(), np.zeros(4, bool))
+    corner = np.array([124.0, 26.0])  # beyond the corner (120, 30): the outline's nearest point is a vertex
+    out = _plain_click(square, corner, True)
+    assert out is not None and is_simple(out.polygon)
+    shape = Polygon(out.polygon)
+    assert shape.covers(Point(*corner)) and shape.exterior.distance(Point(*corner)) > 0.1  # not on the edge
+    # a U whose notch is too narrow for a 2-px bump from any edge: no plain click (the polygon stays)
+    u = np.array([[0, 0], [30, 0], [30, 40], [21, 40], [21, 10], [19.5, 10], [19.5, 40], [0, 40]], float)
+    assert _plain_click(State(u, np.zeros(8, bool)), np.array([20.2, 10.6]), True) is None
+    # a wider one: the floor, nearest, is pulled up past the point
+    u[4:6, 0] = (23.0, 17.0)
+    u[3, 0], u[6, 0] = 23.0, 17.0
+    out = _plain_click(State(u, np.zeros(8, bool)), np.array([20.0, 11.0]), True)
+    assert out is not None and is_simple(out.polygon) and Polygon(out.polygon).covers(Point(20.0, 11.0))
+    np.testing.assert_allclose(out.polygon[5:7], [[21.0, 12.0], [19.0, 12.0]])
+    assert _plain_click(square, np.array([80.0, 60.0]), True) is None  # inside already
+
+
+def _two_piece_object():
+    """A session whose polygon is exactly the ground truth's first piece (SQUARE), with a second piece to its
+    right that no polygon covers; new parts start from their box (``start="box"``)."""
+    from polyrnn.session import ObjectSession
+
+    enc = _encoding()
+    enc.start = "box"
+    first = BoxSession(enc, EngineConfig(name="manual"), state=State(SQUARE.copy(), np.zeros(4, bool)))
+    piece = np.array([[140.0, 40.0], [175.0, 40.0], [175.0, 90.0], [140.0, 90.0]])
+    gt = rasterize([SQUARE, piece], 140, 180)
+    return ObjectSession(first), gt
+
+
+def test_an_object_session_adds_parts_in_their_own_boxes():
+    obj, _ = _two_piece_object()
+    before = obj.first.polygon.copy()
+    part = obj.add_part((175.0, 90.0, 140.0, 40.0))  # corners in any order
+    assert len(obj.parts) == 2 and part.engine == obj.first.engine
+    assert part.encoding.box == (140.0, 40.0, 175.0, 90.0) and part.encoding.image is obj.first.encoding.image
+    assert np.array_equal(part.polygon, part.encoding.box_polygon())  # its own automatic start
+    part.move(0, (138.0, 38.0))
+    assert np.array_equal(obj.first.polygon, before)  # a part's correction changes no other part
+    assert len(obj.polygons) == 2 and obj.long_side == obj.first.long_side
+    clipped = obj.add_part((170.0, 100.0, 400.0, 300.0))
+    assert clipped.encoding.box == (170.0, 100.0, 180.0, 140.0)  # clipped to the 180 x 140 image
+    for bad in (
+        (1.0, 2.0, float("nan"), 4.0),
+        (500.0, 500.0, 600.0, 600.0),
+        (5.0, 5.0, 5.2, 40.0),
+        (1, 2, 3),
+    ):
+        with pytest.raises(ValueError):
+            obj.add_part(bad)
+    assert len(obj.parts) == 3
+
+
+def test_the_annotators_add_a_part_for_a_piece_that_no_part_covers():
+    from polyrnn.evaluation.clicks import click_protocol
+
+    obj, gt = _two_piece_object()
+    curve = clicks_to_quality(obj, gt, None, max_corrections=3)
+    assert len(obj.parts) == 2 and obj.parts[1].encoding.box == (140.0, 40.0, 175.0, 90.0)  # the piece's box
+    assert curve[0] < 0.8 and curve[1] > 0.97 and curve[1:] == [curve[1]] * 3  # one correction: whole object
+    assert np.array_equal(obj.first.polygon, SQUARE)  # the first part was right and stays
+
+    obj, gt = _two_piece_object()
+    clicks = click_protocol(obj, gt, None, max_clicks=3)
+    assert len(obj.parts) == 2 and clicks[1] == clicks[0] and clicks[2] > 0.97  # a box is two clicks
+
+    # without parts (a plain session, or min_part=inf) the annotator drags the one polygon towards the piece
+    obj, gt = _two_piece_object()
+    curve = clicks_to_quality(obj, gt, None, max_corrections=2, min_part=float("inf"))
+    assert len(obj.parts) == 1 and curve[1] < 0.97 and not np.array_equal(obj.first.polygon, SQUARE)
+    obj, gt = _two_piece_object()
+    clicks_to_quality(obj.first, gt, None, max_corrections=1)
+    assert len(obj.parts) == 1
+    # a piece smaller than the smallest part (0.6 box long sides here: 60 px, the piece is 50) gets no box
+    obj, gt = _two_piece_object()
+    clicks_to_quality(obj, gt, None, max_corrections=1, min_part=0.6)
+    assert len(obj.parts) == 1
+
+
+def test_a_piece_the_polygons_already_cover_gets_no_part():
+    from polyrnn.evaluation.clicks import PART_COVER, Pieces
+
+    gt = np.zeros((60, 80), bool)
+    gt[10:50, 5:30] = gt[10:50, 40:75] = True
+    pieces = Pieces.of(gt, None, min_side=8.0)
+    assert pieces.boxable() == 2
+    pred = np.zeros_like(gt)
+    assert pieces.uncovered(pred, 50.5, 30.5) == (40.0, 10.0, 75.0, 50.0)
+    pred[10:50, 40 : 40 + int(35 * PART_COVER) + 2] = True  # just over the share: it is that part's error
+    assert pieces.uncovered(pred, 60.5, 30.5) is None
+    assert pieces.uncovered(pred, 35.5, 30.5) is None  # not on the object
+    ignore = np.zeros_like(gt)
+    ignore[10:50, 5:30] = True  # an ignore region is no piece
+    assert Pieces.of(gt, ignore, min_side=8.0).boxable() == 1

@@ -15,16 +15,24 @@ corrections of the same session.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from polyrnn.geometry import mask_iou, rasterize
+from polyrnn.geometry import mask_iou, nearest_edge, rasterize
 
 NEAR = 0.05  # drag a vertex within this many box long sides of the target; otherwise insert one
+# a piece of the object that the polygons cover less than this share of gets a part (a box around it)
+PART_COVER = 0.1
+# ... when its box's long side is at least this many object-box long sides (and MIN_PART_PX pixels)
+MIN_PART = 0.1
+MIN_PART_PX = 8.0
+# ... and when it lies at least this many object-box long sides from every part's polygon (nearer, a drag
+# reaches it: a piece cut off by a thin occluder is drawn as one polygon across the occluder)
+PART_GAP = 0.05
 
 
 def error_points(
@@ -71,56 +79,123 @@ def nearest_point(points: np.ndarray, x: float, y: float) -> tuple[float, float]
 
 @dataclass(frozen=True)
 class Correction:
-    """What the simulated annotator does: ``op`` "move" (vertex ``index``) or "insert" (on edge ``index``),
-    to ``point`` (x, y) in image pixels, a point of the ground-truth boundary; ``missed``: the error it fixes
-    is a part of the object the polygon left out."""
+    """What the simulated annotator does: ``op`` "move" (vertex ``index``) or "insert" (on edge ``index``) of
+    part ``part``, to ``point`` (x, y) in image pixels, a point of the ground-truth boundary; or "part": a box
+    ``box`` (x1, y1, x2, y2) around a piece of the object that no part covers, which becomes part ``part``
+    (``point``: where the error was). ``missed``: the error it fixes is a part of the object the polygons
+    left out."""
 
     op: str
     index: int
     point: tuple[float, float]
     missed: bool
+    part: int = 0
+    box: tuple[float, float, float, float] | None = None
 
 
-def _nearest_on_outline(polygon: np.ndarray, q: np.ndarray) -> tuple[int, np.ndarray]:
-    """(edge index, point) of the polygon's outline nearest to ``q``; edge k runs from vertex k to k + 1."""
-    a, b = polygon, np.roll(polygon, -1, axis=0)
-    ab = b - a
-    t = np.clip(((q - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
-    foot = a + t[:, None] * ab
-    k = int(np.argmin(np.linalg.norm(foot - q, axis=1)))
-    return k, foot[k]
+@dataclass(frozen=True)
+class Pieces:
+    """The ground truth's pieces, for adding parts: its 8-connected components (ignore regions left out).
+    ``labels`` (H, W) int32, 0 outside; ``boxes`` (K + 1, 4) each piece's x1, y1, x2, y2 in image pixels
+    (continuous frame); a piece whose box's long side is under ``min_side`` pixels is not worth a box."""
+
+    labels: np.ndarray
+    boxes: np.ndarray
+    min_side: float
+    min_gap: float = 0.0  # pixels: a piece nearer than this to the polygons is reached by a drag instead
+
+    @classmethod
+    def of(
+        cls, gt: np.ndarray, ignore: np.ndarray | None, *, min_side: float, min_gap: float = 0.0
+    ) -> Pieces:
+        keep = gt if ignore is None else gt & ~ignore
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(keep.astype(np.uint8), connectivity=8)
+        x, y, w, h = (stats[:, i].astype(np.float64) for i in range(4))
+        return cls(labels, np.stack([x, y, x + w, y + h], axis=1), float(min_side), float(min_gap))
+
+    def boxable(self) -> int:
+        """How many pieces are big enough for a box of their own."""
+        sides = np.maximum(self.boxes[1:, 2] - self.boxes[1:, 0], self.boxes[1:, 3] - self.boxes[1:, 1])
+        return int((sides >= self.min_side).sum())
+
+    def uncovered(self, pred: np.ndarray, x: float, y: float) -> tuple[float, float, float, float] | None:
+        """The box of the piece at pixel centre (x, y) when ``pred`` (bool (H, W): the parts' union) covers
+        less than :data:`PART_COVER` of it and it is big enough for a box; else None."""
+        k = int(self.labels[int(y), int(x)])
+        if k == 0:
+            return None
+        x1, y1, x2, y2 = self.boxes[k]
+        if max(x2 - x1, y2 - y1) < self.min_side:
+            return None
+        window = np.s_[int(y1) : int(y2), int(x1) : int(x2)]
+        piece = self.labels[window] == k
+        if float(pred[window][piece].mean()) >= PART_COVER:
+            return None
+        if self.min_gap > 0 and pred.any():
+            g = int(np.ceil(self.min_gap))
+            h, w = pred.shape
+            near = np.s_[max(int(y1) - g, 0) : int(y2) + g, max(int(x1) - g, 0) : int(x2) + g]
+            outside = (~pred[near]).astype(np.uint8)
+            gap = cv2.distanceTransform(outside, cv2.DIST_L2, 5)
+            mine = np.zeros(outside.shape, bool)
+            oy, ox = near[0].start, near[1].start
+            mine[int(y1) - oy : int(y2) - oy, int(x1) - ox : int(x2) - ox] = piece
+            if float(gap[mine & (outside > 0)].min(initial=np.inf)) < self.min_gap:
+                return None
+        return float(x1), float(y1), float(x2), float(y2)
+
+
+def _part_for(parts: Sequence[np.ndarray], q: np.ndarray, missed: bool) -> int:
+    """The part an error at ``q`` is fixed on: where the polygons spilled, one that covers ``q`` (its own
+    spill); else (or where they missed) the one whose outline runs nearest (ties: the first)."""
+    from shapely.geometry import Point, Polygon
+
+    d = np.array([float(np.linalg.norm(nearest_edge(p, q)[1] - q)) for p in parts])
+    if not missed:
+        over = [Polygon(p).buffer(0).covers(Point(float(q[0]), float(q[1]))) for p in parts]
+        if any(over):
+            d = np.where(over, d, np.inf)
+    return int(np.argmin(d))
 
 
 def next_correction(
-    polygon: np.ndarray,
-    fixed: np.ndarray,
+    parts: Sequence[tuple[np.ndarray, np.ndarray]],
     pred: np.ndarray,
     gt: np.ndarray,
     ignore: np.ndarray | None,
     gt_boundary: np.ndarray,
     near_px: float,
+    pieces: Pieces | None = None,
 ) -> Correction | None:
-    """The next correction of ``polygon`` (N, 2) whose mask is ``pred``; None when nothing is wrong.
+    """The next correction of an object whose parts are ``parts`` ((polygon (N, 2), fixed (N,)) each) and
+    whose mask (their union) is ``pred``; None when nothing is wrong.
 
-    In the largest error region (the next one when the correction would place a vertex where one already is),
-    ``u`` is where the outline runs now (its point nearest the region's innermost point) and ``v`` where it
-    should (the ground-truth boundary point nearest it): the vertex nearest ``u`` that the annotator has not
-    placed is dragged to ``v`` when it lies within ``near_px`` of ``u``, else ``v`` is inserted on ``u``'s
-    edge.
+    In the largest error region (the next one when the correction would place a vertex where one already is):
+    when it is a piece of the object that no part covers (``pieces``; None: no parts are added), a box around
+    that piece adds a part. Otherwise, on the part whose outline runs nearest the region's innermost point,
+    ``u`` is where the outline runs now (its point nearest that point) and ``v`` where it should (the
+    ground-truth boundary point nearest it): the vertex nearest ``u`` that the annotator has not placed is
+    dragged to ``v`` when it lies within ``near_px`` of ``u``, else ``v`` is inserted on ``u``'s edge.
     """
-    if not len(gt_boundary):
+    if not len(gt_boundary) or not parts:
         return None
     for x, y, missed, _ in error_points(pred, gt, ignore, regions=5):
+        if pieces is not None and missed:
+            box = pieces.uncovered(pred, x, y)
+            if box is not None:
+                return Correction("part", -1, (x, y), missed, part=len(parts), box=box)
         v = np.array(nearest_point(gt_boundary, x, y))
-        if (np.abs(polygon - v).max(axis=1) < 1e-9).any():
+        if any((np.abs(p - v).max(axis=1) < 1e-9).any() for p, _ in parts):
             continue  # already a vertex there: this region cannot be fixed by a vertex at v
-        edge, u = _nearest_on_outline(polygon, np.array([x, y]))
+        k = _part_for([p for p, _ in parts], np.array([x, y]), missed)
+        polygon, fixed = parts[k]
+        edge, u = nearest_edge(polygon, np.array([x, y]))
         free = np.flatnonzero(~fixed)
         if len(free):
             d = np.linalg.norm(polygon[free] - u, axis=1)
             if float(d.min()) <= near_px:
-                return Correction("move", int(free[int(np.argmin(d))]), (float(v[0]), float(v[1])), missed)
-        return Correction("insert", edge, (float(v[0]), float(v[1])), missed)
+                return Correction("move", int(free[int(np.argmin(d))]), (float(v[0]), float(v[1])), missed, k)
+        return Correction("insert", edge, (float(v[0]), float(v[1])), missed, k)
     return None
 
 
@@ -159,63 +234,126 @@ class Clicker(Editor, Protocol):
     def click(self, xy: tuple[float, float], positive: bool) -> object: ...
 
 
+class Parts(Protocol):
+    """An object in parts that the annotator can add to (:class:`polyrnn.session.ObjectSession`)."""
+
+    @property
+    def parts(self) -> Sequence[Clicker]: ...
+
+    @property
+    def long_side(self) -> float: ...  # the object's first box's longer side, pixels
+
+    def add_part(self, box: tuple[float, float, float, float]) -> object: ...
+
+
+def _parts_of(session: Editor | Parts) -> Sequence[Any]:
+    return session.parts if hasattr(session, "add_part") else [session]  # type: ignore[union-attr]
+
+
+def _pieces(
+    session: Editor | Parts, gt: np.ndarray, ignore: np.ndarray | None, min_part: float
+) -> Pieces | None:
+    """The ground truth's pieces when the annotator may add parts (an object session, ``min_part`` finite)."""
+    if not hasattr(session, "add_part") or not np.isfinite(min_part):
+        return None
+    return Pieces.of(
+        gt, ignore, min_side=part_side(min_part, session.long_side), min_gap=PART_GAP * session.long_side
+    )
+
+
+def part_side(min_part: float, long_side: float) -> float:
+    """The smallest piece (its box's long side, pixels) that gets a part of its own, for an object whose box's
+    long side is ``long_side``."""
+    return max(MIN_PART_PX, min_part * long_side)
+
+
 def click_protocol(
-    session: Clicker, gt: np.ndarray, ignore: np.ndarray | None, *, max_clicks: int = 20
+    session: Clicker | Parts,
+    gt: np.ndarray,
+    ignore: np.ndarray | None,
+    *,
+    max_clicks: int = 20,
+    min_part: float = MIN_PART,
 ) -> list[float]:
     """The standard click protocol of interactive segmentation (RITM, Sofiiuk et al. 2021), from the box's
     automatic polygon: each click goes to the innermost point of the largest error region, positive where the
-    polygon missed the object, negative where it spilled, through the session's :meth:`click`. IoU after
-    k = 0..max_clicks clicks (repeated once nothing is wrong)."""
+    polygons missed the object, negative where they spilled, through the :meth:`click` of the part whose
+    outline runs nearest. With an object session (:class:`Parts`), a positive click in a piece of the object
+    that no part covers (:class:`Pieces`, at least ``min_part`` box long sides; ``inf``: never) adds a part
+    instead: a box around the piece, counted as two clicks (its corners). IoU after k = 0..max_clicks clicks
+    (repeated once nothing is wrong)."""
     h, w = gt.shape
+    pieces = _pieces(session, gt, ignore, min_part)
 
-    def iou() -> float:
-        return mask_iou(rasterize([session.polygon], h, w), gt, ignore)
+    def mask() -> np.ndarray:
+        return rasterize([p.polygon for p in _parts_of(session)], h, w)
 
-    ious = [iou()]
-    for _ in range(max_clicks):
-        worst = worst_error(rasterize([session.polygon], h, w), gt, ignore)
+    pred = mask()
+    ious = [mask_iou(pred, gt, ignore)]
+    while len(ious) <= max_clicks:
+        worst = worst_error(pred, gt, ignore)
         if worst is None:
             ious.append(ious[-1])
             continue
         x, y, missed, _ = worst
-        session.click((x, y), missed)
-        ious.append(iou())
-    return ious
+        box = pieces.uncovered(pred, x, y) if pieces is not None and missed else None
+        if box is not None:
+            session.add_part(box)  # type: ignore[union-attr]
+            ious.append(ious[-1])  # the box's first corner
+        else:
+            parts = _parts_of(session)
+            parts[_part_for([p.polygon for p in parts], np.array([x, y]), missed)].click((x, y), missed)
+        pred = mask()
+        ious.append(mask_iou(pred, gt, ignore))
+    return ious[: max_clicks + 1]
 
 
 def clicks_to_quality(
-    session: Editor,
+    session: Editor | Parts,
     gt: np.ndarray,
     ignore: np.ndarray | None,
     *,
     max_corrections: int = 20,
     near: float = NEAR,
+    min_part: float = MIN_PART,
     on_correction: Callable[[Correction, np.ndarray, np.ndarray], None] | None = None,
 ) -> list[float]:
     """IoU after k = 0..max_corrections corrections of an :class:`Editor` (a
-    :class:`~polyrnn.session.BoxSession`, driven through its ``move`` / ``insert``); once nothing is wrong the
-    IoU is repeated. ``on_correction(correction, polygon before, polygon after)`` sees each one."""
+    :class:`~polyrnn.session.BoxSession`, driven through its ``move`` / ``insert``) or of an object in parts
+    (:class:`Parts`: a piece of the object that no part covers, at least ``min_part`` box long sides, gets a
+    part of its own, one correction: a box dragged around it); once nothing is wrong the IoU is repeated.
+    ``on_correction(correction, polygon before, polygon after)`` sees each drag and insert (the polygons
+    of the part it changed)."""
     h, w = gt.shape
     boundary = boundary_points(gt)
     near_px = near * session.long_side
+    pieces = _pieces(session, gt, ignore, min_part)
 
     def mask() -> np.ndarray:
-        return rasterize([session.polygon], h, w)
+        return rasterize([p.polygon for p in _parts_of(session)], h, w)
 
     pred = mask()
     ious = [mask_iou(pred, gt, ignore)]
     for _ in range(max_corrections):
-        c = next_correction(session.polygon, session.fixed, pred, gt, ignore, boundary, near_px)
+        parts = _parts_of(session)
+        c = next_correction(
+            [(p.polygon, p.fixed) for p in parts], pred, gt, ignore, boundary, near_px, pieces
+        )
         if c is None:
             ious.append(ious[-1])
             continue
-        before = session.polygon.copy()
-        if c.op == "move":
-            session.move(c.index, c.point)
+        if c.op == "part":
+            assert c.box is not None
+            session.add_part(c.box)  # type: ignore[union-attr]
         else:
-            session.insert(c.index, c.point)
-        if on_correction is not None:
-            on_correction(c, before, session.polygon.copy())
+            part = parts[c.part]
+            before = part.polygon.copy()
+            if c.op == "move":
+                part.move(c.index, c.point)
+            else:
+                part.insert(c.index, c.point)
+            if on_correction is not None:
+                on_correction(c, before, part.polygon.copy())
         pred = mask()
         ious.append(mask_iou(pred, gt, ignore))
     return ious

@@ -25,12 +25,21 @@ from polyrnn.data.instance import Instance, load_image
 from polyrnn.data.sequence import polygon_to_tokens
 from polyrnn.evaluation.annotator import threshold_protocol
 from polyrnn.evaluation.baselines import box_polygon, grabcut_mask
-from polyrnn.evaluation.clicks import NEAR, Correction, click_protocol, clicks_to_quality, far_changes
+from polyrnn.evaluation.clicks import (
+    MIN_PART,
+    NEAR,
+    Correction,
+    Pieces,
+    click_protocol,
+    clicks_to_quality,
+    far_changes,
+    part_side,
+)
 from polyrnn.geometry import mask_iou, rasterize
 from polyrnn.modeling.mask_net import MaskNet, mask_polygon
 from polyrnn.modeling.polygon_rnn import PolygonRNN
 from polyrnn.modeling.refiner import Refiner
-from polyrnn.session import CONFINE, ENGINES, BoxEncoding, BoxSession, EngineConfig
+from polyrnn.session import CONFINE, ENGINES, BoxEncoding, BoxSession, EngineConfig, ObjectSession
 
 BASELINES = ("box", "grabcut", "mask")
 
@@ -55,6 +64,9 @@ class EvalOptions:
     near: float = NEAR  # the annotator drags a vertex within this many box long sides, else inserts one
     confine: float = CONFINE  # a correction changes the polygon within this many box long sides (guard rail)
     focus: bool = INFERENCE.focus  # refine: the refiner's focus pass around each correction (when it has one)
+    # the annotators add a part (a box) for a piece of the object no part covers, of at least this many box
+    # long sides (math.inf: never; the paper's threshold protocol never does)
+    min_part: float = MIN_PART
 
 
 @dataclass
@@ -73,6 +85,11 @@ class InstanceResult:
     annotator: dict[int, tuple[float, int]] = field(default_factory=dict)  # T -> (IoU, corrections)
     curves: dict[str, list[float]] = field(default_factory=dict)  # engine -> IoU after k = 0..max corrections
     click_curves: dict[str, list[float]] = field(default_factory=dict)  # engine -> IoU after k clicks
+    parts: dict[str, int] = field(
+        default_factory=dict
+    )  # engine -> parts after its corrections (1: none added)
+    click_parts: dict[str, int] = field(default_factory=dict)  # engine -> parts after the click protocol
+    gt_parts: int = 1  # the ground truth's pieces of at least the smallest part the annotator would box
     automatic_rnn: float = math.nan  # the decoder's own automatic polygon (when the start is the mask's)
     baselines: dict[str, float] = field(default_factory=dict)
     ms: dict[str, float] = field(default_factory=dict)  # "model" and each baseline
@@ -138,7 +155,7 @@ def _engine_curves(
     them, and the standard click protocol for each engine that takes clicks; each from the same automatic
     polygon and the same encodings."""
     for name in options.engines:
-        session = BoxSession(enc, _engine(name, options))
+        session = ObjectSession(BoxSession(enc, _engine(name, options)))
 
         def first(c: Correction, before: np.ndarray, after: np.ndarray, name: str = name) -> None:
             if name not in res.far_moved:
@@ -150,12 +167,17 @@ def _engine_curves(
             ignore,
             max_corrections=options.max_corrections,
             near=options.near,
+            min_part=options.min_part,
             on_correction=first,
         )
-        res.final_vertices[name] = len(session.polygon)
+        res.final_vertices[name] = len(session.first.polygon)
+        res.parts[name] = len(session.parts)
     for name in (e for e in options.click_engines if e in options.engines):
-        session = BoxSession(enc, _engine(name, options))
-        res.click_curves[name] = click_protocol(session, gt_mask, ignore, max_clicks=options.max_corrections)
+        session = ObjectSession(BoxSession(enc, _engine(name, options)))
+        res.click_curves[name] = click_protocol(
+            session, gt_mask, ignore, max_clicks=options.max_corrections, min_part=options.min_part
+        )
+        res.click_parts[name] = len(session.parts)
 
 
 def evaluate_instance(
@@ -229,6 +251,9 @@ def evaluate_instance(
             res.annotator[t] = (iou_of([poly]), clicks)
     else:  # degenerate on the grid: nothing to correct towards
         res.annotator = {t: (res.automatic, 0) for t in options.thresholds}
+    if math.isfinite(options.min_part):
+        side = part_side(options.min_part, enc.long_side)
+        res.gt_parts = Pieces.of(gt_mask, ignore, min_side=side).boxable()
     if options.max_corrections >= 0:
         _engine_curves(res, enc, options, gt_mask, ignore)
     _baselines(res, inst, image, options, iou_of)

@@ -136,6 +136,32 @@ def _vertices(results: Sequence[InstanceResult], options: EvalOptions) -> dict[s
     return out
 
 
+def _parts(results: Sequence[InstanceResult], options: EvalOptions) -> dict[str, Any]:
+    """Objects in several parts: the share whose ground truth has two or more pieces big enough for a box of
+    their own (``min_part`` box long sides), and per engine the share the annotators gave a further part (by
+    drags, by clicks) and the NoC at each level on those objects in pieces."""
+    if not results or not math.isfinite(options.min_part):
+        return {}
+    multi = [r for r in results if r.gt_parts >= 2]
+    out: dict[str, Any] = {
+        "min_part": options.min_part,
+        "objects_in_pieces": len(multi) / len(results),
+        "added": {},
+        "click_added": {},
+        "noc_in_pieces": {},
+    }
+    for e in options.engines:
+        got = [r.parts[e] for r in results if e in r.parts]
+        if got:
+            out["added"][e] = float(np.mean(np.array(got) > 1))
+        if multi and all(e in r.curves for r in multi):
+            out["noc_in_pieces"][e] = _engine_summary([r.curves[e] for r in multi], options)["noc"]
+        clicks = [r.click_parts[e] for r in results if e in r.click_parts]
+        if clicks:
+            out["click_added"][e] = float(np.mean(np.array(clicks) > 1))
+    return out
+
+
 def summarize_results(results: Sequence[InstanceResult], options: EvalOptions) -> dict[str, Any]:
     """The figures of the report (IoUs as fractions)."""
     classes = [r.class_name for r in results]
@@ -154,6 +180,7 @@ def summarize_results(results: Sequence[InstanceResult], options: EvalOptions) -
         if any(e in r.click_curves for r in results)
     }
     out["vertices"] = _vertices(results, options)
+    out["parts"] = _parts(results, options)
     n = max(len(results), 1)
     out["gt_vertices_mean"] = float(sum(r.gt_vertices for r in results) / n)
     out["human_vertices_mean"] = float(sum(r.human_vertices for r in results) / n)
@@ -167,6 +194,26 @@ def summarize_results(results: Sequence[InstanceResult], options: EvalOptions) -
 # --- writing ---------------------------------------------------------------------------------------
 def _pct(v: float) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def _parts_markdown(parts: dict[str, Any]) -> list[str]:
+    if not parts:
+        return []
+    added = ", ".join(f"{e} {100 * v:.1f} %" for e, v in parts["added"].items())
+    clicked = ", ".join(f"{e} {100 * v:.1f} %" for e, v in parts["click_added"].items())
+    noc = "; ".join(
+        f"{e} " + ", ".join(f"NoC@{k} {v:.2f}" for k, v in n.items())
+        for e, n in parts["noc_in_pieces"].items()
+    )
+    return [
+        "",
+        f"Objects in several parts: {100 * parts['objects_in_pieces']:.1f} % of the objects are in two or "
+        f"more pieces of at least {parts['min_part']:g} box long sides. Where no part covers such a piece, "
+        "the annotators add a part (a box around it: one correction, or two clicks); IoU is always the whole "
+        f"object's. Objects given a further part: by drags {added or '–'}"
+        + (f"; by clicks {clicked}" if clicked else "")
+        + (f". On the objects in pieces: {noc}." if noc else "."),
+    ]
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -293,6 +340,7 @@ def report_markdown(report: dict[str, Any]) -> str:
                 "How local the first correction is: of the vertices more than half a box side from it, the "
                 f"share it moved: {far}.",
             ]
+    lines += _parts_markdown(report.get("parts") or {})
     lines += ["", "![IoU vs corrections](iou_vs_corrections.png)"]
     lines += [
         "",
