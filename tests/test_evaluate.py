@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,7 @@ def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start
         "3",
         "--start",
         start,
-        *(["--no-focus"] if start == "mask" else []),
+        *(["--no-focus", "--no-parts"] if start == "mask" else []),
     ]
     assert main(args) == 0
     assert "automatic: mean IoU" in capsys.readouterr().out
@@ -198,6 +199,11 @@ def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start
         start == "rnn"
     )  # --no-focus reaches the options, and the report
     assert r["timing_ms_per_instance"]["model"] > 0
+    # objects in several parts: none here (each is one piece); --no-parts reaches the options and the report
+    if start == "mask":
+        assert r["meta"]["settings"]["min_part"] is None and r["parts"] == {}
+    else:
+        assert r["parts"]["objects_in_pieces"] == 0 and r["parts"]["added"] == {"rnn": 0.0, "manual": 0.0}
     md = (out / "report.md").read_text()
     assert "## Automatic mode" in md and "| T (cells) |" in md and "NoC" in md and "/ human vertex" in md
     assert "Vertices (median): automatic polygon" in md
@@ -258,7 +264,7 @@ def test_golden_figures_of_the_shipped_engines_on_three_val2017_objects(datasets
         # the paper's protocol through the editor's session (was 11, 18, 6 corrections on the token twin)
         "T1": [(0.3777, 10), (0.9457, 19), (0.9139, 8)],
         "refine": [  # outlines at 2.0 mask px since December 2026 (was 0.75); the focus pass (boxes >= 96 px)
-            [0.0772, 0.0022, 0.0014, 0.0012],
+            [0.0772, 0.0022, 0.0014, 0.195],  # the third correction boxes a piece no part covers
             [0.5417, 0.7504, 0.8872, 0.9],
             [0.5562, 0.8187, 0.8606, 0.8587],
         ],
@@ -269,14 +275,16 @@ def test_golden_figures_of_the_shipped_engines_on_three_val2017_objects(datasets
             [0.5562, 0.7418, 0.825, 0.8725],
         ],
         "vertices": [29, 29, 41],
-        "refine_vertices": [22, 32, 25],  # 8 on the first object before the focus pass
+        "refine_vertices": [16, 32, 25],  # the first part's (22 on the first object before parts)
+        "parts": [2, 1, 1],  # the first object (a bottle seen in 3 pieces) gets a second part
+        "gt_parts": [3, 1, 1],
         "rnn": [
-            [0.0772, 0.0217, 0.0229, 0.0232],
+            [0.0772, 0.0217, 0.1291, 0.1295],
             [0.5417, 0.6668, 0.7012, 0.7302],
             [0.5562, 0.5716, 0.5891, 0.5963],
         ],
         "manual": [
-            [0.0772, 0.0217, 0.0254, 0.025],
+            [0.0772, 0.0217, 0.1291, 0.1295],
             [0.5417, 0.6668, 0.7012, 0.7302],
             [0.5562, 0.5716, 0.5891, 0.5963],
         ],
@@ -291,3 +299,27 @@ def test_golden_figures_of_the_shipped_engines_on_three_val2017_objects(datasets
         assert r.click_curves["refine"] == pytest.approx(want, abs=2e-3)
     assert [r.vertices for r in res] == golden["vertices"]
     assert [r.final_vertices["refine"] for r in res] == golden["refine_vertices"]
+    assert [r.parts["refine"] for r in res] == golden["parts"]
+    assert [r.gt_parts for r in res] == golden["gt_parts"]
+
+
+def test_the_report_counts_objects_in_pieces_and_the_parts_the_annotators_added():
+    from dataclasses import replace
+
+    from polyrnn.evaluation.evaluate import EvalOptions, InstanceResult
+    from polyrnn.evaluation.report import _parts_markdown, summarize_results
+
+    def result(gt_parts, parts, curve):
+        r = InstanceResult(class_name="bike", automatic=curve[0], ceiling=0.95, gt_vertices=10)
+        r.gt_parts, r.parts, r.curves, r.ms = gt_parts, {"manual": parts}, {"manual": curve}, {"model": 1.0}
+        return r
+
+    opts = EvalOptions(engines=("manual",), click_engines=(), thresholds=(), baselines=(), max_corrections=3)
+    res = [result(2, 2, [0.4, 0.6, 0.92, 0.92]), result(1, 1, [0.8, 0.86, 0.9, 0.9]), result(3, 1, [0.5] * 4)]
+    p = summarize_results(res, opts)["parts"]
+    assert p["objects_in_pieces"] == pytest.approx(2 / 3) and p["added"] == {"manual": pytest.approx(1 / 3)}
+    # NoC on the two objects in pieces only: 85 after 2 and never (3)
+    assert p["noc_in_pieces"]["manual"]["85"] == pytest.approx(2.5)
+    md = " ".join(_parts_markdown(p))
+    assert "66.7 % of the objects are in two or more pieces" in md and "by drags manual 33.3 %" in md
+    assert summarize_results(res, replace(opts, min_part=math.inf))["parts"] == {}
