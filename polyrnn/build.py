@@ -451,12 +451,17 @@ def load_refiner(path: str | Path, mask_path: str | Path | None = None) -> Refin
     if focus is not None:
         try:
             window, min_side = float(focus["window"]), float(focus["min_side"])
+            input_size = float(focus.get("input_size", 224))  # checkpoints before it was a setting: 224
             second = _refiner_from(focus["refiner_config"], focus["model"], f"{path} (focus pass)")
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CheckpointError(f"{path}: a malformed focus pass ({e!r})") from None
-        if not (0.05 <= window <= 1.0 and 0.0 <= min_side <= 1e5):
-            raise CheckpointError(f"{path}: focus window {window} or min_side {min_side} out of range")
-        model.focus_pass = FocusPass(second, window, min_side)
+        if not (0.05 <= window <= 1.0 and 0.0 <= min_side <= 1e5 and 32 <= input_size <= 1024):
+            raise CheckpointError(
+                f"{path}: focus window {window}, min_side {min_side} or input_size {input_size} out of range"
+            )
+        if input_size != int(input_size):
+            raise CheckpointError(f"{path}: focus input_size {input_size} is not a whole number of pixels")
+        model.focus_pass = FocusPass(second, window, min_side, int(input_size))
     return model
 
 

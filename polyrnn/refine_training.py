@@ -64,6 +64,7 @@ class RefinerConfig:
     # centred on corrections of objects at least focus_min px long, starting from the mask model's outline
     focus: float = 0.0
     focus_min: float = 96.0
+    focus_input: int = 224  # the window's side in pixels as the mask model reads it (its training input: 224)
     reduce: int = 32  # refiner: feature channels after the 1x1 reduction
     hidden: int = 40  # refiner: channels of its dilated convolutions
     seed: int = 0
@@ -160,13 +161,14 @@ def build_focus_cache(
     focus: float,
     size: int,
     seed: int,
+    input_size: int = 224,
     context: float = 0.15,
     log: Any = print,
 ) -> tuple[Cache, np.ndarray]:
     """Focus windows (FocalClick's focus crops) for training a focus refiner: per instance, ``copies``
     square windows of about ``focus`` crop sides (copy 0: exactly, centred where the annotator would first
     drag the mask model's outline; the others: 0.75-1.25 times, around a random boundary point), each read by
-    the frozen mask model at its input size (no mirror, as at inference). ``start``: the mask model's
+    the frozen mask model at ``input_size`` pixels (no mirror, as at inference). ``start``: the mask model's
     outline of the whole object (its crop, mirror-averaged) seen through the window. Returns the cache and
     each row's instance index."""
     import cv2
@@ -203,7 +205,7 @@ def build_focus_cache(
             else:
                 break
             c = np.array([crop.x0, crop.y0]) + u * crop.side / size  # image pixels
-            windows.append(CropBox.centred(c, side, crop_size=crop.crop_size, grid_size=crop.grid_size))
+            windows.append(CropBox.centred(c, side, crop_size=input_size, grid_size=crop.grid_size))
         if not windows:
             continue
         x = torch.from_numpy(np.stack([w.crop_image(image) for w in windows])).permute(0, 3, 1, 2).float()
@@ -439,7 +441,14 @@ def train_refiner(cfg: RefinerConfig, *, log: Any = print) -> Path:
         train = [i for i in train if i.long_side >= cfg.focus_min]
         val = [i for i in val if i.long_side >= cfg.focus_min]
         cache, owner = build_focus_cache(
-            mask_model, train + val, copies=cfg.copies, focus=cfg.focus, size=size, seed=cfg.seed, log=log
+            mask_model,
+            train + val,
+            copies=cfg.copies,
+            focus=cfg.focus,
+            size=size,
+            seed=cfg.seed,
+            input_size=cfg.focus_input,
+            log=log,
         )
         held = owner >= len(train)
         first = np.r_[True, owner[1:] != owner[:-1]]  # each held-out instance's copy 0
@@ -562,6 +571,7 @@ def ship_refiner(src: str | Path, *, focus: str | Path | None = None, folder: Pa
             "model": {k: (v.half() if v.is_floating_point() else v) for k, v in second["model"].items()},
             "window": float(trained["focus"]),
             "min_side": float(trained.get("focus_min", 0.0)),
+            "input_size": int(trained.get("focus_input", 224)),
             "epoch": second.get("epoch"),
             "metric": second.get("metric"),
             "train_config": trained,

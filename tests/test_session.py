@@ -466,11 +466,11 @@ def test_region_clicks_in_the_refiners_training_have_no_vertex_and_are_chosen_on
     assert "val_iou_1" in header and "val_region_iou_1" in header
 
 
-def _focused_encoding(min_side=0.0):
+def _focused_encoding(min_side=0.0, input_size=224):
     from polyrnn.modeling.refiner import FocusPass
 
     refiner = Refiner(feat_channels=16, size=2 * 28).eval()
-    refiner.focus_pass = FocusPass(Refiner(feat_channels=16, size=2 * 28).eval(), 0.6, min_side)
+    refiner.focus_pass = FocusPass(Refiner(feat_channels=16, size=2 * 28).eval(), 0.6, min_side, input_size)
     return _encoding(refiner=refiner, mask_model=build_model("tiny-mask").eval())
 
 
@@ -519,6 +519,18 @@ def test_the_focus_pass_redraws_the_outline_finer_only_within_its_window(monkeyp
     assert [tuple(q) for q in cut.polygon if tuple(q) in {tuple(p) for p in state.polygon}] == [
         tuple(q) for q in state.polygon
     ]
+    assert window.crop_size == 224
+    # a focus pass that reads its window at 128 px: the same window, read coarser, through the real models
+    coarse = _focused_encoding(input_size=128)
+    read = []
+    real = coarse.focus_mask
+    monkeypatch.setattr(coarse, "focus_mask", lambda w, *a: read.append(w) or real(w, *a))
+    _focus(coarse, EngineConfig(name="refine"), state, at, [], 0.5)
+    assert (
+        read[0].crop_size == 128
+        and read[0].side == window.side
+        and real(read[0], state.polygon, at[None], []).shape == (128, 128)
+    )
     # a box smaller than the focus pass's min_side, or a session without it: no focus pass
     small = _focused_encoding(min_side=1000.0)
     assert _focus(small, EngineConfig(name="refine"), state, at, [], 0.5) is None
@@ -561,7 +573,9 @@ def test_a_focus_refiner_trains_on_windows_and_ships_inside_the_refiner(tmp_path
     ]
     lines: list[str] = []
     focus = train_refiner(
-        load_refiner_config("refiner", [*common, "copies=2", "focus=0.5", "focus_min=20", "name=focus"]),
+        load_refiner_config(
+            "refiner", [*common, "copies=2", "focus=0.5", "focus_min=20", "focus_input=96", "name=focus"]
+        ),
         log=lines.append,
     )
     said = next(x for x in lines if x.startswith("focus refiner:"))
@@ -574,6 +588,7 @@ def test_a_focus_refiner_trains_on_windows_and_ships_inside_the_refiner(tmp_path
     )
     model = load_refiner(shipped, mask)
     assert model.focus_pass is not None and model.focus_pass.window == 0.5 and model.focus_pass.min_side == 20
+    assert model.focus_pass.input_size == 96  # the window as its training read it
     assert "focus_pass" not in "".join(model.state_dict())  # the refiner's own weights are what they were
     with pytest.raises(CheckpointError, match="not a focus refiner"):
         ship_refiner(plain / "weights" / "best.pt", focus=plain / "weights" / "best.pt", folder=tmp_path)
@@ -588,6 +603,14 @@ def test_a_focus_refiner_trains_on_windows_and_ships_inside_the_refiner(tmp_path
         with pytest.raises(CheckpointError, match="out of range"):
             load_refiner(tmp_path / "bad.pt")
     ckpt["focus"]["window"], ckpt["focus"]["min_side"] = 0.5, 20.0
+    for size in (8, 10**9, float("nan"), 100.5):
+        ckpt["focus"]["input_size"] = size
+        torch.save(ckpt, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="input_size"):
+            load_refiner(tmp_path / "bad.pt")
+    del ckpt["focus"]["input_size"]  # a checkpoint from before the setting: read at 224
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert load_refiner(tmp_path / "old.pt").focus_pass.input_size == 224
     for hidden in (10**12, float("inf"), "many", -3):  # refused before anything is allocated
         ckpt["focus"]["refiner_config"]["hidden"] = hidden
         torch.save(ckpt, tmp_path / "bad.pt")

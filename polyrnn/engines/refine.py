@@ -120,7 +120,9 @@ def _focus(
     if focus is None or enc.long_side < focus.min_side:
         return None
     crop = enc.crop
-    window = CropBox.centred(at, focus.window * crop.side, crop_size=crop.crop_size, grid_size=crop.grid_size)
+    window = CropBox.centred(
+        at, focus.window * crop.side, crop_size=focus.input_size, grid_size=crop.grid_size
+    )
     radius = min(0.45 * window.side, config.confine * enc.long_side)
     cut = _cut_at_circle(state, at, radius * (1 + 1e-6))
     refined = enc.focus_mask(window, cut.polygon, cut.polygon[cut.fixed], clicks)

@@ -40,8 +40,8 @@ class SkipFusion(nn.Module):
         out = []
         for tap, f in zip(self.taps, feats, strict=True):
             h = f.shape[-1]
-            if h > self.size:
-                f = F.max_pool2d(f, kernel_size=h // self.size, stride=h // self.size)  # finer: max-pool
+            if h > self.size:  # finer: max-pool (in exact windows when h is a multiple of size, as at 224 px)
+                f = F.adaptive_max_pool2d(f, self.size)
             x = tap(f)
             if x.shape[-1] < self.size:  # coarser: bilinear up-sampling
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)

@@ -73,13 +73,15 @@ class Refiner(nn.Module):
 @dataclass
 class FocusPass:
     """A second refiner for FocalClick's focus crop: it reads a square ``window`` crop sides wide centred on a
-    correction (the mask model's features of that window, at its input size, no mirror) and redraws the
-    outline there, 1 / ``window`` times finer than the object's crop; only for boxes whose long side is at
-    least ``min_side`` image pixels (smaller ones have no finer detail to see)."""
+    correction (the mask model's features of that window read at ``input_size`` x ``input_size`` pixels, no
+    mirror) and redraws the outline there, ``input_size / (window * 224)`` times finer than the object's
+    crop; only for boxes whose long side is at least ``min_side`` image pixels (smaller ones have no finer
+    detail to see)."""
 
     refiner: Refiner
     window: float
     min_side: float
+    input_size: int = 224
 
 
 def point_maps(points: torch.Tensor, weights: torch.Tensor, size: int, sigma: float = 1.5) -> torch.Tensor:
