@@ -48,13 +48,15 @@ def _timed(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def _interactive(models: Models, *, repeats: int, steps: int) -> dict[str, Any]:
+def _interactive(models: Models, *, repeats: int, steps: int, focus: bool = True) -> dict[str, Any]:
     """Encoder, decoder step, the decoder's automatic polygon (``steps`` vertices), the predictor's
     automatic polygon (what the editor shows: the mask model's when one is paired) and a correction."""
     model = models.polygon
     image = torch.rand(1, 3, model.crop_size, model.crop_size) * 255
     # EOS off: fixed lengths; corrections by the default engine (refine when a refiner is paired)
-    pred = PolygonPredictor(model, mask_model=models.mask, refiner=models.refiner, eos_threshold=2.0)
+    pred = PolygonPredictor(
+        model, mask_model=models.mask, refiner=models.refiner, eos_threshold=2.0, focus=focus
+    )
     rgb = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
     pred.set_image(rgb)
     model.max_len = steps
@@ -149,12 +151,15 @@ def run_bench(
     train_batch: int = 8,
     weights: str | Path | None = None,
     mask_weights: str | Path | None = None,
+    refiner_weights: str | Path | None = None,
+    focus: bool = True,
     train: bool = True,
 ) -> dict[str, Any]:
     """Measure the models :func:`polyrnn.build.load_models` pairs (the shipped ones by default): parameters,
     (an untrained ``variant`` when no weights ship for it) the interactive round's parts (milliseconds:
     median, p10, p90 over ``repeats`` rounds after two warm-up
-    rounds) and, with ``train``, training instances/s (batch ``train_batch``).
+    rounds) and, with ``train``, training instances/s (batch ``train_batch``). ``refiner_weights``: the
+    correction refiner (default: the shipped one; "none": none); ``focus``: its focus pass (as ``serve``).
 
     Decoding runs a fixed ``steps`` vertices (end token disabled) so that any model is timed on a realistic
     length; the automatic polygon from a mask model is its mask's outline (mirror averaging included).
@@ -165,20 +170,24 @@ def run_bench(
             polygon=polygon_model(build_model(variant, shipped=False)), polygon_path=Path(variant)
         )
     else:
-        models = load_models(weights, mask_weights, variant=variant)
+        models = load_models(weights, mask_weights, variant=variant, refiner_weights=refiner_weights)
     models.polygon.eval()
     model = models.polygon
     out: dict[str, Any] = {
         "variant": variant,
         "weights": str(models.polygon_path),
         "mask_weights": str(models.mask_path) if models.mask_path else None,
-        "engine": "refine" if models.refiner is not None and models.mask is not None else "rnn",
+        "engine": (
+            ("refine + focus pass" if focus and models.refiner.focus_pass is not None else "refine")
+            if models.refiner is not None and models.mask is not None
+            else "rnn"
+        ),
         "threads": torch.get_num_threads(),
         "repeats": repeats,
         "steps": steps,
         "parameters": sum(p.numel() for p in model.parameters()),
         "parameters_encoder": sum(p.numel() for p in model.encoder.parameters()),
-        "ms": _interactive(models, repeats=repeats, steps=steps),
+        "ms": _interactive(models, repeats=repeats, steps=steps, focus=focus),
     }
     if train:
         out["train_batch"] = train_batch

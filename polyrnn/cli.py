@@ -319,6 +319,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             steps=args.steps,
             weights=args.weights,
             mask_weights=args.mask_weights,
+            refiner_weights=args.refiner_weights,
+            focus=args.focus,
             train=not args.no_train,
         )
     except CheckpointError as e:
@@ -899,6 +901,12 @@ def _add_bench(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mask-weights", default=None, help="mask model (default: the one paired with the weights)"
     )
+    p.add_argument(
+        "--refiner-weights",
+        default=None,
+        help="correction refiner (default: shipped, with the shipped mask model; none: no refiner)",
+    )
+    _focus_flag(p)
     p.add_argument("--no-train", action="store_true", help="skip the training-throughput measurement")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)

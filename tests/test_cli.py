@@ -129,6 +129,16 @@ def test_predict_and_bench_commands(tmp_path, capsys):
         assert 0 < s["p10"] <= s["median"] <= s["p90"], part
 
 
+def test_bench_times_the_correction_the_editor_would_make(capsys):
+    """The shipped models: the refine engine with its focus pass, without it (--no-focus), or another refiner
+    (none: the decoder re-predicts)."""
+    engines = []
+    for extra in ([], ["--no-focus"], ["--refiner-weights", "none"]):
+        assert main(["bench", "--no-train", "--repeats", "1", "--steps", "5", "--json", *extra]) == 0
+        engines.append(json.loads(capsys.readouterr().out)["engine"])
+    assert engines == ["refine + focus pass", "refine", "rnn"]
+
+
 def test_predict_checks_its_input_before_loading_a_model(tmp_path, capsys, monkeypatch):
     import polyrnn.build
 
