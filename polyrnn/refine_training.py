@@ -71,6 +71,21 @@ class RefinerConfig:
     out: str = "runs/train"
     name: str = "refiner"
 
+    def __post_init__(self) -> None:
+        """Bounds what reaches the cache and the networks (a window the shipped pass would refuse, an input
+        no image could fill) and keeps the run folder inside ``out``; ``ValueError`` with the key."""
+        checks = (
+            ("focus", self.focus == 0 or 0.05 <= self.focus <= 1.0, "0 (off) or 0.05..1 crop sides"),
+            ("focus_min", 0 <= self.focus_min <= 1e5, "0..100000 px"),
+            ("focus_input", 32 <= self.focus_input <= 1024, "32..1024 px"),
+            ("region_clicks", 0 <= self.region_clicks <= 1, "a share 0..1"),
+        )
+        for key, ok, want in checks:
+            if not ok:  # NaN fails every comparison
+                raise ValueError(f"key '{key}': {getattr(self, key)!r} out of range ({want})")
+        if Path(self.name).name != self.name or self.name in ("", ".", ".."):
+            raise ValueError(f"key 'name': {self.name!r} must be a folder name, not a path")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

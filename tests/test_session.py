@@ -552,6 +552,27 @@ def test_the_focus_pass_redraws_the_outline_finer_only_within_its_window(monkeyp
     assert PolygonPredictor(build_model("tiny")).engine.focus is True
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "focus_input=-5",
+        "focus_input=100000",
+        "focus=nan",
+        "focus=1e300",
+        "focus_min=-1",
+        "region_clicks=2",
+        "name=../elsewhere",
+        "name=/tmp/elsewhere",
+    ],
+)
+def test_a_refiner_recipe_out_of_range_is_refused_before_anything_runs(bad, tmp_path, capsys):
+    from polyrnn.cli import main
+
+    assert main(["train-refiner", "focus=0.4", f"out={tmp_path}", bad]) == 2
+    key = bad.split("=")[0]
+    assert f"'{key}'" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
 def test_a_focus_refiner_trains_on_windows_and_ships_inside_the_refiner(tmp_path):
     from polyrnn.build import CheckpointError, load_refiner
     from polyrnn.refine_training import load_refiner_config, ship_refiner, train_refiner
