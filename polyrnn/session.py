@@ -190,9 +190,9 @@ class BoxSession:
         point (image pixels). The engine redraws the outline near it from every click so far; the guard
         rails hold (fixed vertices kept, a simple polygon, changes within ``confine`` box long sides of the
         click), and so must the click itself (a positive one inside the new polygon, a negative one outside).
-        Where the engine's outline does not, the plain click does, as the plain drag backs a drag: the
-        nearest edge is pulled to just past the point (:func:`_plain_click`); where neither holds, the polygon
-        stays as it was. The click is remembered for later corrections either way."""
+        Where the engine's outline does not, the plain click does, as the plain drag backs a drag: a small
+        bump of the nearest edge takes the point in or out (:func:`_plain_click`); where neither holds, the
+        polygon stays as it was. The click is remembered for later corrections either way."""
         from shapely.geometry import Point, Polygon
 
         assert self.state is not None
@@ -312,11 +312,10 @@ class ObjectSession:
     """
 
     first: BoxSession
-    parts: list[BoxSession] = field(default_factory=list)
+    parts: list[BoxSession] = field(init=False)  # the first part's session first
 
     def __post_init__(self) -> None:
-        if not self.parts:
-            self.parts = [self.first]
+        self.parts = [self.first]
 
     @property
     def polygons(self) -> list[np.ndarray]:

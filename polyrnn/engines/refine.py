@@ -35,11 +35,7 @@ class Refine(Engine):
         state = None
         if contour is not None:
             state = splice(manual, contour, index, reach=config.confine * enc.long_side, tolerance=tolerance)
-        if config.focus:
-            base = state if state is not None else manual
-            focused = _focus(enc, config, base, p[index], manual.clicks, tolerance)
-            state = focused if focused is not None else state
-        return state
+        return _then_focus(enc, config, state, manual, p[index], manual.clicks, tolerance)
 
     def propose_click(
         self,
@@ -63,11 +59,7 @@ class Refine(Engine):
             state = splice_region(
                 before, contour, at, reach=config.confine * enc.long_side, tolerance=tolerance
             )
-        if config.focus:
-            base = state if state is not None else before
-            focused = _focus(enc, config, base, at, clicks, tolerance, region=True)
-            state = focused if focused is not None else state
-        return state
+        return _then_focus(enc, config, state, before, at, clicks, tolerance, region=True)
 
 
 def _local_outline(
@@ -99,6 +91,25 @@ def _outline_within(
     near = (xx + 0.5 - c[0]) ** 2 + (yy + 0.5 - c[1]) ** 2 <= (radius / crop.pixels_per_crop) ** 2
     contour = _object_contour(np.where(near, refined, mask), mask, c)
     return None if contour is None else crop.crop_to_image(contour)
+
+
+def _then_focus(
+    enc: BoxEncoding,
+    config: EngineConfig,
+    state: State | None,
+    plain: State,
+    at: np.ndarray,
+    clicks: list[Click],
+    tolerance: float,
+    *,
+    region: bool = False,
+) -> State | None:
+    """The object pass's ``state`` (or, where it gave none, the ``plain`` edit) through the focus pass when
+    the session has it on (:func:`_focus`); the object pass's ``state`` where the focus pass gives nothing."""
+    if not config.focus:
+        return state
+    focused = _focus(enc, config, state if state is not None else plain, at, clicks, tolerance, region=region)
+    return focused if focused is not None else state
 
 
 def _focus(

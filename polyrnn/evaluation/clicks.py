@@ -131,16 +131,13 @@ class Pieces:
         piece = self.labels[window] == k
         if float(pred[window][piece].mean()) >= PART_COVER:
             return None
-        if self.min_gap > 0 and pred.any():
+        if self.min_gap > 0 and pred.any():  # the polygons' distance, within min_gap around the piece's box
             g = int(np.ceil(self.min_gap))
-            h, w = pred.shape
-            near = np.s_[max(int(y1) - g, 0) : int(y2) + g, max(int(x1) - g, 0) : int(x2) + g]
-            outside = (~pred[near]).astype(np.uint8)
-            gap = cv2.distanceTransform(outside, cv2.DIST_L2, 5)
-            mine = np.zeros(outside.shape, bool)
-            oy, ox = near[0].start, near[1].start
-            mine[int(y1) - oy : int(y2) - oy, int(x1) - ox : int(x2) - ox] = piece
-            if float(gap[mine & (outside > 0)].min(initial=np.inf)) < self.min_gap:
+            oy, ox = max(int(y1) - g, 0), max(int(x1) - g, 0)
+            outside = ~pred[oy : int(y2) + g, ox : int(x2) + g]
+            gap = cv2.distanceTransform(outside.astype(np.uint8), cv2.DIST_L2, 5)
+            mine = np.s_[int(y1) - oy : int(y2) - oy, int(x1) - ox : int(x2) - ox]
+            if float(gap[mine][piece & outside[mine]].min(initial=np.inf)) < self.min_gap:
                 return None
         return float(x1), float(y1), float(x2), float(y2)
 
