@@ -49,12 +49,15 @@ def main() -> None:
     ap.add_argument(
         "--tolerance", type=float, default=INFERENCE.tolerance, help="outline simplification, mask pixels"
     )
+    ap.add_argument(
+        "--mask-weights", default=None, help="mask model (default: the shipped one; --refiner must match it)"
+    )
     ap.add_argument("--corrections", type=int, default=10)
     ap.add_argument("--limit", type=int, default=0, help="first N held-out instances only")
     ap.add_argument("--min-size", type=float, default=32.0)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    models = load_models(refiner_weights=args.refiner)
+    models = load_models(mask_weights=args.mask_weights, refiner_weights=args.refiner)
     _, held = split_instances(load_refiner_config("refiner"))
     held = [i for i in held if i.long_side >= args.min_size]
     held = held[: args.limit] if args.limit else held
