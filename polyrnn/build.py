@@ -18,8 +18,7 @@ from polyrnn.modeling.decoder import PolygonDecoder
 from polyrnn.modeling.encoder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    LITE_VARIANTS,
-    EfficientNetLiteTaps,
+    EfficientNetLite0Taps,
     Encoder,
     TinyTaps,
     VGG16Taps,
@@ -175,11 +174,11 @@ def write_shipped(folder: Path, name: str, ckpt: dict[str, Any]) -> Path:
 
 def build_encoder(cfg: ModelConfig, *, vgg16_weights: str | Path | None = None) -> Encoder:
     """The encoder of ``cfg``: backbone taps + skip fusion to (feat_channels, D, D)."""
-    backbone: TinyTaps | EfficientNetLiteTaps | VGG16Taps
+    backbone: TinyTaps | EfficientNetLite0Taps | VGG16Taps
     if cfg.encoder == "tiny":
         backbone, mean, std = TinyTaps(), IMAGENET_MEAN, IMAGENET_STD
-    elif cfg.encoder in LITE_VARIANTS:
-        lite = EfficientNetLiteTaps(variant=cfg.encoder)
+    elif cfg.encoder == "efficientnet_lite0":
+        lite = EfficientNetLite0Taps()
         if cfg.pretrained:
             lite.load_pretrained()
         backbone, mean, std = lite, LITE_MEAN, LITE_STD

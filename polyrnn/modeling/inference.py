@@ -16,7 +16,7 @@ FOLDED = "_polyrnn_folded"
 
 #: (convolution, batch norm) attribute pairs of modules that are not ``nn.Sequential``, by class name
 BN_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
-    "EfficientNetLiteTaps": (("_conv_stem", "_bn0"),),
+    "EfficientNetLite0Taps": (("_conv_stem", "_bn0"),),
     "MBConv": (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")),
 }
 
