@@ -183,6 +183,7 @@ def run_bench(
             else "rnn"
         ),
         "threads": torch.get_num_threads(),
+        "precision": models.precision,
         "repeats": repeats,
         "steps": steps,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -203,7 +204,8 @@ def format_bench(r: dict[str, Any]) -> str:
     automatic = "mask model's outline" if r["mask_weights"] else f"decoder, {r['steps']} vertices"
     lines = [
         f"polyrnn bench: {r['weights']}" + (f" + {r['mask_weights']}" if r["mask_weights"] else ""),
-        f"  {r['threads']} thread(s), {r['repeats']} rounds after 2 warm-up rounds, every part in each round",
+        f"  {r['threads']} thread(s), {r['precision']}, {r['repeats']} rounds after 2 warm-up rounds, "
+        "every part in each round",
         f"  parameters            {r['parameters']:,} (encoder {r['parameters_encoder']:,})",
         row("encoder", "encoder"),
         row("decoder step", "decoder_step"),

@@ -28,6 +28,7 @@ from polyrnn.modeling.inference import fold_for_inference, is_folded
 from polyrnn.modeling.mask_net import MaskHead, MaskNet
 from polyrnn.modeling.polygon_rnn import PolygonRNN
 from polyrnn.modeling.refiner import FocusPass, Refiner
+from polyrnn.runtime import resolve_precision
 
 REFINER_FORMAT = "polyrnn-refiner"  # the ``format`` field of a refiner checkpoint
 
@@ -346,6 +347,8 @@ class Models:
     mask_path: Path | None = None
     refiner: Refiner | None = None
     refiner_path: Path | None = None
+    #: the type the mask model and the refiners compute in ("float32" unfolded, else ``load_models``' choice)
+    precision: str = "float32"
 
 
 NO_MASK = "none"
@@ -358,6 +361,7 @@ def load_models(
     variant: str = "lite",
     refiner_weights: str | Path | None = None,
     fold: bool = True,
+    precision: str | None = None,
 ) -> Models:
     """The one pairing rule every entry point uses (CLI ``predict``, ``evaluate``, ``serve``, the Python API).
     The networks come in evaluation mode, ready to use.
@@ -372,6 +376,9 @@ def load_models(
     - ``fold``: the mask model and the refiners made faster for inference
       (:func:`polyrnn.modeling.inference.fold_for_inference`: same outputs up to float rounding, about 25 %
       less CPU time); such networks cannot be trained or saved: pass False for that.
+    - ``precision``: the type the folded networks compute in, ``"float32"``, ``"bfloat16"`` or ``"auto"``
+      (:func:`polyrnn.runtime.resolve_precision`: ``$POLYRNN_PRECISION``, else bfloat16 where the CPU has AMX
+      matrix units); the unfolded polygon model stays float32.
 
     Raises :class:`CheckpointError` naming the file that cannot be used.
     """
@@ -401,10 +408,12 @@ def load_models(
     polygon.eval()
     if mask is not None:
         mask.eval()
+    precision = resolve_precision(precision) if fold else "float32"
     if fold:
+        dtype = getattr(torch, precision)
         for net in (mask, refiner, refiner.focus_pass.refiner if refiner and refiner.focus_pass else None):
             if net is not None:
-                fold_for_inference(net)
+                fold_for_inference(net, dtype=dtype)
     return Models(
         polygon=polygon,
         polygon_path=path,
@@ -412,6 +421,7 @@ def load_models(
         mask_path=mask_path,
         refiner=refiner,
         refiner_path=ref_path,
+        precision=precision,
     )
 
 

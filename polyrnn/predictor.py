@@ -123,6 +123,15 @@ class PolygonPredictor:
         self._sessions: OrderedDict[tuple[float, ...], BoxSession] = OrderedDict()
         self._last_box: Box | None = None
 
+    @property
+    def precision(self) -> str:
+        """The type the mask model and the refiner compute in ("float32" or "bfloat16",
+        :func:`polyrnn.build.load_models`' ``precision``)."""
+        from polyrnn.modeling.inference import compute_dtype
+
+        net = self.mask_model if self.mask_model is not None else self.refiner
+        return str(compute_dtype(net)).removeprefix("torch.") if net is not None else "float32"
+
     @classmethod
     def from_weights(
         cls,

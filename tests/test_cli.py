@@ -163,6 +163,33 @@ def test_predict_checks_its_input_before_loading_a_model(tmp_path, capsys, monke
         assert message in capsys.readouterr().err
 
 
+def test_precision_option_and_environment(monkeypatch, capsys):
+    """--precision / $POLYRNN_PRECISION choose the inference networks' type; auto is bfloat16 exactly where
+    torch reports AMX tiles; anything else is refused naming the setting."""
+    import torch
+
+    from polyrnn.runtime import PRECISION_ENV, resolve_precision, set_precision
+
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision() == "bfloat16" and resolve_precision("float32") == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision() == resolve_precision("auto") == "float32"
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # an older or other torch: float32
+    assert resolve_precision() == "float32" and resolve_precision("bfloat16") == "bfloat16"
+    monkeypatch.setenv(PRECISION_ENV, "bfloat16")
+    assert resolve_precision() == "bfloat16"
+    monkeypatch.setenv(PRECISION_ENV, "half")
+    with pytest.raises(ValueError, match="POLYRNN_PRECISION='half'"):
+        resolve_precision()
+    set_precision("float32")  # the CLI's --precision: the process's choice, through the environment
+    assert resolve_precision() == "float32"
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        set_precision("fp8")
+    assert main(["bench", "--precision", "fp8"]) == 2
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
 def test_threads_option_and_environment(monkeypatch):
     import torch
 

@@ -142,8 +142,12 @@ def tiny_weights(tmp_path):
 
 
 @pytest.mark.parametrize("start", ["rnn", "mask"])
-def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start):
+def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, monkeypatch, start):
+    from polyrnn.runtime import PRECISION_ENV
+
     w, mw = tiny_weights
+    monkeypatch.setenv(PRECISION_ENV, "auto")  # restored after the test, whatever --precision sets
+    precision = "bfloat16" if start == "mask" else "float32"
     out = tmp_path / "report"
     args = [
         "evaluate",
@@ -160,6 +164,8 @@ def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start
         "--start",
         start,
         *(["--no-focus", "--no-parts"] if start == "mask" else []),
+        "--precision",
+        precision,
     ]
     assert main(args) == 0
     assert "automatic: mean IoU" in capsys.readouterr().out
@@ -194,6 +200,7 @@ def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, start
     assert all(x["vertices"] >= 3 for x in rows) and set(v["after_corrections_median"]) == {"rnn", "manual"}
     assert r["click_protocol"] == {}  # only engines that take clicks (the refiner's) run it
     assert r["meta"]["weights"]["sha256"] == hashlib.sha256(w.read_bytes()).hexdigest()
+    assert r["meta"]["precision"] == precision  # --precision reached the networks, and the report
     assert r["meta"]["settings"]["start"] == start and "chessboard" in r["meta"]["settings"]["matching"]
     assert r["meta"]["settings"]["focus"] is (
         start == "rnn"
@@ -243,7 +250,8 @@ def test_evaluate_bad_arguments_are_clear_errors(tmp_path, tiny_weights, capsys)
 @pytest.mark.shared
 def test_golden_figures_of_the_shipped_engines_on_three_val2017_objects(datasets):
     """Pinned so that a refactor cannot change the evaluation's figures silently (shipped lite, lite-mask and
-    refiner; the first three coco-mini val2017 objects with a box side of at least 32 px)."""
+    refiner; the first three coco-mini val2017 objects with a box side of at least 32 px). In float32, the
+    same on every CPU (bfloat16's rounding, where AMX makes it the default, moves these trajectories)."""
     import torch
 
     from polyrnn.build import load_models
@@ -253,7 +261,7 @@ def test_golden_figures_of_the_shipped_engines_on_three_val2017_objects(datasets
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        m = load_models()
+        m = load_models(precision="float32")
         insts = load_dataset(datasets / "coco-mini" / "val2017", None, min_size=32).instances[:3]
         opts = EvalOptions(thresholds=(1,), baselines=("box",), max_corrections=3)
         res = evaluate_dataset(m.polygon, insts, opts, mask_model=m.mask, refiner=m.refiner)

@@ -491,7 +491,7 @@ def test_folded_networks_give_the_same_masks_and_refinements_and_cannot_be_saved
     from polyrnn.build import load_models
     from polyrnn.modeling.inference import fold_for_inference, is_folded
 
-    plain, fast = load_models(fold=False), load_models()
+    plain, fast = load_models(fold=False), load_models(precision="float32")
     assert plain.mask is not None and fast.mask is not None and plain.refiner and fast.refiner
     assert any(isinstance(m, nn.BatchNorm2d) for m in plain.mask.modules()) and not is_folded(plain.mask)
     nets = [fast.mask, fast.refiner] + ([fast.refiner.focus_pass.refiner] if fast.refiner.focus_pass else [])
@@ -508,6 +508,49 @@ def test_folded_networks_give_the_same_masks_and_refinements_and_cannot_be_saved
         assert torch.allclose(plain.refiner(f0, maps), fast.refiner(f1, maps), atol=1e-3)
     with pytest.raises(ValueError, match="folded for inference"):
         checkpoint_dict(fast.mask, ModelConfig(kind="mask"))
+
+
+def test_bfloat16_networks_compute_in_bfloat16_and_give_float32_close_to_float32():
+    """precision="bfloat16": the mask model's and the refiners' convolutions hold bfloat16 weights, their
+    entry points take and give float32, and the masks and refinements agree with float32's almost everywhere;
+    the polygon model stays float32; a network folded in one type is not folded again in another."""
+    from polyrnn.build import load_models
+    from polyrnn.modeling.inference import compute_dtype, fold_for_inference
+
+    f32, b16 = load_models(precision="float32"), load_models(precision="bfloat16")
+    assert (f32.precision, b16.precision, load_models(fold=False).precision) == (
+        "float32",
+        "bfloat16",
+        "float32",
+    )
+    assert (
+        b16.mask is not None and b16.refiner is not None and f32.mask is not None and f32.refiner is not None
+    )
+    nets = [b16.mask, b16.refiner] + ([b16.refiner.focus_pass.refiner] if b16.refiner.focus_pass else [])
+    assert all(compute_dtype(n) == torch.bfloat16 for n in nets) and compute_dtype(f32.mask) == torch.float32
+    assert compute_dtype(b16.polygon) == torch.float32
+    assert b16.mask.encoder.mean.dtype == torch.float32  # buffers stay float32: normalised in float32
+    with pytest.raises(ValueError, match="already folded"):
+        fold_for_inference(b16.mask, dtype=torch.float32)
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        fold_for_inference(b16.polygon, dtype=torch.float16)
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 224, 224) * 255
+    with torch.inference_mode():
+        f0, p0 = f32.mask.features_and_masks(images, flip=True)
+        f1, p1 = b16.mask.features_and_masks(images, flip=True)
+        assert f1.dtype == p1.dtype == torch.float32
+        assert (
+            float((p0 - p1).abs().mean()) < 0.01 and float(((p0 > 0.5) == (p1 > 0.5)).float().mean()) > 0.99
+        )
+        maps = torch.rand(2, 5, f32.refiner.size, f32.refiner.size)
+        r0, r1 = f32.refiner(f0, maps), b16.refiner(f0, maps)
+        assert r1.dtype == torch.float32 and float(((r0 > 0) == (r1 > 0)).float().mean()) > 0.98
+        assert not torch.equal(p0, p1)  # computed in another type, not float32 again
+    from polyrnn.predictor import PolygonPredictor
+
+    assert PolygonPredictor(b16.polygon, mask_model=b16.mask, refiner=b16.refiner).precision == "bfloat16"
+    assert PolygonPredictor(f32.polygon, mask_model=f32.mask, refiner=f32.refiner).precision == "float32"
 
 
 def test_same_padding_without_a_padded_copy_equals_tensorflow_same():

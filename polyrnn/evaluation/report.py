@@ -458,7 +458,10 @@ def build_meta(
     instances: int,
     options: EvalOptions,
     command: Sequence[str],
+    precision: str = "float32",
 ) -> dict[str, Any]:
+    """The report's provenance: files (with their SHA-256), dataset, settings, ``precision`` (the type the
+    mask model and the refiners computed in), commit and library versions."""
     from polyrnn.provenance import git_sha, versions
 
     start = (
@@ -487,6 +490,7 @@ def build_meta(
             "instances": instances,
         },
         "settings": {**asdict(options), "start_description": start, "matching": MATCHING},
+        "precision": precision,
         "git_sha": git_sha(),
         "versions": versions(),
     }

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polyrnn.modeling.inference import compute_dtype
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -98,12 +100,14 @@ class Encoder(nn.Module):
         return (images - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # normalised in float32, then in the weights' type (bfloat16 when folded so), float32 out
+        dtype = compute_dtype(self)
         if self.backbone_frozen:
             with torch.no_grad():
-                taps = self.backbone(self.normalize(images))
+                taps = self.backbone(self.normalize(images).to(dtype))
         else:
-            taps = self.backbone(self.normalize(images))
-        return self.fusion(taps)
+            taps = self.backbone(self.normalize(images).to(dtype))
+        return self.fusion(taps).float()
 
 
 # --- VGG-16 (the paper's backbone) -----------------------------------------------------------------

@@ -13,6 +13,7 @@ from polyrnn.config import INFERENCE
 from polyrnn.data.crop import CropBox
 from polyrnn.geometry import mask_to_polygons, simplify
 from polyrnn.modeling.encoder import Encoder
+from polyrnn.modeling.inference import compute_dtype
 
 
 def _up(cin: int, cout: int) -> nn.Sequential:
@@ -42,7 +43,7 @@ class MaskHead(nn.Module):
         self.out = nn.Conv2d(c, 1, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.out(self.up(features))[:, 0]
+        return self.out(self.up(features.to(compute_dtype(self))))[:, 0].float()
 
 
 class MaskNet(nn.Module):

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polyrnn.modeling.inference import compute_dtype
+
 MAP_CHANNELS = 5  # current mask, mask model's probability, fixed vertices, positive, negative corrections
 
 
@@ -56,9 +58,9 @@ class Refiner(nn.Module):
 
     def residual(self, features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         """(B, S, S): what the network adds to the current mask's ``keep * (2 * mask - 1)``."""
-        size = (self.size, self.size)
-        f = F.interpolate(self.reduce(features), size=size, mode="bilinear", align_corners=False)
-        return self.out(self.body(torch.cat([f, maps], dim=1)))[:, 0]
+        size, dtype = (self.size, self.size), compute_dtype(self)  # bfloat16 when folded so; float32 out
+        f = F.interpolate(self.reduce(features.to(dtype)), size=size, mode="bilinear", align_corners=False)
+        return self.out(self.body(torch.cat([f, maps.to(dtype)], dim=1)))[:, 0].float()
 
     def forward(self, features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         return self.residual(features, maps) + self.keep * (2 * maps[:, 0] - 1)

@@ -173,6 +173,7 @@ def health(ctx: Ctx) -> dict[str, Any]:
         "images": len(ctx.store.names),
         "folder": str(ctx.store.image_dir),
         "tolerance": ctx.predictor.engine.tolerance,  # the outlines' default detail, mask pixels
+        "precision": ctx.predictor.precision,  # what the mask model and the refiner compute in
     }
 
 
