@@ -7,8 +7,9 @@ For each of the first N objects of coco-mini/val2017 (box long side >= 32 px, as
 them), the clicks-to-quality annotator (:mod:`polyrnn.evaluation.clicks`) corrects the default engine's
 polygon twice: once through :func:`polyrnn.evaluation.evaluate.evaluate_dataset` (the figures' code), once
 through ``polyrnn serve``'s app on a loopback port (``POST /api/sessions``, then ``POST /api/sessions/{id}``
-with ``move`` / ``insert`` by vertex id and the session's version, exactly the page's calls). The difference
-must be 0 at every step; the exit status is 1 otherwise.
+with ``move`` / ``insert`` by vertex id and the session's version, exactly the page's calls; a further part
+of an object is a new box's session, as the page's P joins it). The difference must be 0 at every step; the
+exit status is 1 otherwise.
 """
 
 from __future__ import annotations
@@ -64,8 +65,34 @@ class HttpEditor:
         self._op("insert", edge, xy)
 
 
-def replay(dataset: Path, limit: int, corrections: int, min_size: float = 32.0) -> dict[str, Any]:
-    """IoU curves of the first ``limit`` objects through evaluate and through HTTP, and their differences."""
+class HttpObject:
+    """An object in parts as the editor makes it (:class:`polyrnn.evaluation.clicks.Parts`): a further part is
+    a new box, its own session on the server (``POST /api/sessions``), which the page joins to the object
+    before it with P; each part is corrected through its own session."""
+
+    def __init__(self, url: str, image: str, box: tuple[float, float, float, float]) -> None:
+        self.url, self.image = url, image
+        self.parts = [HttpEditor(url, image, box)]
+
+    @property
+    def long_side(self) -> float:
+        return self.parts[0].long_side
+
+    @property
+    def requests(self) -> int:
+        return sum(p.requests for p in self.parts)
+
+    def add_part(self, box: tuple[float, float, float, float]) -> HttpEditor:
+        part = HttpEditor(self.url, self.image, box)
+        self.parts.append(part)
+        return part
+
+
+def replay(
+    dataset: Path, limit: int, corrections: int, min_size: float = 32.0, first: int = 0
+) -> dict[str, Any]:
+    """IoU curves of ``limit`` objects from the ``first`` on through evaluate and through HTTP, and their
+    differences; ``parts``: how many objects were given a further part through HTTP."""
     from polyrnn.build import load_models
     from polyrnn.evaluation.clicks import clicks_to_quality
     from polyrnn.evaluation.evaluate import EvalOptions, evaluate_dataset
@@ -76,7 +103,7 @@ def replay(dataset: Path, limit: int, corrections: int, min_size: float = 32.0) 
     from polyrnn.server.store import AnnotationStore
 
     ds = load_dataset(dataset, min_size=min_size)
-    insts = ds.instances[:limit]
+    insts = ds.instances[first : first + limit]
     models = load_models()
     engine = PolygonPredictor(models.polygon, mask_model=models.mask, refiner=models.refiner).engine.name
     options = EvalOptions(
@@ -92,17 +119,23 @@ def replay(dataset: Path, limit: int, corrections: int, min_size: float = 32.0) 
     image_root = Path(insts[0].image_path).parent
     store = AnnotationStore(image_root, Path(_scratch()))
     predictor = PolygonPredictor(models.polygon, mask_model=models.mask, refiner=models.refiner)
-    http_curves, requests = [], 0
+    http_curves, requests, parts = [], 0, 0
     t0 = time.perf_counter()
     with running(create_app(store, predictor)) as url:
         for inst in insts:
             name = Path(inst.image_path).resolve().relative_to(image_root.resolve()).as_posix()
-            editor = HttpEditor(url, name, inst.box_xyxy)
+            editor = HttpObject(url, name, inst.box_xyxy)
             curve = clicks_to_quality(
-                editor, inst.mask(), inst.ignore_mask(), max_corrections=corrections, near=options.near
+                editor,
+                inst.mask(),
+                inst.ignore_mask(),
+                max_corrections=corrections,
+                near=options.near,
+                min_part=options.min_part,
             )
             http_curves.append(curve)
             requests += editor.requests
+            parts += len(editor.parts) > 1
     seconds_http = time.perf_counter() - t0
     evaluated = np.array([r.curves[engine] for r in results])
     served = np.array(http_curves)
@@ -115,6 +148,7 @@ def replay(dataset: Path, limit: int, corrections: int, min_size: float = 32.0) 
         "max_diff_per_step": diff.max(axis=0),
         "identical_objects": int((diff.max(axis=1) <= 1e-6).sum()),
         "requests": requests,
+        "parts": parts,
         "seconds": (seconds_eval, seconds_http),
     }
 

@@ -1,5 +1,6 @@
 """The editor is exactly what is measured: the simulated annotator through the real HTTP server (the page's
-requests) gives the same IoU at every step as ``polyrnn evaluate`` (3 val2017 objects; the benchmark: 60)."""
+requests) gives the same IoU at every step as ``polyrnn evaluate`` (3 val2017 objects, and one the annotator gives
+a further part; the benchmark: 60)."""
 
 import sys
 from pathlib import Path
@@ -19,3 +20,14 @@ def test_the_editor_over_http_equals_evaluate(datasets):
     assert float(r["max_diff_per_step"].max()) <= 1e-6, r["max_diff_per_step"]
     assert r["identical_objects"] == 3
     assert r["requests"] > 3  # corrections went through the server
+
+
+@pytest.mark.shared
+def test_a_further_part_through_the_editor_equals_evaluate(datasets):
+    """val2017 object 66 (box side >= 32 px) is given a second part within four corrections: through HTTP a
+    new box's session, as the page's P joins it, with the same IoU at every step as evaluate's object session."""
+    from editor_replay import replay
+
+    r = replay(datasets / "coco-mini" / "val2017", limit=1, corrections=4, first=66)
+    assert r["parts"] == 1  # the part went through the server
+    assert float(r["max_diff_per_step"].max()) <= 1e-6, r["max_diff_per_step"]

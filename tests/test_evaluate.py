@@ -214,6 +214,7 @@ def test_evaluate_writes_a_complete_report(tmp_path, tiny_weights, capsys, monke
     md = (out / "report.md").read_text()
     assert "## Automatic mode" in md and "| T (cells) |" in md and "NoC" in md and "/ human vertex" in md
     assert "Vertices (median): automatic polygon" in md
+    assert f"the mask model and the refiners computed in {precision}" in md
     assert f"{100 * r['automatic']['mean_iou']:.1f}" in md
     assert Image.open(out / "iou_vs_corrections.png").size[0] > 100
     assert len((out / "instances.jsonl").read_text().splitlines()) == 2

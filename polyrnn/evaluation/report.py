@@ -233,6 +233,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines += [
         f"- automatic polygon: {m['settings']['start_description']}",
         f"- command: `{m['command']}`",
+        f"- the mask model and the refiners computed in {m.get('precision', 'float32')}",
         f"- polyrnn {m['versions']['polyrnn']}, git {m['git_sha'][:10]}, {m['created']}",
         "",
         "## Automatic mode",
