@@ -1,6 +1,6 @@
 """The editor is exactly what is measured: the simulated annotator through the real HTTP server (the page's
-requests) gives the same IoU at every step as ``polyrnn evaluate`` (3 val2017 objects, and one the annotator gives
-a further part; the benchmark: 60)."""
+requests) gives the same IoU at every step as ``polyrnn evaluate`` (3 val2017 objects, and one the annotator
+gives a further part; the benchmark: 60)."""
 
 import sys
 from pathlib import Path
@@ -25,7 +25,8 @@ def test_the_editor_over_http_equals_evaluate(datasets):
 @pytest.mark.shared
 def test_a_further_part_through_the_editor_equals_evaluate(datasets):
     """val2017 object 66 (box side >= 32 px) is given a second part within four corrections: through HTTP a
-    new box's session, as the page's P joins it, with the same IoU at every step as evaluate's object session."""
+    new box's session, as the page's P joins it, with the same IoU at every step as evaluate's object
+    session."""
     from editor_replay import replay
 
     r = replay(datasets / "coco-mini" / "val2017", limit=1, corrections=4, first=66)
