@@ -19,7 +19,9 @@ class InferenceDefaults:
     # After a correction the rnn engine re-predicts until it comes within this many grid cells (chessboard)
     # of the old polygon's rest, which is kept (None: re-predict everything, the paper); tune_decoding.py
     rejoin: int | None = 1
-    mask_flip: bool = True  # the mask model averages the crop's mask with its mirror image's
+    # the mask model averages the crop's mask with its mirror image's, and the refiner's object pass its
+    # reading of the crop with its reading of the mirror image (one batch each)
+    mask_flip: bool = True
     confine: float = 1.0  # a correction changes the polygon within this many box long sides (guard rail)
     engine: str = "refine"  # the correction engine (polyrnn.engines.ENGINES)
     # Outlines are simplified (Ramer-Douglas-Peucker) with this many mask pixels (224 a crop side): the

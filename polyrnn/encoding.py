@@ -93,11 +93,21 @@ class BoxEncoding:
         )
 
     @cached_property
-    def _mask(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features (1, C, D, D), probability (1, M, M)) of the mask model, mirror-averaged."""
+    def _views(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The mask model's features (1, C, D, D) of the crop, probability (1, M, M) (mirror-averaged when
+        asked) and the features of the mirrored crop (None without the mirror), from one batch."""
         assert self.mask_model is not None
         with torch.inference_mode():
-            return self.mask_model.features_and_masks(self.pixels, flip=self.mask_flip)
+            if self.mask_flip:
+                feats, mirrored, prob = self.mask_model.mirrored_views(self.pixels)
+                return feats, prob, mirrored
+            feats, prob = self.mask_model.features_and_masks(self.pixels, flip=False)
+            return feats, prob, None
+
+    @property
+    def _mask(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (1, C, D, D), probability (1, M, M)) of the mask model, mirror-averaged when asked."""
+        return self._views[0], self._views[1]
 
     def mask_probability(self) -> np.ndarray:
         """The mask model's (M, M) probability over the crop (mirror-averaged when asked)."""
@@ -161,9 +171,12 @@ class BoxEncoding:
 
     def refined_mask(self, before: np.ndarray, fixed_points: np.ndarray, clicks: list[Click]) -> np.ndarray:
         """The refiner's mask over the crop, bool (crop_size, crop_size), for the polygon ``before`` the edit
-        (image pixels), the fixed vertices (K, 2) and the corrections (:data:`Click`, image pixels)."""
+        (image pixels), the fixed vertices (K, 2) and the corrections (:data:`Click`, image pixels); with the
+        mask model's mirror (``mask_flip``) averaged with the refiner's reading of the mirrored crop
+        (:meth:`~polyrnn.modeling.refiner.Refiner.mirror_averaged`)."""
         assert self.refiner is not None
-        return self._refined(self.refiner, self.crop, self._mask, before, fixed_points, clicks)
+        feats, prob, mirrored = self._views
+        return self._refined(self.refiner, self.crop, (feats, prob), before, fixed_points, clicks, mirrored)
 
     def focus_mask(
         self, window: CropBox, before: np.ndarray, fixed_points: np.ndarray, clicks: list[Click]
@@ -186,6 +199,7 @@ class BoxEncoding:
         before: np.ndarray,
         fixed_points: np.ndarray,
         clicks: list[Click],
+        mirrored: torch.Tensor | None = None,
     ) -> np.ndarray:
         s = refiner.size
         feats, prob = seen
@@ -198,5 +212,9 @@ class BoxEncoding:
         c = crop.crop_size
         fine = torch.from_numpy(rasterize([to_map(before, c)], c, c).astype(np.float32))[None]
         with torch.inference_mode():
-            logits = refiner.refine(refiner.residual(feats, maps), fine)
+            if mirrored is None:
+                residual = refiner.residual(feats, maps)
+            else:
+                residual = refiner.mirror_averaged(feats, mirrored, maps)
+            logits = refiner.refine(residual, fine)
         return logits[0].numpy() > 0

@@ -72,7 +72,8 @@ class PolygonPredictor:
         context: crop context ratio (the paper's 15 % at test time).
         eos_threshold, rejoin: the ``rnn`` engine's end rule and rejoin distance (cells; None: the paper).
         confine: guard rail, see :data:`polyrnn.session.CONFINE`.
-        mask_flip: the mask model averages the crop's mask with its mirror image's.
+        mask_flip: the mask model averages the crop's mask with its mirror image's, and the refiner's object
+            pass its reading of the crop with its reading of the mirror image.
         cache_size: boxes whose sessions (and encodings) are kept.
         start: ``auto`` (the model's polygon) or ``box`` (the box: where the model is expected to lose to
             it, :func:`polyrnn.learning.choose_start`).

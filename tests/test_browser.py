@@ -423,7 +423,10 @@ def test_the_editor_swaps_in_a_learned_model_while_you_edit(datasets, tmp_path, 
             "document.getElementById('model').textContent.startsWith('model: v1')", timeout=300000
         )
         learning = httpx.get(f"{url}/api/learning").json()
-        assert learning["serving"] == "v1" and learning["last"]["accepted"] is True
+        # v1, starting from its own polygon or, where on its held-out image it still lost to the box (one
+        # epoch on two images: either happens), from the box; the page says which
+        assert learning["serving"] in ("v1", "v1 (from the box)") and learning["last"]["accepted"] is True
+        assert page.locator("#model").inner_text().startswith(f"model: {learning['serving']}")
         assert learning["last"]["after"] > learning["last"]["before"]
         # before it learned, the shipped model was checked on the folder's polygons: it lost to the box there
         assert learning["domain"]["box"] > learning["domain"]["automatic"]

@@ -50,10 +50,11 @@ def square_mask_model():
     from polyrnn.modeling.mask_net import MaskNet
 
     class SquareMask(MaskNet):
-        def features_and_masks(self, images, *, flip=False):
+        def _views(self, images, *, flip):  # every view's probability: the square (the mirror's mirrored)
             m = torch.zeros(images.shape[0], 56, 56)
             m[:, 10:46, 12:44] = 1.0
-            return self.encoder(images), m
+            x = torch.cat([images, images.flip(-1)]) if flip else images
+            return self.encoder(x), torch.cat([m, m.flip(-1)]) if flip else m
 
     tiny_mask = build_model("tiny-mask")
     return SquareMask(encoder=tiny_mask.encoder, head=tiny_mask.head)

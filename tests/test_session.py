@@ -134,6 +134,49 @@ def test_refine_engine_keeps_fixed_vertices_and_gives_a_simple_polygon():
     assert {tuple(p) for p in s.polygon[s.fixed]} == placed and len(s.state.clicks) == 2
 
 
+def test_the_refiners_mask_is_averaged_with_its_reading_of_the_mirrored_crop():
+    """With the mask model's mirror (the default), the object pass reads the mirrored crop's features with the
+    maps mirrored too and averages the residuals flipped back: swapping the crop and its mirror flips the
+    result; without the mirror the refiner reads the crop alone."""
+    from polyrnn.encoding import Click
+
+    torch.manual_seed(0)
+    mask_model = build_model("tiny-mask").eval()
+    refiner = Refiner(feat_channels=16, size=2 * 28).eval()
+    enc = _encoding(refiner=refiner, mask_model=mask_model)
+    feats, prob, mirrored = enc._views
+    assert mirrored is not None and mirrored.shape == feats.shape and not torch.equal(mirrored, feats)
+    maps = torch.rand(1, 5, 56, 56)
+    with torch.inference_mode():
+        a = refiner.mirror_averaged(feats, mirrored, maps)
+        b = refiner.mirror_averaged(mirrored, feats, maps.flip(-1))
+        plain = refiner.residual(feats, maps)
+    assert torch.allclose(a.flip(-1), b, atol=1e-5) and not torch.allclose(a, plain, atol=1e-3)
+    read = []  # what the object pass hands the refiner
+    average = refiner.mirror_averaged
+
+    def spy(f, m, mp):
+        read.append((f, m, mp))
+        return average(f, m, mp)
+
+    refiner.mirror_averaged = spy  # type: ignore[method-assign]
+    clicks = [Click(middle=(122.0, 65.0), sign=1)]
+    assert enc.refined_mask(SQUARE, SQUARE[:1], clicks).shape == (224, 224)
+    assert (
+        len(read) == 1
+        and read[0][0] is feats
+        and read[0][1] is mirrored
+        and read[0][2].shape == (1, 5, 56, 56)
+    )
+    no_mirror = _encoding(refiner=refiner, mask_model=mask_model)
+    no_mirror.mask_flip = False
+    assert no_mirror._views[2] is None and no_mirror.refined_mask(SQUARE, SQUARE[:1], clicks).shape == (
+        224,
+        224,
+    )
+    assert len(read) == 1  # the crop alone
+
+
 def _blobs_and_tiny_mask(tmp_path, blobs):
     """A LabelMe folder with one ellipse per image (centre x, y and radius of each) and an untrained tiny mask
     model's checkpoint: (folder, checkpoint)."""

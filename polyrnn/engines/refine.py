@@ -1,7 +1,8 @@
 """The ``refine`` engine, the default: each correction is information. A
 :class:`~polyrnn.modeling.refiner.Refiner` predicts a refined mask from the mask model's features, the polygon
-and the annotator's vertices; its outline replaces the polygon only between the fixed (or far) vertices on
-either side of the edit (:func:`splice`). Then the refiner's focus pass, when it has one (:func:`_focus`),
+and the annotator's vertices (averaged with its reading of the mirrored crop where the mask model reads the
+mirror: ``mask_flip``); its outline replaces the polygon only between the fixed (or far) vertices on either
+side of the edit (:func:`splice`). Then the refiner's focus pass, when it has one (:func:`_focus`),
 redraws a window around the edit finer, changing nothing outside it."""
 
 from __future__ import annotations

@@ -86,9 +86,23 @@ class MaskNet(nn.Module):
         crops and, with ``flip``, those for their mirror images flipped back (else None); the crops and
         their mirrors run as one batch."""
         b = images.shape[0]
-        feats = self.encoder(torch.cat([images, images.flip(-1)]) if flip else images)
-        prob = torch.sigmoid(self.head(feats))  # (B or 2B, M, M)
+        feats, prob = self._views(images, flip=flip)  # (B or 2B, ...)
         return feats[:b], prob[:b], prob[b:].flip(-1) if flip else None
+
+    @torch.no_grad()
+    def mirrored_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 3, 224, 224) -> the encoder's (B, C, D, D) features of the crops, those of their mirror images
+        (in the mirror's own frame: what a network reading them sees is the mirrored crop) and the (B, M, M)
+        probabilities averaged with the mirror's flipped back; the crops and their mirrors run as one
+        batch."""
+        b = images.shape[0]
+        feats, prob = self._views(images, flip=True)
+        return feats[:b], feats[b:], (prob[:b] + prob[b:].flip(-1)) / 2
+
+    def _views(self, images: torch.Tensor, *, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features and probabilities of ``images`` followed, with ``flip``, by their mirror images'."""
+        feats = self.encoder(torch.cat([images, images.flip(-1)]) if flip else images)
+        return feats, torch.sigmoid(self.head(feats))
 
 
 def mask_polygon(

@@ -62,6 +62,16 @@ class Refiner(nn.Module):
         f = F.interpolate(self.reduce(features.to(dtype)), size=size, mode="bilinear", align_corners=False)
         return self.out(self.body(torch.cat([f, maps.to(dtype)], dim=1)))[:, 0].float()
 
+    def mirror_averaged(
+        self, features: torch.Tensor, mirrored: torch.Tensor, maps: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, S, S): :meth:`residual` averaged with the residual for the mirror image (test-time
+        augmentation): ``mirrored`` (B, C, D, D) the mask model's features of the mirrored crops, read with
+        the maps mirrored alike, the result flipped back; one batch of 2 B."""
+        b = features.shape[0]
+        r = self.residual(torch.cat([features, mirrored]), torch.cat([maps, maps.flip(-1)]))
+        return (r[:b] + r[b:].flip(-1)) / 2
+
     def forward(self, features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         return self.residual(features, maps) + self.keep * (2 * maps[:, 0] - 1)
 
