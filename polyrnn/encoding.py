@@ -99,19 +99,13 @@ class BoxEncoding:
         assert self.mask_model is not None
         with torch.inference_mode():
             if self.mask_flip:
-                feats, mirrored, prob = self.mask_model.mirrored_views(self.pixels)
-                return feats, prob, mirrored
+                return self.mask_model.mirrored_views(self.pixels)
             feats, prob = self.mask_model.features_and_masks(self.pixels, flip=False)
             return feats, prob, None
 
-    @property
-    def _mask(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features (1, C, D, D), probability (1, M, M)) of the mask model, mirror-averaged when asked."""
-        return self._views[0], self._views[1]
-
     def mask_probability(self) -> np.ndarray:
         """The mask model's (M, M) probability over the crop (mirror-averaged when asked)."""
-        return self._mask[1][0].numpy()
+        return self._views[1][0].numpy()
 
     @cached_property
     def _polygon(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,12 +56,9 @@ def resolve_precision(precision: str | None = None) -> str:
     ``precision``, else ``$POLYRNN_PRECISION``, else ``"auto"``: ``"bfloat16"`` on a CPU with AMX matrix units
     (where oneDNN runs the networks about twice as fast, ``docs/performance.md``), ``"float32"`` elsewhere
     (bfloat16 without them is emulated, slower than float32). ``ValueError`` naming the setting otherwise."""
-    source = "precision"
     if precision is None:
-        precision, source = os.environ.get(PRECISION_ENV, "").strip() or "auto", PRECISION_ENV
-    if precision not in PRECISIONS:
-        raise ValueError(f"{source}={precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
+        precision = _checked(os.environ.get(PRECISION_ENV, "").strip() or "auto", PRECISION_ENV)
+    if _checked(precision, "precision") != "auto":
         return precision
     import torch
 
@@ -73,8 +70,12 @@ def set_precision(precision: str | None = None) -> None:
     """Make ``precision`` (one of :data:`PRECISIONS`; None: leave ``$POLYRNN_PRECISION`` as it is) this
     process's choice for every :func:`polyrnn.build.load_models`, its workers' too (through the
     environment). ``ValueError`` for another value."""
-    if precision is None:
-        return
+    if precision is not None:
+        os.environ[PRECISION_ENV] = _checked(precision, "precision")
+
+
+def _checked(precision: str, source: str) -> str:
+    """``precision`` when it is one of :data:`PRECISIONS`; ``ValueError`` naming ``source`` otherwise."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
-    os.environ[PRECISION_ENV] = precision
+        raise ValueError(f"{source}={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision

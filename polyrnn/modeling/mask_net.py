@@ -91,13 +91,13 @@ class MaskNet(nn.Module):
 
     @torch.no_grad()
     def mirrored_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, 3, 224, 224) -> the encoder's (B, C, D, D) features of the crops, those of their mirror images
-        (in the mirror's own frame: what a network reading them sees is the mirrored crop) and the (B, M, M)
-        probabilities averaged with the mirror's flipped back; the crops and their mirrors run as one
-        batch."""
+        """(B, 3, 224, 224) -> the encoder's (B, C, D, D) features of the crops, the (B, M, M) probabilities
+        averaged with the mirror's flipped back (as :meth:`features_and_masks` with ``flip``) and the features
+        of the mirror images (in the mirror's own frame: what a network reading them sees is the mirrored
+        crop); the crops and their mirrors run as one batch."""
         b = images.shape[0]
         feats, prob = self._views(images, flip=True)
-        return feats[:b], feats[b:], (prob[:b] + prob[b:].flip(-1)) / 2
+        return feats[:b], (prob[:b] + prob[b:].flip(-1)) / 2, feats[b:]
 
     def _views(self, images: torch.Tensor, *, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The features and probabilities of ``images`` followed, with ``flip``, by their mirror images'."""
